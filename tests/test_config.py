@@ -1,0 +1,56 @@
+"""Typed config: YAML + dotted overrides, unknown keys and bad values named in the error."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from turbo_ray.config import Config, ConfigError, load_config
+
+
+def test_defaults_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss:\n  temperature: 0.2\n  cross_pairs: ['11', '22']\ntrain:\n  epochs: 3\n")
+    cfg = load_config(path, ["train.epochs=7", "model.dropout=0.25", "data.data_dir=/x/IEMOCAP_full_release"])
+    assert cfg.loss.temperature == 0.2 and cfg.loss.cross_pairs == ["11", "22"]
+    assert cfg.train.epochs == 7 and cfg.model.dropout == 0.25 and cfg.train.lr == Config().train.lr
+    assert cfg.data.data_dir == "/x/IEMOCAP_full_release"
+    assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_int_is_accepted_for_float_and_none_for_optional():
+    cfg = load_config(None, ["loss.temperature=1", "model.audio_encoder=null"])
+    assert cfg.loss.temperature == 1.0 and isinstance(cfg.loss.temperature, float)
+    assert cfg.model.audio_encoder is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["loss.temprature=0.1"], "unknown config key 'loss.temprature'"),
+    (["optim.lr=0.1"], "unknown config key 'optim'"),
+    (["train.epochs=three"], "train.epochs must be int"),
+    (["train.epochs=true"], "train.epochs must be int"),
+    (["loss.mode=both"], "loss.mode must be one of"),
+    (["loss.cross_pairs=['13']"], "cross_pairs"),
+    (["model.dropout=1.5"], "model.dropout must be in"),
+    (["epochs=3"], "section.key=value"),
+])
+def test_bad_values_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config(None, overrides)
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  preset: tiny\n  droput: 0.1\n")
+    with pytest.raises(ConfigError, match="model.droput"):
+        load_config(path)
+
+
+def test_cli_help_and_config_print():
+    help_out = subprocess.run([sys.executable, "-m", "turbo_ray.cli", "--help"], capture_output=True, text=True)
+    assert help_out.returncode == 0 and "config" in help_out.stdout
+    out = subprocess.run([sys.executable, "-m", "turbo_ray.cli", "config", "loss.mode=in"],
+                         capture_output=True, text=True, check=True)
+    assert yaml.safe_load(out.stdout)["loss"]["mode"] == "in"
+    bad = subprocess.run([sys.executable, "-m", "turbo_ray.cli", "config", "loss.nope=1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "loss.nope" in bad.stderr

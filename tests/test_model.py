@@ -1,0 +1,159 @@
+"""The two-view Turbo model on the real tiny preset (random wav2vec2 + the packaged MiniLM)."""
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from turbo_ray.config import Config, load_config
+from turbo_ray.losses import objective
+from turbo_ray.model import build_model, encoder_names
+from turbo_ray.model.encoders import AudioEncoder, TINY_AUDIO, load_pretrained
+
+SENTENCES = ["I can't believe you did that!", "okay", "the meeting is at three", "this is wonderful news"]
+
+
+def make(*overrides: str):
+    torch.manual_seed(0)
+    cfg = load_config(None, list(overrides))
+    return cfg, build_model(cfg)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    cfg = Config()
+    tok = AutoTokenizer.from_pretrained(encoder_names(cfg.model)[1])
+    text = tok(SENTENCES, padding=True, return_tensors="pt")
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([16000, 9000, 12000, 6400])
+    waves = torch.randn(4, 16000, generator=g) * (torch.arange(16000) < lengths[:, None])
+    return {"waveforms": waves, "audio_lengths": lengths, "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"]}
+
+
+def test_tiny_preset_loads_offline():
+    cfg, model = make()
+    assert encoder_names(cfg.model)[0] == TINY_AUDIO
+    n_audio = sum(p.numel() for p in model.audio_encoder.parameters())
+    assert 3e5 < n_audio < 8e5, n_audio
+    text_model = model.text_encoder.model
+    assert type(text_model).__name__ == "BertModel" and text_model.config.num_hidden_layers == 6
+    assert text_model.config.hidden_dropout_prob == cfg.model.dropout
+    assert not any(p.requires_grad for p in model.audio_encoder.model.feature_extractor.parameters())
+
+
+def test_training_views_differ_and_eval_is_deterministic(batch):
+    _, model = make("model.dropout=0.2")
+    model.train()
+    out = model(**batch)
+    assert out.audio.shape == (2, 4, 128) and out.logits.shape == (8, 4)
+    assert not torch.allclose(out.audio[0], out.audio[1])
+    assert not torch.allclose(out.text[0], out.text[1])
+    model.eval()
+    with torch.no_grad():
+        first, second = model(**batch), model(**batch)
+    assert first.audio is None and first.logits.shape == (4, 4)
+    assert torch.equal(first.logits, second.logits)
+
+
+def test_views_identical_without_dropout(batch):
+    _, model = make("model.dropout=0.0", "model.attention_dropout=0.0", "model.head_dropout=0.0")
+    model.train()
+    out = model(**batch)
+    assert torch.allclose(out.audio[0], out.audio[1], atol=1e-6)
+    assert torch.allclose(out.text[0], out.text[1], atol=1e-6)
+
+
+def test_duplicated_batch_forward_equals_two_separate_forwards(batch):
+    _, model = make("model.dropout=0.0", "model.attention_dropout=0.0")
+    model.train()
+    audio = model.audio_encoder(batch["waveforms"], batch["audio_lengths"], views=2)
+    text = model.text_encoder(batch["input_ids"], batch["attention_mask"], views=2)
+    audio_once = model.audio_encoder(batch["waveforms"], batch["audio_lengths"])
+    text_once = model.text_encoder(batch["input_ids"], batch["attention_mask"])
+    assert torch.allclose(audio, torch.cat([audio_once, audio_once]), atol=1e-5)
+    assert torch.allclose(text, torch.cat([text_once, text_once]), atol=1e-5)
+
+
+def test_shared_prefix_runs_once_on_the_batch_and_suffix_on_both_views(batch):
+    _, model = make()
+    model.train()
+    seen = {}
+    encoder = model.audio_encoder.model
+    encoder.feature_extractor.register_forward_hook(lambda m, i, o: seen.setdefault("prefix", []).append(i[0].shape[0]))
+    encoder.encoder.register_forward_hook(lambda m, i, o: seen.setdefault("suffix", []).append(i[0].shape[0]))
+    model(**batch)
+    assert seen == {"prefix": [4], "suffix": [8]}
+
+
+def test_padding_does_not_change_pooled_embeddings(batch):
+    _, model = make()
+    model.eval()
+    with torch.no_grad():
+        n = int(batch["audio_lengths"][3])
+        alone = model.audio_encoder(batch["waveforms"][3:4, :n], batch["audio_lengths"][3:4])
+        padded = model.audio_encoder(batch["waveforms"], batch["audio_lengths"])[3:4]
+        assert torch.allclose(alone, padded, atol=1e-5)
+        k = int(batch["attention_mask"][1].sum())
+        alone = model.text_encoder(batch["input_ids"][1:2, :k], batch["attention_mask"][1:2, :k])
+        padded = model.text_encoder(batch["input_ids"], batch["attention_mask"])[1:2]
+        assert torch.allclose(alone, padded, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["turbo", "in", "cross"])
+def test_gradients_reach_both_encoders_and_heads(batch, mode):
+    cfg, model = make(f"loss.mode={mode}", "loss.learnable_temperature=true")
+    model.train()
+    parts = objective(model(**batch), torch.tensor([0, 1, 2, 3]), cfg.loss, model.temperature)
+    parts["total"].backward()
+    def grad_norm(module):
+        return sum(p.grad.abs().sum().item() for p in module.parameters() if p.grad is not None)
+    assert grad_norm(model.audio_encoder.model.encoder) > 0
+    assert grad_norm(model.text_encoder.model.encoder) > 0
+    assert grad_norm(model.audio_proj) > 0 and grad_norm(model.text_proj) > 0
+    assert model.log_temperature.grad.abs().item() > 0
+    assert all(p.grad is None for p in model.audio_encoder.model.feature_extractor.parameters())
+
+
+def test_baseline_is_one_view_without_projection_heads(batch):
+    cfg, model = make("loss.mode=baseline")
+    model.train()
+    seen = []
+    model.text_encoder.model.register_forward_hook(lambda m, i, o: seen.append(o.last_hidden_state.shape[0]))
+    out = model(**batch)
+    assert out.audio is None and out.logits.shape == (4, 4) and seen == [4]
+    assert not hasattr(model, "audio_proj")
+    assert set(objective(out, torch.tensor([0, 1, 2, 3]), cfg.loss, None)) == {"ce", "total"}
+
+
+def test_training_steps_lower_the_loss_on_a_fixed_batch(batch):
+    cfg, model = make()
+    model.train()
+    labels = torch.tensor([0, 1, 2, 3])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
+    losses = []
+    for _ in range(8):
+        torch.manual_seed(len(losses))
+        loss = objective(model(**batch), labels, cfg.loss, model.temperature)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_audio_encoder_loads_from_a_local_directory_with_configured_dropout(tmp_path):
+    torch.manual_seed(0)
+    load_pretrained(TINY_AUDIO, 0.1, 0.1).save_pretrained(tmp_path)
+    reloaded = load_pretrained(str(tmp_path), dropout=0.3, attention_dropout=0.2)
+    assert reloaded.config.hidden_dropout == 0.3 and reloaded.config.attention_dropout == 0.2
+    assert reloaded.config.layerdrop == 0.0
+    torch.manual_seed(0)
+    original = load_pretrained(TINY_AUDIO, 0.1, 0.1)
+    for (name, a), b in zip(original.state_dict().items(), reloaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    encoder = AudioEncoder(reloaded)
+    assert encoder.dim == 128
+
+
+def test_text_model_is_not_an_audio_encoder():
+    with pytest.raises(ValueError, match="not a wav2vec2-style audio encoder"):
+        AudioEncoder(load_pretrained(encoder_names(Config().model)[1], 0.1, 0.1))

@@ -1,0 +1,188 @@
+"""One typed config for every layer: dataclasses, loaded from YAML plus dotted CLI overrides.
+
+    cfg = load_config("experiments/configs/demo.yaml", ["loss.temperature=0.1", "train.epochs=3"])
+
+Unknown sections or keys are an error that names them; values are checked against the field types.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+MODES = ("baseline", "in", "cross", "turbo")
+CROSS_PAIRS = ("11", "22", "12", "21")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    data_dir: str | None = None          # IEMOCAP_full_release; None = the generated demo corpus
+    cache_dir: str = "~/.cache/turbo_ray"  # demo corpus and prepared shards
+    shards_dir: str | None = None        # local path or URI; None = <cache_dir>/shards/<corpus fingerprint>
+    classes: str = "4class"
+    sample_rate: int = 16_000
+    max_seconds: float = 4.0              # random crop in training, centre crop in evaluation
+    max_text_tokens: int = 64
+    batch_size: int = 16                  # per worker
+    val_fraction: float = 0.1
+    val_split: str = "random"             # "random" (stratified) or "speaker"
+    test_session: int = 1                 # LOSO fold used by a single run or by the search
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"                  # tiny | base | large (DESIGN §3)
+    audio_encoder: str | None = None      # name or local dir; overrides the preset
+    text_encoder: str | None = None
+    dropout: float = 0.1                  # hidden dropout in both encoders: the source of the two views
+    attention_dropout: float = 0.1
+    freeze_feature_encoder: bool = True   # the conv feature encoder of wav2vec2-style models
+    proj_dim: int = 128                   # contrastive projection size
+    head_hidden: int = 256                # fusion classifier hidden size
+    head_dropout: float = 0.1
+    num_classes: int = 4
+
+
+@dataclass
+class LossConfig:
+    mode: str = "turbo"                   # baseline | in | cross | turbo
+    temperature: float = 0.07
+    learnable_temperature: bool = False   # CLIP-style learnable log-temperature
+    w_in: float = 1.0
+    w_cross: float = 1.0
+    cross_pairs: list[str] = field(default_factory=lambda: list(CROSS_PAIRS))
+    gather: bool = True                   # negatives from the global batch under DDP
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    lr: float = 1e-3                      # new heads (projection, classifier) and random-init encoders
+    encoder_lr: float = 5e-5              # pretrained encoders
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    seed: int = 0
+    storage_path: str = "runs"
+    name: str | None = None
+    max_failures: int = 0
+    num_to_keep: int = 2
+
+
+@dataclass
+class TuneConfig:
+    search_space: str | None = None       # YAML file; None = the packaged default
+    num_samples: int = 8
+    max_concurrent_trials: int = 1
+    grace_period: int = 1
+    reduction_factor: int = 2
+    metric: str = "val_ua"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Config":
+        return _build(cls, raw, "")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    if cfg.loss.mode not in MODES:
+        raise ConfigError(f"loss.mode must be one of {MODES}, got {cfg.loss.mode!r}")
+    bad = [p for p in cfg.loss.cross_pairs if p not in CROSS_PAIRS]
+    if bad or not cfg.loss.cross_pairs:
+        raise ConfigError(f"loss.cross_pairs must be a non-empty subset of {CROSS_PAIRS}, got {cfg.loss.cross_pairs}")
+    if cfg.loss.temperature <= 0:
+        raise ConfigError(f"loss.temperature must be > 0, got {cfg.loss.temperature}")
+    for name in ("dropout", "attention_dropout", "head_dropout"):
+        if not 0.0 <= getattr(cfg.model, name) < 1.0:
+            raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(cfg.model, name)}")
+    if cfg.data.val_split not in ("random", "speaker"):
+        raise ConfigError(f"data.val_split must be 'random' or 'speaker', got {cfg.data.val_split!r}")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults, then the YAML file (if any), then `section.key=value` overrides (values parsed as YAML)."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        raw = yaml.safe_load(text) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        raw.setdefault(parts[0], {})
+        if not isinstance(raw[parts[0]], dict):
+            raise ConfigError(f"section {parts[0]!r} must be a mapping")
+        raw[parts[0]][parts[1]] = yaml.safe_load(value)
+    return Config.from_dict(raw)
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Instantiate dataclass `cls` from a nested dict, checking keys and value types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        known = ", ".join(sorted(names))
+        raise ConfigError(f"unknown config key {where + unknown[0]!r} (known in this section: {known})")
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, where + name)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r}")
+    return value
