@@ -6,6 +6,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from pathlib import Path  # noqa: E402
+
+# Ray workers import functions defined in test modules by module name: let them find this folder.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -15,3 +20,27 @@ torch.set_num_threads(2)
 @pytest.fixture
 def seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory):
+    """A real local Ray per test module (the cluster tests need their own): 4 logical CPUs on 2 cores so that two 1-CPU Train workers
+    leave room for the Ray Data operators, the dashboard on (Tune needs the State API)."""
+    import ray
+
+    from turbo_ray.runtime import init_ray
+
+    os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.getbasetemp() / "ray"))
+    init_ray(num_cpus=4, object_store_mb=512)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_corpus(tmp_path_factory):
+    """A small demo corpus in the IEMOCAP layout, its manifest and its Parquet shards."""
+    from turbo_ray.config import DataConfig
+    from turbo_ray.data.corpus import prepare_corpus
+
+    cache = tmp_path_factory.mktemp("cache")
+    return prepare_corpus(DataConfig(cache_dir=str(cache), demo_utterances_per_speaker=12))

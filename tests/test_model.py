@@ -111,6 +111,8 @@ def test_gradients_reach_both_encoders_and_heads(batch, mode):
     assert grad_norm(model.audio_proj) > 0 and grad_norm(model.text_proj) > 0
     assert model.log_temperature.grad.abs().item() > 0
     assert all(p.grad is None for p in model.audio_encoder.model.feature_extractor.parameters())
+    # DDP (without find_unused_parameters) needs a gradient for every trainable parameter
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
 def test_baseline_is_one_view_without_projection_heads(batch):

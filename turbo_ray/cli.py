@@ -1,12 +1,15 @@
-"""`turbo-ray` command line: one subcommand per job."""
+"""`turbo-ray` command line: one subcommand per job (the experiments/ scripts call the same code)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import time
+from pathlib import Path
 
 import yaml
 
-from turbo_ray.config import ConfigError, load_config
+from turbo_ray.config import MODES, Config, ConfigError, load_config
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -15,19 +18,106 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="dotted overrides applied after the file, e.g. loss.temperature=0.1")
 
 
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    add_config_args(parser)
+    parser.add_argument("--data-dir", help="IEMOCAP_full_release folder (default: the generated demo corpus)")
+    parser.add_argument("--preset", help="encoder preset: tiny (default), base, large")
+    parser.add_argument("--num-workers", type=int, help="Ray Train workers per run (DDP, one per GPU)")
+    parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, bf16 autocast")
+    parser.add_argument("--address", help="join a running Ray cluster ('auto' on a `ray up` head node)")
+    parser.add_argument("--output-dir", help="experiment folder (default: runs/<job>-<time>)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """File, then the dedicated flags, then the dotted overrides (last word wins)."""
+    flags = {"data.data_dir": getattr(args, "data_dir", None), "model.preset": getattr(args, "preset", None),
+             "train.num_workers": getattr(args, "num_workers", None),
+             "train.use_gpu": True if getattr(args, "use_gpu", False) else None}
+    from_flags = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    return load_config(args.config, from_flags + list(args.overrides))
+
+
+def output_dir(args: argparse.Namespace, job: str) -> Path:
+    return Path(args.output_dir or f"runs/{job}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the fully resolved config as YAML."""
-    cfg = load_config(args.config, args.overrides)
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    print(yaml.safe_dump(config_from_args(args).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Parse the corpus, report its problems and write its Parquet shards."""
+    from turbo_ray.data.corpus import prepare_corpus
+
+    cfg = config_from_args(args)
+    if args.out:
+        cfg.data.shards_dir = args.out
+    corpus = prepare_corpus(cfg.data, strict=args.strict)
+    print(f"corpus   {corpus.root}{'  (demo)' if corpus.is_demo else ''}")
+    print(corpus.report.summary())
+    counts = corpus.manifest.groupby(["session", "label"]).size().unstack(fill_value=0)
+    print(f"{len(corpus.manifest)} utterances in {cfg.data.classes}:\n{counts.to_string()}")
+    print(f"shards   {corpus.shards}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """One config over the LOSO folds, for each requested mode and seed; prints and writes the table."""
+    from turbo_ray.data.corpus import prepare_corpus
+    from turbo_ray.loso import format_table, run_loso, write_results
+    from turbo_ray.runtime import init_ray
+
+    cfg = config_from_args(args)
+    out = output_dir(args, "train")
+    cfg.train.storage_path = str(out / "checkpoints")
+    modes, seeds = args.mode.split(","), [int(s) for s in args.seeds.split(",")]
+    if bad := [m for m in modes if m not in MODES]:
+        raise ConfigError(f"--mode {bad} not in {MODES}")
+    dashboard = init_ray(args.address)
+    if dashboard:
+        print(f"Ray dashboard: {dashboard}")
+    corpus = prepare_corpus(cfg.data)
+    import pandas as pd
+
+    frames = []
+    for mode in modes:
+        for seed in seeds:
+            run_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, mode=mode),
+                                          train=dataclasses.replace(cfg.train, seed=seed))
+            frames.append(run_loso(run_cfg, corpus, args.folds, name=f"{mode}-seed{seed}").assign(
+                mode=mode, seed=seed))
+    results = pd.concat(frames, ignore_index=True)
+    by = ["mode"] if len(modes) > 1 or len(seeds) > 1 else None
+    label = "demo corpus (a fixture, not real speech)" if corpus.is_demo else str(corpus.root)
+    print("\n" + format_table(results, f"Test scores of the best-val epoch, {label}", by))
+    for path in write_results(results, out, list(corpus.classes), cfg, by):
+        print(f"wrote {path}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="turbo-ray", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
     p = sub.add_parser("config", help="print the resolved config (defaults + file + overrides)")
     add_config_args(p)
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("prepare", help="parse IEMOCAP (or the demo corpus) and write Parquet shards")
+    add_config_args(p)
+    p.add_argument("--data-dir", help="IEMOCAP_full_release folder (default: the generated demo corpus)")
+    p.add_argument("--out", help="shards location: a local path or a URI such as s3://bucket/prefix")
+    p.add_argument("--strict", action="store_true", help="any corpus problem is an error")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train one config over the leave-one-session-out folds")
+    add_run_args(p)
+    p.add_argument("--mode", default="turbo", help=f"comma-separated subset of {','.join(MODES)}")
+    p.add_argument("--folds", type=int, default=5, help="number of LOSO folds (test sessions 1..N)")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -27,8 +27,10 @@ class ConfigError(ValueError):
 class DataConfig:
     data_dir: str | None = None          # IEMOCAP_full_release; None = the generated demo corpus
     cache_dir: str = "~/.cache/turbo_ray"  # demo corpus and prepared shards
+    demo_utterances_per_speaker: int = 40  # size of the generated demo corpus (10 speakers)
     shards_dir: str | None = None        # local path or URI; None = <cache_dir>/shards/<corpus fingerprint>
-    classes: str = "4class"
+    classes: str = "4class"               # "4class" (neutral, happy+excited, angry, sad) or "all"
+    audio_format: str = "wav"             # in the shards: "wav" file bytes or decoded "pcm16"
     sample_rate: int = 16_000
     max_seconds: float = 4.0              # random crop in training, centre crop in evaluation
     max_text_tokens: int = 64
@@ -80,7 +82,7 @@ class TrainConfig:
     storage_path: str = "runs"
     name: str | None = None
     max_failures: int = 0
-    num_to_keep: int = 2
+    num_to_keep: int | None = 2           # checkpoints kept (best by val UA); None keeps all
 
 
 @dataclass

@@ -90,8 +90,9 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class AudioEncoder(nn.Module):
     """wav2vec2-family model (wav2vec2, HuBERT, WavLM, data2vec-audio) pooled to one vector."""
 
-    def __init__(self, model: nn.Module, freeze_feature_encoder: bool = True):
+    def __init__(self, model: nn.Module, freeze_feature_encoder: bool = True, pretrained: bool = True):
         super().__init__()
+        self.pretrained = pretrained
         missing = [m for m in ("feature_extractor", "feature_projection", "encoder") if not hasattr(model, m)]
         if missing:
             raise ValueError(f"{type(model).__name__} is not a wav2vec2-style audio encoder (no {missing})")
@@ -99,6 +100,8 @@ class AudioEncoder(nn.Module):
         self.dim = model.config.hidden_size
         if freeze_feature_encoder:
             model.feature_extractor.requires_grad_(False)
+        if getattr(model, "masked_spec_embed", None) is not None:
+            model.masked_spec_embed.requires_grad_(False)  # SpecAugment is off: unused, and DDP rejects it
 
     def prefix(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised waveforms (B, S) → conv features (B, T, C) and their frame mask (B, T)."""
@@ -127,8 +130,9 @@ class AudioEncoder(nn.Module):
 class TextEncoder(nn.Module):
     """Transformer text encoder (BERT, RoBERTa, MiniLM …) pooled by masked mean over tokens."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, pretrained: bool = True):
         super().__init__()
+        self.pretrained = pretrained
         if getattr(model, "pooler", None) is not None:
             model.pooler = None  # unused: we pool ourselves, and DDP rejects parameters with no grad
         self.model = model
@@ -145,4 +149,5 @@ def build_encoders(cfg: ModelConfig) -> tuple[AudioEncoder, TextEncoder]:
     audio_name, text_name = encoder_names(cfg)
     audio = load_pretrained(audio_name, cfg.dropout, cfg.attention_dropout)
     text = load_pretrained(text_name, cfg.dropout, cfg.attention_dropout)
-    return AudioEncoder(audio, cfg.freeze_feature_encoder), TextEncoder(text)
+    return (AudioEncoder(audio, cfg.freeze_feature_encoder, pretrained=audio_name != TINY_AUDIO),
+            TextEncoder(text))

@@ -1,0 +1,56 @@
+"""The corpus a run uses: an IEMOCAP release or the generated demo corpus, parsed and sharded once.
+
+    corpus = prepare_corpus(cfg.data)              # manifest + Parquet shards (cached, idempotent)
+    fold = corpus.fold(cfg.data)                   # train / val / test of the configured LOSO fold
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from turbo_ray.config import DataConfig
+from turbo_ray.data.demo import make_demo_corpus
+from turbo_ray.data.iemocap import CLASS_SETS, CorpusReport, Fold, load_manifest, loso_folds
+from turbo_ray.data.shards import write_shards
+
+
+@dataclass(frozen=True)
+class Corpus:
+    root: Path                # the IEMOCAP_full_release folder (real or demo)
+    manifest: pd.DataFrame    # one row per usable utterance
+    report: CorpusReport
+    shards: str               # local path or URI of the Parquet shards
+    classes: tuple[str, ...]
+    is_demo: bool
+
+    def folds(self, cfg: DataConfig) -> list[Fold]:
+        return loso_folds(self.manifest, cfg.val_fraction, cfg.seed, cfg.val_split)
+
+    def fold(self, cfg: DataConfig) -> Fold:
+        """The fold whose test set is session `cfg.test_session`."""
+        for fold in self.folds(cfg):
+            if fold.test_session == cfg.test_session:
+                return fold
+        raise ValueError(f"data.test_session={cfg.test_session} is not a session of {self.root}")
+
+
+def corpus_root(cfg: DataConfig) -> tuple[Path, bool]:
+    """(IEMOCAP_full_release folder, is_demo): the configured release, or the demo corpus, built once."""
+    if cfg.data_dir:
+        return Path(cfg.data_dir).expanduser().resolve(), False
+    demo = Path(cfg.cache_dir).expanduser() / f"demo-{cfg.demo_utterances_per_speaker}"
+    return make_demo_corpus(demo, utterances_per_speaker=cfg.demo_utterances_per_speaker), True
+
+
+def prepare_corpus(cfg: DataConfig, strict: bool = False) -> Corpus:
+    """Parse the corpus and write (or reuse) its Parquet shards."""
+    root, is_demo = corpus_root(cfg)
+    manifest = load_manifest(root, cfg.classes, strict=strict)
+    classes = CLASS_SETS[cfg.classes]
+    key = hashlib.sha256(f"{root}|{cfg.classes}|{cfg.audio_format}".encode()).hexdigest()[:12]
+    shards = cfg.shards_dir or str(Path(cfg.cache_dir).expanduser() / "shards" / key)
+    write_shards(manifest, shards, audio_format=cfg.audio_format, classes=classes)
+    return Corpus(root, manifest, manifest.attrs.get("report"), shards, classes, is_demo)

@@ -1,0 +1,255 @@
+"""Parse an IEMOCAP_full_release folder into a manifest (one row per utterance) and leave-one-session-out folds.
+
+    df = load_manifest("/data/IEMOCAP_full_release", classes="4class")   # problems in df.attrs["report"]
+    folds = loso_folds(df, val_fraction=0.1, seed=0, val_split="speaker")
+
+The layout and the parsing rules are those of DESIGN §4. Anything that does not fit them is reported
+(`CorpusReport`) and the utterance left out: a wrong or missing label is never guessed.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+RELEASE_NAME = "IEMOCAP_full_release"
+SESSIONS = tuple(f"Session{n}" for n in range(1, 6))
+RAW_LABELS = ("neu", "hap", "exc", "ang", "sad", "fru", "fea", "sur", "dis", "oth", "xxx")
+LONG_NAMES = dict(zip(RAW_LABELS, ("neutral", "happy", "excited", "angry", "sad", "frustrated", "fearful",
+                                   "surprised", "disgusted", "other", "no_agreement")))
+CLASS_SETS: dict[str, tuple[str, ...]] = {
+    "4class": ("neutral", "happy", "angry", "sad"),
+    "all": tuple(LONG_NAMES.values()),
+}
+MERGED = {"4class": {"exc": "happy"}}  # raw label -> class, where it differs from the long name
+COLUMNS = ("utterance_id", "session", "dialog", "speaker", "gender", "label", "label_id", "label_raw", "text",
+           "wav_path", "start", "end", "valence", "activation", "dominance", "duration", "sample_rate")
+DTYPES = {"session": "int64", "label_id": "int64", "sample_rate": "int64",
+          **dict.fromkeys(("start", "end", "valence", "activation", "dominance", "duration"), "float64")}
+
+SUMMARY_LINE = re.compile(
+    r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(\S+)\t([a-z]{3})\t\[(\d\.\d{4}), (\d\.\d{4}), (\d\.\d{4})\]$")
+UTTERANCE_ID = re.compile(r"^Ses0[1-5][FM]_(impro0[1-8][ab]?|script0[1-3]_[1-3]b?)_[FM]\d{3}$")
+
+
+class CorpusError(ValueError):
+    """Not an IEMOCAP release, or (strict) a corpus with problems; the message names the files or utterance ids."""
+
+
+@dataclass
+class CorpusReport:
+    """What the scan found wrong (utterance ids, or "path:line: text"), and what the class set left out."""
+
+    label_without_wav: list[str] = field(default_factory=list)
+    wav_without_label: list[str] = field(default_factory=list)
+    unreadable_wav: list[str] = field(default_factory=list)
+    missing_transcription: list[str] = field(default_factory=list)
+    unknown_label: list[str] = field(default_factory=list)
+    malformed_lines: list[str] = field(default_factory=list)
+    duplicate_ids: list[str] = field(default_factory=list)
+    excluded: dict[str, int] = field(default_factory=dict)  # raw label -> utterances outside the class set (info)
+
+    def problems(self) -> dict[str, list[str]]:
+        """The non-empty problem lists, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "excluded" and getattr(self, f.name)}
+
+    def summary(self, limit: int = 10) -> str:
+        """Counts, and the first `limit` entries of each problem."""
+        problems = self.problems()
+        lines = [f"{sum(map(len, problems.values()))} problem(s)" if problems else "no problems"]
+        for name, items in problems.items():
+            lines.append(f"  {name}: {len(items)}")
+            lines += [f"    {item}" for item in items[:limit]]
+            if len(items) > limit:
+                lines.append(f"    … and {len(items) - limit} more")
+        if self.excluded:
+            counts = ", ".join(f"{raw} {n}" for raw, n in sorted(self.excluded.items()))
+            lines.append(f"  outside the class set (left out, not a problem): {counts}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: DataFrames have no truth value to compare
+class Fold:
+    """One leave-one-session-out fold: test = session `test_session`; train and val from the other sessions."""
+
+    test_session: int
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class _Label:
+    start: float
+    end: float
+    raw: str
+    valence: float
+    activation: float
+    dominance: float
+
+
+def release_dir(root: str | Path) -> Path:
+    """The absolute IEMOCAP_full_release folder: `root` itself, or `root/IEMOCAP_full_release`."""
+    root = Path(root).expanduser().resolve()
+    for candidate in (root, root / RELEASE_NAME):
+        if any((candidate / session).is_dir() for session in SESSIONS):
+            return candidate
+    raise CorpusError(f"{root} is not an {RELEASE_NAME} folder: expected Session1..Session5 folders in it")
+
+
+def class_name(raw: str, classes: str) -> str | None:
+    """The class of a raw label in the class set `classes`, or None where the set leaves it out."""
+    name = MERGED.get(classes, {}).get(raw, LONG_NAMES[raw])
+    return name if name in CLASS_SETS[classes] else None
+
+
+def _visible(folder: Path, suffix: str = "") -> list[Path]:
+    """Sorted entries of `folder` (files with `suffix`, or folders if no suffix), skipping names that start with "."."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")
+                  and (p.is_file() and p.suffix == suffix if suffix else p.is_dir()))
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file, undecodable bytes replaced; universal newlines drop the \\r of \\r\\n."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return enumerate(text.split("\n"), 1)
+
+
+def _parse_labels(files: list[Path], report: CorpusReport) -> tuple[dict[str, _Label], set[str]]:
+    """The summary label of every well-formed line by utterance id, and the ids labelled more than once."""
+    labels: dict[str, _Label] = {}
+    duplicates: set[str] = set()
+    for path in files:
+        for number, line in _lines(path):
+            if not line.startswith("["):  # the % header, C-/A- annotator lines, blank lines
+                continue
+            match = SUMMARY_LINE.match(line)
+            if match is None or not UTTERANCE_ID.match(match[3]):
+                report.malformed_lines.append(f"{path}:{number}: {line}")
+                continue
+            if match[3] in labels:
+                duplicates.add(match[3])
+            labels[match[3]] = _Label(float(match[1]), float(match[2]), match[4], *map(float, match.group(5, 6, 7)))
+    return labels, duplicates
+
+
+def _parse_transcriptions(files: list[Path], report: CorpusReport) -> tuple[dict[str, str], set[str]]:
+    """Text by utterance id, and the ids given two different texts."""
+    texts: dict[str, str] = {}
+    conflicting: set[str] = set()
+    for path in files:
+        for number, line in _lines(path):
+            tokens = line.split(None, 1)
+            if not tokens or not tokens[0].startswith("Ses") or "XX" in tokens[0]:
+                continue
+            _, sep, text = line.partition("]: ")
+            if not sep:
+                report.malformed_lines.append(f"{path}:{number}: {line}")
+            elif texts.setdefault(tokens[0], text.strip()) != text.strip():
+                conflicting.add(tokens[0])
+    return texts, conflicting
+
+
+def _wav_info(path: Path) -> tuple[int, int] | None:
+    """(frames, sample rate) of a readable, non-empty wav, or None."""
+    try:
+        info = sf.info(str(path))
+    except sf.SoundFileError:
+        return None
+    return (info.frames, info.samplerate) if info.frames > 0 else None
+
+
+def scan_corpus(root: str | Path, classes: str = "4class") -> tuple[pd.DataFrame, CorpusReport]:
+    """The manifest of the usable utterances whose label is in `classes`, and the report of everything else."""
+    if classes not in CLASS_SETS:
+        raise ValueError(f"unknown class set {classes!r}: choose one of {sorted(CLASS_SETS)}")
+    release = release_dir(root)
+    sessions = [release / s for s in SESSIONS if (release / s).is_dir()]
+    report = CorpusReport()
+    labels, duplicate_labels = _parse_labels(
+        [f for s in sessions for f in _visible(s / "dialog" / "EmoEvaluation", ".txt")], report)
+    texts, duplicate_texts = _parse_transcriptions(
+        [f for s in sessions for f in _visible(s / "dialog" / "transcriptions", ".txt")], report)
+    wavs = {w.stem: w for s in sessions for d in _visible(s / "sentences" / "wav") for w in _visible(d, ".wav")}
+    duplicates = duplicate_labels | duplicate_texts
+    report.duplicate_ids = sorted(duplicates)
+    report.unknown_label = sorted(u for u, lab in labels.items() if lab.raw not in RAW_LABELS and u not in duplicates)
+    report.wav_without_label = sorted(set(wavs) - set(labels))
+
+    rows, excluded = [], Counter()
+    for utt in sorted(set(labels) - duplicates - set(report.unknown_label)):
+        label, wav = labels[utt], wavs.get(utt)
+        info = None if wav is None else _wav_info(wav)
+        if wav is None:
+            report.label_without_wav.append(utt)
+        elif info is None:
+            report.unreadable_wav.append(utt)
+        if utt not in texts:
+            report.missing_transcription.append(utt)
+        if info is None or utt not in texts:
+            continue
+        name = class_name(label.raw, classes)
+        if name is None:
+            excluded[label.raw] += 1
+            continue
+        (frames, sample_rate), (dialog, turn) = info, utt.rsplit("_", 1)
+        rows.append((utt, int(utt[3:5]), dialog, utt[:5] + turn[0], turn[0], name, CLASS_SETS[classes].index(name),
+                     label.raw, texts[utt], str(wav), label.start, label.end, label.valence, label.activation,
+                     label.dominance, frames / sample_rate, sample_rate))
+    report.excluded = dict(sorted(excluded.items()))
+    manifest = pd.DataFrame(rows, columns=list(COLUMNS)).astype(DTYPES)
+    return manifest, report
+
+
+def load_manifest(root: str | Path, classes: str = "4class", strict: bool = False) -> pd.DataFrame:
+    """`scan_corpus`'s manifest with its report in `df.attrs["report"]`; `strict`: any problem is a CorpusError."""
+    manifest, report = scan_corpus(root, classes)
+    if strict and report.problems():
+        raise CorpusError(f"{release_dir(root)}: {report.summary()}")
+    manifest.attrs["report"] = report
+    return manifest
+
+
+def _random_val(rest: pd.DataFrame, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Mask of a validation set stratified by label: `fraction` of each label's rows, rounded."""
+    mask = np.zeros(len(rest), dtype=bool)
+    for positions in rest.groupby("label", sort=True).indices.values():
+        mask[rng.choice(positions, int(fraction * len(positions) + 0.5), replace=False)] = True
+    return mask
+
+
+def _speaker_val(rest: pd.DataFrame, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Mask of a validation set of whole speakers: `fraction` of the speakers (at least one, never all)."""
+    speakers = np.array(sorted(rest["speaker"].unique()))
+    count = min(max(1, int(fraction * len(speakers) + 0.5)), len(speakers) - 1) if fraction > 0 else 0
+    return rest["speaker"].isin(rng.choice(speakers, count, replace=False)).to_numpy()
+
+
+def loso_folds(manifest: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0,
+               val_split: str = "random") -> list[Fold]:
+    """One fold per session present (sorted): test = that session; val carved from the other sessions, seeded."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    carve = {"random": _random_val, "speaker": _speaker_val}.get(val_split)
+    if carve is None:
+        raise ValueError(f"val_split must be 'random' or 'speaker', got {val_split!r}")
+    sessions = sorted(int(s) for s in manifest["session"].unique())
+    if len(sessions) < 2:
+        raise ValueError(f"leave-one-session-out needs at least two sessions, got {sessions}")
+    folds = []
+    for session in sessions:
+        is_test = (manifest["session"] == session).to_numpy()
+        rest = manifest[~is_test]
+        is_val = carve(rest, val_fraction, np.random.default_rng([seed, session]))
+        folds.append(Fold(session, rest[~is_val].reset_index(drop=True), rest[is_val].reset_index(drop=True),
+                          manifest[is_test].reset_index(drop=True)))
+    return folds

@@ -1,0 +1,122 @@
+"""Ray Data: Parquet shards → decode / resample / crop / tokenize → padded torch batches.
+
+    ds = split_dataset(cfg, shards_uri, utterance_ids, train=True)     # on the driver
+    for batch in shard.iter_torch_batches(batch_size=…, collate_fn=PadCollate(pad_id)):   # in a worker
+        batch["waveforms"], batch["audio_lengths"], batch["input_ids"], batch["attention_mask"], batch["labels"]
+
+Preprocessing runs in a small actor pool (the tokenizer is loaded once per actor) on small batches:
+decoded audio is far larger than the stored bytes. Padding happens per batch in the training worker.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import ray
+import ray.data
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+from ray.data.expressions import col
+
+from turbo_ray.config import Config
+from turbo_ray.data.shards import decode_audio
+from turbo_ray.model.encoders import encoder_names
+
+COLUMNS = ["utterance_id", "label_id", "text", "audio", "audio_format", "sample_rate"]
+PREPROCESS_BATCH = 16
+
+
+def configure_ray_data() -> None:
+    """Ray Data settings that keep small machines from hanging (DESIGN §6). Call once on the driver."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.use_datasource_v2 = False  # the V2 read path wants one whole free CPU, which Train has taken
+    ctx.enable_progress_bars = False
+    ctx.target_max_block_size = 32 * 1024**2
+
+
+def tokenizer_name(cfg: Config) -> str:
+    return encoder_names(cfg.model)[1]
+
+
+def pad_token_id(cfg: Config) -> int:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_name(cfg)).pad_token_id
+
+
+class Preprocess:
+    """Decode, resample to the encoder rate, crop (random in training, centred otherwise), tokenize."""
+
+    def __init__(self, tokenizer: str, sample_rate: int, max_seconds: float, max_tokens: int,
+                 train: bool, seed: int):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        self.rate, self.max_samples = sample_rate, int(max_seconds * sample_rate)
+        self.max_tokens, self.train = max_tokens, train
+        self.rng = np.random.default_rng(seed)
+
+    def _waveform(self, audio: bytes, audio_format: str, rate: int) -> np.ndarray:
+        wave = decode_audio(audio, audio_format, rate)
+        if rate != self.rate:
+            import torchaudio.functional as AF
+
+            wave = AF.resample(torch.from_numpy(wave), rate, self.rate).numpy()
+        excess = len(wave) - self.max_samples
+        if excess > 0:
+            start = int(self.rng.integers(0, excess + 1)) if self.train else excess // 2
+            wave = wave[start:start + self.max_samples]
+        return wave.astype(np.float32, copy=False)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        waves = [self._waveform(a, f, int(r))
+                 for a, f, r in zip(batch["audio"], batch["audio_format"], batch["sample_rate"])]
+        tokens = self.tokenizer(list(batch["text"]), truncation=True, max_length=self.max_tokens)["input_ids"]
+        return {
+            "utterance_id": batch["utterance_id"],
+            "label": batch["label_id"].astype(np.int64),
+            "waveform": _ragged(waves),
+            "input_ids": _ragged([np.asarray(t, dtype=np.int64) for t in tokens]),
+        }
+
+
+def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    out = np.empty(len(arrays), dtype=object)
+    out[:] = arrays
+    return out
+
+
+class PadCollate(NumpyBatchCollateFn):
+    """Runs in the training worker: pads a batch of ragged waveforms and token ids into tensors."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        pad = torch.nn.utils.rnn.pad_sequence
+        waves = [torch.from_numpy(w) for w in batch["waveform"]]
+        ids = [torch.from_numpy(t) for t in batch["input_ids"]]
+        input_ids = pad(ids, batch_first=True, padding_value=self.pad_token_id)
+        lengths = torch.tensor([len(t) for t in ids])
+        return {
+            "waveforms": pad(waves, batch_first=True),
+            "audio_lengths": torch.tensor([len(w) for w in waves]),
+            "input_ids": input_ids,
+            "attention_mask": (torch.arange(input_ids.shape[1]) < lengths[:, None]).long(),
+            "labels": torch.from_numpy(batch["label"]),
+        }
+
+
+def split_dataset(cfg: Config, shards: str, utterance_ids: Sequence[str], train: bool) -> ray.data.Dataset:
+    """The rows of `utterance_ids` (Ray pushes projection and filter into the Parquet read), preprocessed lazily."""
+    d = cfg.data
+    return (
+        ray.data.read_parquet(shards, num_cpus=0.25)
+        .select_columns(COLUMNS)
+        .filter(expr=col("utterance_id").is_in(list(utterance_ids)))
+        .map_batches(Preprocess, batch_size=PREPROCESS_BATCH, num_cpus=0.25,
+                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+                     fn_constructor_kwargs={"tokenizer": tokenizer_name(cfg), "sample_rate": d.sample_rate,
+                                            "max_seconds": d.max_seconds, "max_tokens": d.max_text_tokens,
+                                            "train": train, "seed": d.seed})
+    )

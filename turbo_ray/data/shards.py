@@ -1,0 +1,267 @@
+"""Manifest → Parquet shards (audio bytes + text + label + session …) and a JSON manifest, atomic and idempotent.
+
+    doc = write_shards(manifest, "s3://bucket/iemocap", audio_format="wav", classes=classes)
+    doc = read_shard_manifest("s3://bucket/iemocap", verify=True)
+    wave = decode_audio(row["audio"], row["audio_format"], row["sample_rate"])   # float32 mono in [-1, 1]
+
+Layout: `out/part-00000.parquet`, `out/part-00001.parquet`, …, then `out/_manifest.json`, written last.
+`out` (and every wav_path) is a local path or any pyarrow filesystem URI (`file://`, `s3://`, `gs://` …).
+Every file is written under a hidden temporary name (readers such as Ray Data skip names starting with
+`.` or `_`) and renamed into place only once all shards are complete; an error removes this run's files.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import uuid
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import soundfile as sf
+
+SHARD_SCHEMA = pa.schema([
+    ("utterance_id", pa.string()),
+    ("session", pa.int8()),
+    ("speaker", pa.string()),
+    ("label_id", pa.int16()),
+    ("label", pa.string()),
+    ("text", pa.string()),
+    ("audio", pa.binary()),
+    ("audio_format", pa.string()),
+    ("sample_rate", pa.int32()),
+    ("duration", pa.float32()),
+])
+AUDIO_FORMATS = ("wav", "pcm16")
+REQUIRED_COLUMNS = ("utterance_id", "session", "speaker", "label", "label_id", "text",
+                    "wav_path", "duration", "sample_rate")
+MANIFEST = "_manifest.json"
+FORMAT_VERSION = 1
+
+
+class ShardError(RuntimeError):
+    """Invalid input, unreadable audio, or missing / incomplete / corrupt shards (the message names which)."""
+
+
+def write_shards(manifest: pd.DataFrame, out: str, audio_format: str = "wav", rows_per_shard: int = 256,
+                 classes: Sequence[str] | None = None) -> dict:
+    """Write the manifest's utterances, sorted by id, to Parquet shards under `out`; return the JSON manifest.
+
+    All inputs are validated before anything is written. If `out` already holds a complete output of the
+    same input (same fingerprint) it is returned untouched; otherwise it is replaced, stale shards removed.
+    """
+    if audio_format not in AUDIO_FORMATS:
+        raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}")
+    if rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+    rows = _validate(manifest, classes)
+    wav_infos = _stat_wavs(rows.wav_path.tolist())
+    fingerprint = _fingerprint(rows, wav_infos, audio_format, rows_per_shard, classes)
+    existing = _complete_manifest(out)
+    fs, root = _filesystem(out)
+    if existing is not None and existing["fingerprint"] == fingerprint:
+        return existing
+
+    fs.create_dir(root, recursive=True)
+    token = f"tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # the pid alone can repeat across cluster nodes
+    temps: list[str] = []
+    placed: list[str] = []
+    shards: list[dict] = []
+    try:
+        for start in range(0, len(rows), rows_per_shard):
+            name = f"part-{len(shards):05d}.parquet"
+            temps.append(f"{root}/.{name}.{token}")
+            shards.append(_write_shard(fs, temps[-1], name, rows.iloc[start:start + rows_per_shard], audio_format))
+        _delete(fs, [f"{root}/{MANIFEST}"])  # from here until the new manifest lands, `out` reads as incomplete
+        for temp, shard in zip(temps, shards):
+            fs.move(temp, f"{root}/{shard['file']}")
+            placed.append(f"{root}/{shard['file']}")
+        _delete(fs, _stale_shards(fs, root, keep=len(shards)))
+        doc = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "audio_format": audio_format,
+               "rows_per_shard": rows_per_shard, "classes": list(classes) if classes is not None else None,
+               "num_rows": len(rows), "counts": _counts(rows), "total_duration": float(rows.duration.sum()),
+               "shards": shards, "schema": SHARD_SCHEMA.to_string()}
+        temps.append(f"{root}/.{MANIFEST}.{token}")
+        _write_bytes(fs, temps[-1], json.dumps(doc, indent=1).encode())
+        fs.move(temps[-1], f"{root}/{MANIFEST}")
+    except BaseException:
+        _delete(fs, temps + placed)
+        raise
+    return doc
+
+
+def read_shard_manifest(out: str, verify: bool = False) -> dict:
+    """The JSON manifest under `out`, after checking every listed shard exists with its recorded size
+    (and, with `verify`, its sha256). ShardError if the manifest is missing or any shard is missing or corrupt."""
+    fs, root = _filesystem(out)
+    path = f"{root}/{MANIFEST}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise ShardError(f"{out}: no {MANIFEST}; the shards are missing or incomplete")
+    with fs.open_input_stream(path) as f:
+        try:
+            doc = json.loads(f.read())
+        except json.JSONDecodeError as e:
+            raise ShardError(f"{path}: not valid JSON ({e})") from e
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise ShardError(f"{path}: format_version {doc.get('format_version')!r}, expected {FORMAT_VERSION}")
+    paths = [f"{root}/{shard['file']}" for shard in doc["shards"]]
+    for shard, path, info in zip(doc["shards"], paths, fs.get_file_info(paths)):
+        if info.type != pafs.FileType.File or info.size != shard["bytes"]:
+            raise ShardError(f"shard {path} is missing or has the wrong size (expected {shard['bytes']} bytes)")
+        if verify and _sha256(fs, path) != shard["sha256"]:
+            raise ShardError(f"shard {path} is corrupt: its sha256 differs from {MANIFEST}")
+    return doc
+
+
+def decode_audio(audio: bytes, audio_format: str, sample_rate: int) -> np.ndarray:
+    """A shard's `audio` cell as a float32 mono waveform in [-1, 1].
+
+    `sample_rate` is the row's rate: a "wav" whose header disagrees with it (or that is not mono) is a
+    ShardError; "pcm16" samples carry no header and are at that rate by construction.
+    """
+    if audio_format == "wav":
+        return _read_audio(audio, sample_rate, "float32", "wav audio")
+    if audio_format == "pcm16":
+        if len(audio) % 2:
+            raise ShardError(f"pcm16 audio has an odd number of bytes ({len(audio)})")
+        return np.frombuffer(audio, dtype="<i2").astype(np.float32) / 32768
+    raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}")
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) for a URI such as `s3://bucket/prefix` or `file:///abs`, or for a plain local path."""
+    if "://" in uri:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs, path.rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def _some(names: Sequence[str], limit: int = 5) -> str:
+    return ", ".join(map(str, names[:limit])) + (f" … (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _reject(bad: pd.Series, rows: pd.DataFrame, what: str) -> None:
+    if bad.any():
+        ids = rows.utterance_id[bad].tolist()
+        raise ShardError(f"{len(ids)} utterance(s) {what}: {_some(ids)}")
+
+
+def _validate(manifest: pd.DataFrame, classes: Sequence[str] | None) -> pd.DataFrame:
+    """The required columns, sorted by utterance id, once they pass every check."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
+    if missing:
+        raise ShardError(f"the manifest lacks column(s) {missing}")
+    if manifest.empty:
+        raise ShardError("the manifest has no rows")
+    rows = manifest[list(REQUIRED_COLUMNS)].sort_values("utterance_id", kind="stable").reset_index(drop=True)
+    _reject(rows.isna().any(axis=1), rows, "have missing values")
+    _reject(rows.utterance_id.duplicated(keep=False), rows, "have duplicate ids")
+    if classes is not None:
+        expected = rows.label.map({c: i for i, c in enumerate(classes)})
+        _reject(expected != rows.label_id, rows, f"have a label_id other than {list(classes)}.index(label)")
+    _reject(rows.groupby("label").label_id.transform("nunique") > 1, rows, "share a label with other label_ids")
+    return rows
+
+
+def _stat_wavs(paths: list[str]) -> list[pafs.FileInfo]:
+    infos = [fs.get_file_info(path) for fs, path in map(_filesystem, paths)]
+    missing = [p for p, info in zip(paths, infos) if info.type != pafs.FileType.File]
+    if missing:
+        raise ShardError(f"{len(missing)} wav file(s) do not exist: {_some(missing)}")
+    return infos
+
+
+def _fingerprint(rows: pd.DataFrame, wav_infos: list[pafs.FileInfo], audio_format: str, rows_per_shard: int,
+                 classes: Sequence[str] | None) -> str:
+    """sha256 over every stored field, the wav files' sizes and mtimes, and the write options."""
+    options = [FORMAT_VERSION, audio_format, rows_per_shard, list(classes) if classes is not None else None]
+    digest = hashlib.sha256(json.dumps(options).encode())
+    digest.update(rows.to_json(orient="values").encode())
+    digest.update(json.dumps([[info.size, info.mtime_ns] for info in wav_infos]).encode())
+    return digest.hexdigest()
+
+
+def _complete_manifest(out: str) -> dict | None:
+    """The existing manifest if `out` holds a complete output; None (so it gets rewritten) otherwise."""
+    try:
+        return read_shard_manifest(out)
+    except ShardError:
+        return None
+
+
+def _read_audio(data: bytes, sample_rate: int, dtype: str, where: str, pcm16_only: bool = False) -> np.ndarray:
+    """Decode audio file bytes that must be mono at `sample_rate` (and 16-bit PCM with `pcm16_only`)."""
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            if f.channels != 1 or f.samplerate != sample_rate or (pcm16_only and f.subtype != "PCM_16"):
+                raise ShardError(f"{where}: expected {'16-bit PCM ' if pcm16_only else ''}mono at {sample_rate} Hz, "
+                                 f"got {f.subtype} with {f.channels} channel(s) at {f.samplerate} Hz")
+            return f.read(dtype=dtype)
+    except sf.SoundFileError as e:
+        raise ShardError(f"{where}: unreadable audio ({e})") from e
+
+
+def _audio_cell(row: tuple, audio_format: str) -> bytes:
+    """The `audio` cell of a manifest row (a namedtuple): the wav file's bytes, or its int16 samples."""
+    where = f"{row.wav_path} (utterance {row.utterance_id})"
+    fs, path = _filesystem(row.wav_path)
+    try:
+        with fs.open_input_stream(path) as f:
+            data = f.read()
+    except OSError as e:
+        raise ShardError(f"{where}: cannot read ({e})") from e
+    if audio_format == "wav":
+        return data
+    return _read_audio(data, int(row.sample_rate), "int16", where, pcm16_only=True).astype("<i2").tobytes()
+
+
+def _write_shard(fs: pafs.FileSystem, path: str, name: str, rows: pd.DataFrame, audio_format: str) -> dict:
+    """Write one shard to `path`; its manifest entry."""
+    columns = {c: rows[c].tolist() for c in SHARD_SCHEMA.names if c in rows.columns}
+    columns["audio"] = [_audio_cell(row, audio_format) for row in rows.itertuples(index=False)]
+    columns["audio_format"] = [audio_format] * len(rows)
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns, schema=SHARD_SCHEMA), sink)
+    data = sink.getvalue()
+    _write_bytes(fs, path, data)
+    return {"file": name, "rows": len(rows), "bytes": data.size, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def _sha256(fs: pafs.FileSystem, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while chunk := f.read(1 << 23):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stale_shards(fs: pafs.FileSystem, root: str, keep: int) -> list[str]:
+    """`part-*.parquet` files other than part-00000 … part-{keep-1}: shards of an earlier, larger output."""
+    current = {f"part-{i:05d}.parquet" for i in range(keep)}
+    return [info.path for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+            if info.base_name.startswith("part-") and info.base_name.endswith(".parquet")
+            and info.base_name not in current]
+
+
+def _counts(rows: pd.DataFrame) -> dict:
+    def count(values: pd.Series) -> dict[str, int]:
+        return {str(k): int(v) for k, v in values.value_counts().sort_index().items()}
+
+    return {"label": count(rows.label), "session": count(rows.session),
+            "session_label": {str(s): count(group.label) for s, group in rows.groupby("session")}}
+
+
+def _delete(fs: pafs.FileSystem, paths: list[str]) -> None:
+    for path in paths:
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_file(path)

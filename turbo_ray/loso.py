@@ -1,0 +1,90 @@
+"""Leave-one-session-out evaluation: one TorchTrainer per fold, test metrics of the best-val epoch."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from turbo_ray.config import Config
+from turbo_ray.data.corpus import Corpus
+from turbo_ray.data.iemocap import Fold
+from turbo_ray.data.pipeline import split_dataset
+from turbo_ray.train import best_epoch_metrics, build_trainer
+
+SCORES = ("wa", "ua", "f1")
+
+
+def fold_datasets(cfg: Config, corpus: Corpus, fold: Fold, with_test: bool = True) -> dict:
+    splits = {"train": fold.train, "val": fold.val} | ({"test": fold.test} if with_test else {})
+    return {name: split_dataset(cfg, corpus.shards, df.utterance_id.tolist(), train=name == "train")
+            for name, df in splits.items()}
+
+
+def run_fold(cfg: Config, corpus: Corpus, fold: Fold, name: str) -> dict:
+    """Train on one fold (resuming `name` if it exists) and return the best-val epoch's test scores."""
+    trainer = build_trainer(cfg, fold_datasets(cfg, corpus, fold), corpus.classes, len(fold.train), name)
+    result = trainer.fit()
+    best = best_epoch_metrics(result)
+    return {"test_session": fold.test_session, "best_epoch": best["epoch"], "val_ua": best["val_ua"],
+            **{k: best[f"test_{k}"] for k in SCORES}, "n_test": best["test_n"],
+            "confusion": best["test_confusion"], "checkpoint_run": str(result.path)}
+
+
+def run_loso(cfg: Config, corpus: Corpus, folds: int = 5, name: str = "loso") -> pd.DataFrame:
+    """The first `folds` LOSO folds (test sessions 1, 2, …), one row per fold."""
+    rows = [run_fold(cfg, corpus, fold, f"{name}-s{fold.test_session}")
+            for fold in corpus.folds(cfg.data)[:folds]]
+    return pd.DataFrame(rows)
+
+
+def with_mean_std(results: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Per-fold rows plus mean and std rows of WA / UA / F1 (per group of `by` columns, if given)."""
+    groups = results.groupby(by, sort=False) if by else [((), results)]
+    frames = []
+    for key, group in groups:
+        stats = group[list(SCORES)].agg(["mean", "std"]).fillna(0.0)
+        extra = dict(zip(by, key if isinstance(key, tuple) else (key,))) if by else {}
+        frames += [group, pd.DataFrame([{**extra, "test_session": s, **stats.loc[s]} for s in ("mean", "std")])]
+    return pd.concat(frames, ignore_index=True)
+
+
+def format_table(results: pd.DataFrame, title: str, by: list[str] | None = None) -> str:
+    table = with_mean_std(results, by)
+    columns = (by or []) + ["test_session", *SCORES]
+    body = table[columns].to_string(index=False, float_format=lambda x: f"{100 * x:6.2f}")
+    return f"{title}\n(WA = accuracy, UA = mean per-class recall, F1 = macro-F1; in %)\n{body}"
+
+
+def write_results(results: pd.DataFrame, out_dir: Path, classes: list[str], cfg: Config,
+                  by: list[str] | None = None) -> list[Path]:
+    """results.csv, results.json (with the config) and a summed confusion-matrix PNG."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = with_mean_std(results, by)
+    paths = [out_dir / "results.csv", out_dir / "results.json", out_dir / "confusion.png"]
+    table.drop(columns=["confusion"], errors="ignore").to_csv(paths[0], index=False)
+    paths[1].write_text(json.dumps({"config": dataclasses.asdict(cfg), "classes": list(classes),
+                                    "folds": json.loads(results.to_json(orient="records"))}, indent=1))
+    plot_confusion(np.sum([np.array(c) for c in results.confusion], axis=0), classes, paths[2])
+    return paths
+
+
+def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recall = matrix / matrix.sum(1, keepdims=True).clip(min=1)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(recall, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, f"{count}\n{recall[i, j]:.0%}", ha="center", va="center",
+                color="white" if recall[i, j] > 0.5 else "black", fontsize=8)
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
+           xlabel="predicted", ylabel="true", title="test confusion (all folds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

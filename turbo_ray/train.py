@@ -1,0 +1,223 @@
+"""Ray Train: the per-worker Turbo training loop and the TorchTrainer that runs it.
+
+Each epoch: train on this worker's shard (DDP), then rank 0 evaluates the whole validation split (and
+the test split when given: it is reported, never used for selection) and writes a checkpoint. A run
+restarted by Ray (FailureConfig) or started again under the same name resumes from its last
+checkpoint, so no epoch is repeated or skipped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from turbo_ray.config import Config
+from turbo_ray.data.pipeline import PadCollate, pad_token_id
+from turbo_ray.losses import objective
+from turbo_ray.metrics import classification_report, confusion_matrix
+from turbo_ray.model import TurboModel, build_model
+
+MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
+
+
+def param_groups(model: TurboModel, cfg: Config) -> list[dict]:
+    """Pretrained encoders train at `encoder_lr`; new heads and randomly initialised encoders at `lr`."""
+    slow = [p for enc in (model.audio_encoder, model.text_encoder) if enc.pretrained
+            for p in enc.parameters() if p.requires_grad]
+    slow_ids = {id(p) for p in slow}
+    fast = [p for p in model.parameters() if p.requires_grad and id(p) not in slow_ids]
+    return [{"params": fast, "lr": cfg.train.lr}, {"params": slow, "lr": cfg.train.encoder_lr}]
+
+
+def warmup_linear(total_steps: int, warmup_ratio: float):
+    """LR multiplier: linear warm-up over the first steps, then linear decay to 0."""
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+    return factor
+
+
+def _unwrap(model: torch.nn.Module) -> TurboModel:
+    return model.module if hasattr(model, "module") else model
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def evaluate(model: TurboModel, batches, num_classes: int, device: torch.device) -> dict[str, Any]:
+    """One deterministic pass (dropout off): WA, UA, macro-F1 and the confusion matrix."""
+    model.eval()
+    y_true, y_pred = [], []
+    for batch in batches:
+        batch = _to(batch, device)
+        labels = batch.pop("labels")
+        y_pred.append(model(**batch).logits.argmax(-1).cpu())
+        y_true.append(labels.cpu())
+    y_true, y_pred = torch.cat(y_true).numpy(), torch.cat(y_pred).numpy()
+    report = classification_report(y_true, y_pred, num_classes)
+    return report | {"confusion": confusion_matrix(y_true, y_pred, num_classes).tolist(), "n": int(len(y_true))}
+
+
+def save_checkpoint(directory: Path, model: TurboModel, optimizer, scheduler, epoch: int,
+                    cfg: Config, classes: list[str], metrics: dict) -> None:
+    """Weights and optimizer state as plain tensors (loadable with `torch.load(weights_only=True)`)."""
+    torch.save(model.state_dict(), directory / MODEL_FILE)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch},
+               directory / STATE_FILE)
+    meta = {"epoch": epoch, "config": cfg.to_dict(), "classes": classes, "metrics": metrics}
+    (directory / META_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> tuple[TurboModel, dict]:
+    """Rebuild the model of a checkpoint and load its weights; returns (model, meta)."""
+    directory = Path(checkpoint_dir)
+    meta = json.loads((directory / META_FILE).read_text())
+    model = build_model(Config.from_dict(meta["config"]))
+    model.load_state_dict(torch.load(directory / MODEL_FILE, map_location=device, weights_only=True))
+    return model.to(device).eval(), meta
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """The Ray Train worker function. `loop_config`: config (dict), classes, train_rows, and an
+    optional `inject_failure` {epoch, marker} used by the fault-tolerance tests only."""
+    cfg = Config.from_dict(loop_config["config"])
+    classes = loop_config["classes"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    model = build_model(cfg)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.train.weight_decay)
+    per_step = cfg.data.batch_size * world * cfg.train.grad_accum
+    total_steps = cfg.train.epochs * math.ceil(loop_config["train_rows"] / per_step)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(total_steps, cfg.train.warmup_ratio))
+
+    start_epoch = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            model.load_state_dict(torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True))
+            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch = state["epoch"] + 1
+    model = ray.train.torch.prepare_model(model)
+    core = _unwrap(model)
+    torch.manual_seed(cfg.train.seed + 1000 * rank + start_epoch)  # distinct dropout masks per rank
+
+    collate = PadCollate(pad_token_id(cfg))
+    train_shard = ray.train.get_dataset_shard("train")
+    eval_names = [n for n in ("val", "test") if n in loop_config["eval_splits"]]
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        failure = loop_config.get("inject_failure")
+        if failure and epoch == failure["epoch"] and rank == world - 1 and not Path(failure["marker"]).exists():
+            Path(failure["marker"]).touch()
+            raise RuntimeError(f"injected failure at epoch {epoch} (test hook)")
+        model.train()
+        sums, steps = {}, 0
+        batches = train_shard.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collate,
+                                                 local_shuffle_buffer_size=4 * cfg.data.batch_size,
+                                                 local_shuffle_seed=cfg.train.seed + epoch)
+        for step, batch in enumerate(batches):
+            batch = _to(batch, device)
+            labels = batch.pop("labels")
+            boundary = (step + 1) % cfg.train.grad_accum == 0
+            sync = nullcontext() if boundary or world == 1 else model.no_sync()
+            with sync, autocast:
+                parts = objective(model(**batch), labels, cfg.loss, core.temperature if core.contrastive else None)
+                (parts["total"] / cfg.train.grad_accum).backward()
+            if boundary:
+                _optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            steps += 1
+        if steps % cfg.train.grad_accum:
+            _optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip)
+
+        metrics = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
+        metrics |= {f"train_{k}": v for k, v in _mean_over_ranks(sums, steps, device).items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                for name in eval_names:
+                    result = evaluate(core, ray.train.get_dataset_shard(name).iter_torch_batches(
+                        batch_size=cfg.data.batch_size, collate_fn=collate), len(classes), device)
+                    metrics |= {f"{name}_{k}": v for k, v in result.items()}
+                save_checkpoint(Path(tmp), core, optimizer, scheduler, epoch, cfg, classes, metrics)
+                checkpoint = Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _optimizer_step(model, optimizer, scheduler, grad_clip: float) -> None:
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _mean_over_ranks(sums: dict[str, float], steps: int, device: torch.device) -> dict[str, float]:
+    """Per-step means of the loss parts over all ranks' steps (the same value on every rank)."""
+    keys = sorted(sums)
+    values = torch.tensor([sums[k] for k in keys] + [steps], dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(values)
+    return {k: float(v) / max(1.0, float(values[-1])) for k, v in zip(keys, values[:-1])}
+
+
+def build_trainer(cfg: Config, datasets: dict[str, Any], classes: list[str], train_rows: int, name: str,
+                  callbacks: list | None = None, inject_failure: dict | None = None) -> TorchTrainer:
+    """A TorchTrainer for one Turbo run: only "train" is split across workers; "val"/"test" are read
+    whole by rank 0 so that evaluation never drops or repeats a sample."""
+    resources = {"CPU": cfg.train.cpus_per_worker} | ({"GPU": 1} if cfg.train.use_gpu else {})
+    loop_config = {"config": cfg.to_dict(), "classes": list(classes), "train_rows": int(train_rows),
+                   "eval_splits": sorted(set(datasets) - {"train"}), "inject_failure": inject_failure}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker=resources),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=name, storage_path=storage_uri(cfg.train.storage_path), callbacks=callbacks,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_to_keep,
+                                               checkpoint_score_attribute=_selection_metric(datasets),
+                                               checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+        ),
+    )
+
+
+def _selection_metric(datasets: dict[str, Any]) -> str | None:
+    return "val_ua" if "val" in datasets else None
+
+
+def storage_uri(path: str) -> str:
+    """Ray wants absolute local paths; URIs (s3://, gs://, …) pass through."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def best_epoch_metrics(result) -> dict[str, Any]:
+    """Metrics of the checkpoint with the best validation UA (kept by CheckpointConfig)."""
+    scored = [metrics for _, metrics in (result.best_checkpoints or []) if "val_ua" in metrics]
+    if not scored:
+        raise RuntimeError(f"run {result.path} reported no validation metrics (error: {result.error})")
+    return max(scored, key=lambda m: (m["val_ua"], -m["epoch"]))
