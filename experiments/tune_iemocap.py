@@ -1,5 +1,15 @@
-"""The main job: Ray Tune + Optuna + ASHA search, then leave-one-session-out evaluation.
+"""The main job: Ray Tune (Optuna TPE + ASHA) over Turbo's hyper-parameters on one LOSO fold, then the
+best config re-trained and tested on every fold.
 
-The search itself arrives with the tune issue; until then this prints what it will do."""
-print("turbo_ray: the Tune search demo arrives with the tune issue (#5); "
-      "`make test` exercises the model and losses today.")
+    python experiments/tune_iemocap.py                      # embedded demo: demo corpus, tiny preset, minutes on a laptop
+    python experiments/tune_iemocap.py --config experiments/configs/iemocap.yaml \
+        --data-dir /data/IEMOCAP_full_release --use-gpu --workers-per-trial 2 --address auto
+    python experiments/tune_iemocap.py --resume --output-dir runs/tune-…   # after an interruption
+
+Same as `turbo-ray tune`; `--help` lists every flag."""
+import sys
+
+from turbo_ray.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["tune", *sys.argv[1:]]))

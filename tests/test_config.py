@@ -32,7 +32,7 @@ def test_int_is_accepted_for_float_and_none_for_optional():
     (["loss.mode=both"], "loss.mode must be one of"),
     (["loss.cross_pairs=['13']"], "cross_pairs"),
     (["model.dropout=1.5"], "model.dropout must be in"),
-    (["epochs=3"], "section.key=value"),
+    (["epochs=3"], "must look like section.key"),
 ])
 def test_bad_values_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):

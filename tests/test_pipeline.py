@@ -34,7 +34,7 @@ def shard_rows(tmp_path, rates):
 def test_preprocess_resamples_crops_and_tokenizes(tmp_path):
     batch = shard_rows(tmp_path, [8000, 16000])
     cfg = load_config(None, ["data.max_seconds=1.0", "data.max_text_tokens=12"])
-    prep = Preprocess(tokenizer_name(cfg), 16000, 1.0, 12, train=False, seed=0)
+    prep = Preprocess(tokenizer_name(cfg), 16000, 1.0, 12, train=False)
     out = prep(batch)
     assert [len(w) for w in out["waveform"]] == [16000, 16000]  # 1.5 s → cropped to 1 s at 16 kHz
     # the 8 kHz file was resampled: a 220 Hz tone keeps 220 zero-crossing pairs per second at 16 kHz
@@ -42,7 +42,7 @@ def test_preprocess_resamples_crops_and_tokenizes(tmp_path):
     assert abs(crossings - 440) <= 4
     # eval crops are centred and deterministic; training crops are random windows of the same length
     assert np.array_equal(out["waveform"][1], prep(batch)["waveform"][1])
-    train_prep = Preprocess(tokenizer_name(cfg), 16000, 1.0, 12, train=True, seed=0)
+    train_prep = Preprocess(tokenizer_name(cfg), 16000, 1.0, 12, train=True)
     crops = {float(train_prep(batch)["waveform"][1][:50].sum()) for _ in range(5)}
     assert len(crops) > 1
     assert len(out["input_ids"][0]) == 7 and len(out["input_ids"][1]) == 12  # [CLS] 5 words [SEP]; truncated

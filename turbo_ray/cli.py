@@ -18,21 +18,30 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="dotted overrides applied after the file, e.g. loss.temperature=0.1")
 
 
-def add_run_args(parser: argparse.ArgumentParser) -> None:
+def add_run_args(parser: argparse.ArgumentParser, workers_flag: str = "--num-workers") -> None:
     add_config_args(parser)
     parser.add_argument("--data-dir", help="IEMOCAP_full_release folder (default: the generated demo corpus)")
     parser.add_argument("--preset", help="encoder preset: tiny (default), base, large")
-    parser.add_argument("--num-workers", type=int, help="Ray Train workers per run (DDP, one per GPU)")
+    parser.add_argument(workers_flag, dest="num_workers", type=int,
+                        help="Ray Train workers per run (DDP, one per GPU)")
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, bf16 autocast")
+    parser.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (implies --use-gpu if > 0)")
     parser.add_argument("--address", help="join a running Ray cluster ('auto' on a `ray up` head node)")
     parser.add_argument("--output-dir", help="experiment folder (default: runs/<job>-<time>)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """File, then the dedicated flags, then the dotted overrides (last word wins)."""
+    gpus = getattr(args, "gpus_per_worker", None)
     flags = {"data.data_dir": getattr(args, "data_dir", None), "model.preset": getattr(args, "preset", None),
              "train.num_workers": getattr(args, "num_workers", None),
-             "train.use_gpu": True if getattr(args, "use_gpu", False) else None}
+             "train.use_gpu": True if getattr(args, "use_gpu", False) or (gpus or 0) > 0 else None,
+             "train.gpus_per_worker": gpus,
+             "tune.search_space": getattr(args, "search_space", None),
+             "tune.num_samples": getattr(args, "num_samples", None),
+             "tune.max_concurrent_trials": getattr(args, "max_concurrent_trials", None),
+             "tune.final_folds": getattr(args, "final_folds", None),
+             "data.test_session": getattr(args, "tune_fold", None)}
     from_flags = [f"{k}={v}" for k, v in flags.items() if v is not None]
     return load_config(args.config, from_flags + list(args.overrides))
 
@@ -97,6 +106,66 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """The main job: TPE + ASHA search on one fold, then the best config over the LOSO folds."""
+    from turbo_ray.data.corpus import prepare_corpus
+    from turbo_ray.loso import format_table, run_loso, write_results
+    from turbo_ray.runtime import init_ray, require_driver_resource
+    from turbo_ray.tune import load_search_space, run_search, write_search_outputs
+
+    out = resume_dir(args) if args.resume else output_dir(args, "tune")
+    saved = out / "config.yaml"
+    if args.resume:  # the interrupted job's own config, whatever the flags say
+        cfg = load_config(saved)
+    else:
+        cfg = config_from_args(args)
+        out.mkdir(parents=True, exist_ok=True)
+        saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    space = load_search_space(cfg.tune.search_space)
+    print(f"experiment {out}{'  (resumed)' if args.resume else ''}")
+    dashboard = init_ray(args.address)
+    if dashboard:
+        print(f"Ray dashboard: {dashboard}  (trials, workers, CPU/GPU and memory use)")
+    require_driver_resource()
+    corpus = prepare_corpus(cfg.data)
+    label = "demo corpus (a fixture, not real speech)" if corpus.is_demo else str(corpus.root)
+    print(f"corpus {label}: {len(corpus.manifest)} utterances; search on the fold testing session "
+          f"{cfg.data.test_session} ({cfg.tune.num_samples} trials, ASHA on {cfg.tune.metric})")
+
+    grid = run_search(cfg, corpus, space, out, resume=args.resume)
+    paths = write_search_outputs(grid, space, cfg, out)
+    best = load_config(out / "best_config.yaml")
+    print("\n" + (out / "best_config.yaml").read_text().splitlines()[0].lstrip("# "))
+    print("best: " + ", ".join(f"{p.key}={_short(v)}" for p in space for v in [_get(best, p.key)]))
+
+    final = dataclasses.replace(best, train=dataclasses.replace(best.train, storage_path=str(out / "final")))
+    results = run_loso(final, corpus, cfg.tune.final_folds, name="final")
+    paths += write_results(results, out, list(corpus.classes), final)
+    print("\n" + format_table(results, f"Best config re-trained per LOSO fold; test scores of the best-val "
+                                        f"epoch, {label}"))
+    print("\n" + "\n".join(f"wrote {p}" for p in paths))
+    return 0
+
+
+def resume_dir(args: argparse.Namespace) -> Path:
+    """--output-dir, or the newest runs/tune-* folder."""
+    if args.output_dir:
+        return Path(args.output_dir).resolve()
+    candidates = sorted(Path("runs").glob("tune-*/config.yaml"))
+    if not candidates:
+        raise ConfigError("--resume: no runs/tune-* experiment here; pass --output-dir DIR")
+    return candidates[-1].parent.resolve()
+
+
+def _get(cfg: Config, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="turbo-ray", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="number of LOSO folds (test sessions 1..N)")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="the main job: Optuna + ASHA search, then the best config over LOSO folds")
+    add_run_args(p, workers_flag="--workers-per-trial")
+    p.add_argument("--search-space", help="YAML of dotted key → distribution "
+                                          "(default: experiments/configs/search_space.yaml)")
+    p.add_argument("--num-samples", type=int, help="trials to run")
+    p.add_argument("--max-concurrent-trials", type=int, help="trials running at once")
+    p.add_argument("--tune-fold", type=int, help="the LOSO fold (its test session) the search validates on")
+    p.add_argument("--final-folds", type=int, help="LOSO folds the best config is re-trained on (default 5)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted experiment in --output-dir (default: the newest runs/tune-*)")
+    p.set_defaults(func=cmd_tune)
     return parser
 
 

@@ -35,6 +35,7 @@ class DataConfig:
     max_seconds: float = 4.0              # random crop in training, centre crop in evaluation
     max_text_tokens: int = 64
     batch_size: int = 16                  # per worker
+    preprocess_tasks: int = 2             # concurrent decode/tokenize tasks per dataset (raise for many GPUs)
     val_fraction: float = 0.1
     val_split: str = "random"             # "random" (stratified) or "speaker"
     test_session: int = 1                 # LOSO fold used by a single run or by the search
@@ -77,7 +78,9 @@ class TrainConfig:
     grad_accum: int = 1
     num_workers: int = 1
     use_gpu: bool = False
+    gpus_per_worker: float = 1.0          # with use_gpu; fractions share a GPU between workers
     cpus_per_worker: float = 1.0
+    placement_strategy: str = "PACK"      # Ray placement of the workers: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
     seed: int = 0
     storage_path: str = "runs"
     name: str | None = None
@@ -87,12 +90,13 @@ class TrainConfig:
 
 @dataclass
 class TuneConfig:
-    search_space: str | None = None       # YAML file; None = the packaged default
+    search_space: str = "experiments/configs/search_space.yaml"  # dotted key → distribution (tune.py)
     num_samples: int = 8
     max_concurrent_trials: int = 1
     grace_period: int = 1
     reduction_factor: int = 2
-    metric: str = "val_ua"
+    metric: str = "val_ua"                # reported by every epoch of every trial; maximised
+    final_folds: int = 5                  # LOSO folds the best config is re-trained and tested on
 
 
 @dataclass
@@ -126,6 +130,9 @@ def validate(cfg: Config) -> None:
     for name in ("dropout", "attention_dropout", "head_dropout"):
         if not 0.0 <= getattr(cfg.model, name) < 1.0:
             raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(cfg.model, name)}")
+    if cfg.train.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+        raise ConfigError(f"train.placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, "
+                          f"got {cfg.train.placement_strategy!r}")
     if cfg.data.val_split not in ("random", "speaker"):
         raise ConfigError(f"data.val_split must be 'random' or 'speaker', got {cfg.data.val_split!r}")
 
@@ -140,14 +147,28 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     for item in overrides:
         key, sep, value = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or len(parts) != 2 or not all(parts):
+        if not sep:
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        raw.setdefault(parts[0], {})
-        if not isinstance(raw[parts[0]], dict):
-            raise ConfigError(f"section {parts[0]!r} must be a mapping")
-        raw[parts[0]][parts[1]] = yaml.safe_load(value)
+        _set_dotted(raw, key.strip(), yaml.safe_load(value))
     return Config.from_dict(raw)
+
+
+def override(cfg: Config, values: dict[str, Any]) -> Config:
+    """A copy of `cfg` with dotted keys set, e.g. {"loss.temperature": 0.1} (checked like a file)."""
+    raw = cfg.to_dict()
+    for key, value in values.items():
+        _set_dotted(raw, key, value)
+    return Config.from_dict(raw)
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"config key {key!r} must look like section.key")
+    section = raw.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"section {parts[0]!r} must be a mapping")
+    section[parts[1]] = value
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:

@@ -12,6 +12,7 @@ from turbo_ray.config import Config
 from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.iemocap import Fold
 from turbo_ray.data.pipeline import split_dataset
+from turbo_ray.plots import plot_confusion
 from turbo_ray.train import best_epoch_metrics, build_trainer
 
 SCORES = ("wa", "ua", "f1")
@@ -69,22 +70,3 @@ def write_results(results: pd.DataFrame, out_dir: Path, classes: list[str], cfg:
                                     "folds": json.loads(results.to_json(orient="records"))}, indent=1))
     plot_confusion(np.sum([np.array(c) for c in results.confusion], axis=0), classes, paths[2])
     return paths
-
-
-def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recall = matrix / matrix.sum(1, keepdims=True).clip(min=1)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.imshow(recall, cmap="Blues", vmin=0, vmax=1)
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, f"{count}\n{recall[i, j]:.0%}", ha="center", va="center",
-                color="white" if recall[i, j] > 0.5 else "black", fontsize=8)
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-           xlabel="predicted", ylabel="true", title="test confusion (all folds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -18,7 +18,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         context = ray.init(address=address)
     else:
         context = ray.init(
-            num_cpus=num_cpus or os.cpu_count(),
+            # one logical CPU more than cores: Train workers take whole CPUs, Ray Data's feeding tasks
+            # (fractions of one) need what is left, or a 2-core laptop hangs (DESIGN §6)
+            num_cpus=num_cpus or os.cpu_count() + 1,
             resources={DRIVER_RESOURCE: 64},
             object_store_memory=object_store_mb * 1024**2,
             include_dashboard=True,
@@ -26,3 +28,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         )
     configure_ray_data()
     return f"http://{context.dashboard_url}" if context.dashboard_url else None
+
+
+def require_driver_resource() -> None:
+    """Tune trials wait forever for a resource no node has: fail now, saying how to declare it."""
+    if ray.cluster_resources().get(DRIVER_RESOURCE, 0) <= 0:
+        raise RuntimeError(f"this Ray cluster has no {DRIVER_RESOURCE!r} resource, which each Tune trial "
+                           f"needs (it runs no compute); declare it on the head node, e.g. "
+                           f"`resources: {{{DRIVER_RESOURCE}: 64}}` in cluster.yaml (see cluster.yaml)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             Path(failure["marker"]).touch()
             raise RuntimeError(f"injected failure at epoch {epoch} (test hook)")
         model.train()
-        sums, steps = {}, 0
+        sums, steps, started = {}, 0, time.perf_counter()
         batches = train_shard.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collate,
                                                  local_shuffle_buffer_size=4 * cfg.data.batch_size,
                                                  local_shuffle_seed=cfg.train.seed + epoch)
@@ -151,15 +152,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if steps % cfg.train.grad_accum:
             _optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip)
 
-        metrics = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
+        metrics = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "time_train_s": time.perf_counter() - started}
         metrics |= {f"train_{k}": v for k, v in _mean_over_ranks(sums, steps, device).items()}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
+                started = time.perf_counter()
                 for name in eval_names:
                     result = evaluate(core, ray.train.get_dataset_shard(name).iter_torch_batches(
                         batch_size=cfg.data.batch_size, collate_fn=collate), len(classes), device)
                     metrics |= {f"{name}_{k}": v for k, v in result.items()}
+                metrics["time_eval_s"] = time.perf_counter() - started
                 save_checkpoint(Path(tmp), core, optimizer, scheduler, epoch, cfg, classes, metrics)
                 checkpoint = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
@@ -186,14 +189,15 @@ def build_trainer(cfg: Config, datasets: dict[str, Any], classes: list[str], tra
                   callbacks: list | None = None, inject_failure: dict | None = None) -> TorchTrainer:
     """A TorchTrainer for one Turbo run: only "train" is split across workers; "val"/"test" are read
     whole by rank 0 so that evaluation never drops or repeats a sample."""
-    resources = {"CPU": cfg.train.cpus_per_worker} | ({"GPU": 1} if cfg.train.use_gpu else {})
+    resources = {"CPU": cfg.train.cpus_per_worker} | ({"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {})
     loop_config = {"config": cfg.to_dict(), "classes": list(classes), "train_rows": int(train_rows),
                    "eval_splits": sorted(set(datasets) - {"train"}), "inject_failure": inject_failure}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=cfg.train.placement_strategy),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(

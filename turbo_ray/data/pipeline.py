@@ -4,11 +4,13 @@
     for batch in shard.iter_torch_batches(batch_size=…, collate_fn=PadCollate(pad_id)):   # in a worker
         batch["waveforms"], batch["audio_lengths"], batch["input_ids"], batch["attention_mask"], batch["labels"]
 
-Preprocessing runs in a small actor pool (the tokenizer is loaded once per actor) on small batches:
-decoded audio is far larger than the stored bytes. Padding happens per batch in the training worker.
+Preprocessing runs as Ray tasks on small batches (decoded audio is far larger than the stored bytes);
+worker processes are reused, so the tokenizer loads once per process, not per batch or epoch. Padding happens per batch in the training worker.
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -39,39 +41,47 @@ def tokenizer_name(cfg: Config) -> str:
 
 
 def pad_token_id(cfg: Config) -> int:
+    return _tokenizer(tokenizer_name(cfg)).pad_token_id
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(name: str):
+    """Loaded once per process: Ray reuses its worker processes across tasks and epochs."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(tokenizer_name(cfg)).pad_token_id
+    return AutoTokenizer.from_pretrained(name)
 
 
+@dataclass(frozen=True)
 class Preprocess:
-    """Decode, resample to the encoder rate, crop (random in training, centred otherwise), tokenize."""
+    """Decode, resample to the encoder rate, crop (random in training, centred otherwise), tokenize.
 
-    def __init__(self, tokenizer: str, sample_rate: int, max_seconds: float, max_tokens: int,
-                 train: bool, seed: int):
-        from transformers import AutoTokenizer
+    A plain callable (run as Ray tasks in reused worker processes), so nothing is started per epoch."""
 
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-        self.rate, self.max_samples = sample_rate, int(max_seconds * sample_rate)
-        self.max_tokens, self.train = max_tokens, train
-        self.rng = np.random.default_rng(seed)
+    tokenizer: str
+    sample_rate: int
+    max_seconds: float
+    max_tokens: int
+    train: bool
 
-    def _waveform(self, audio: bytes, audio_format: str, rate: int) -> np.ndarray:
+    def _waveform(self, audio: bytes, audio_format: str, rate: int, rng: np.random.Generator) -> np.ndarray:
         wave = decode_audio(audio, audio_format, rate)
-        if rate != self.rate:
+        if rate != self.sample_rate:
             import torchaudio.functional as AF
 
-            wave = AF.resample(torch.from_numpy(wave), rate, self.rate).numpy()
-        excess = len(wave) - self.max_samples
+            wave = AF.resample(torch.from_numpy(wave), rate, self.sample_rate).numpy()
+        excess = len(wave) - int(self.max_seconds * self.sample_rate)
         if excess > 0:
-            start = int(self.rng.integers(0, excess + 1)) if self.train else excess // 2
-            wave = wave[start:start + self.max_samples]
+            start = int(rng.integers(0, excess + 1)) if self.train else excess // 2
+            wave = wave[start:start + len(wave) - excess]
         return wave.astype(np.float32, copy=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        waves = [self._waveform(a, f, int(r))
+        rng = np.random.default_rng()  # fresh crops every epoch
+        waves = [self._waveform(a, f, int(r), rng)
                  for a, f, r in zip(batch["audio"], batch["audio_format"], batch["sample_rate"])]
-        tokens = self.tokenizer(list(batch["text"]), truncation=True, max_length=self.max_tokens)["input_ids"]
+        tokens = _tokenizer(self.tokenizer)(list(batch["text"]), truncation=True,
+                                            max_length=self.max_tokens)["input_ids"]
         return {
             "utterance_id": batch["utterance_id"],
             "label": batch["label_id"].astype(np.int64),
@@ -114,9 +124,7 @@ def split_dataset(cfg: Config, shards: str, utterance_ids: Sequence[str], train:
         ray.data.read_parquet(shards, num_cpus=0.25)
         .select_columns(COLUMNS)
         .filter(expr=col("utterance_id").is_in(list(utterance_ids)))
-        .map_batches(Preprocess, batch_size=PREPROCESS_BATCH, num_cpus=0.25,
-                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
-                     fn_constructor_kwargs={"tokenizer": tokenizer_name(cfg), "sample_rate": d.sample_rate,
-                                            "max_seconds": d.max_seconds, "max_tokens": d.max_text_tokens,
-                                            "train": train, "seed": d.seed})
+        .map_batches(Preprocess(tokenizer_name(cfg), d.sample_rate, d.max_seconds, d.max_text_tokens, train),
+                     batch_size=PREPROCESS_BATCH, num_cpus=0.25,
+                     compute=ray.data.TaskPoolStrategy(size=d.preprocess_tasks))
     )
