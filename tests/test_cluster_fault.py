@@ -44,7 +44,7 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(three_node_cluster, d
     run.start()
 
     deadline = time.time() + 300
-    while not list((tmp_path / "node-loss").glob("checkpoint_*")):  # epoch 0 is saved
+    while not list((tmp_path / "node-loss").glob("checkpoint_*")):  # epoch 1 is saved
         assert time.time() < deadline and run.is_alive(), "no checkpoint appeared"
         time.sleep(0.5)
     workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
@@ -58,6 +58,6 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(three_node_cluster, d
     result = outcome["result"]
     assert result.error is None
     metas = [json.loads((Path(c.path) / "meta.json").read_text()) for c, _ in result.best_checkpoints]
-    assert sorted(m["epoch"] for m in metas) == [0, 1, 2]  # resumed: no epoch repeated or skipped
+    assert sorted(m["epoch"] for m in metas) == [1, 2, 3]  # resumed: no epoch repeated or skipped
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert victim.node_id not in alive

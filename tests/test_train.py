@@ -29,7 +29,7 @@ def test_two_worker_run_reports_every_epoch_and_learns(ray_local, demo_corpus, t
     result = fit(cfg, demo_corpus, "two-workers")
     assert result.error is None
     history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
-    assert [m["epoch"] for m in history] == [0, 1, 2]
+    assert [m["epoch"] for m in history] == [1, 2, 3]
     for m in history:
         assert {"train_ce", "train_in", "train_cross", "train_total", "val_wa", "val_ua", "val_f1"} <= set(m)
         assert m["val_n"] == len(demo_corpus.fold(cfg.data).val)  # rank 0 saw the whole val split
@@ -56,9 +56,9 @@ def test_two_worker_run_reports_every_epoch_and_learns(ray_local, demo_corpus, t
 def test_worker_failure_resumes_from_last_checkpoint(ray_local, demo_corpus, tmp_path):
     cfg = load_config(None, FAST + [f"train.storage_path={tmp_path}", "train.max_failures=1"])
     marker = tmp_path / "failed-once"
-    result = fit(cfg, demo_corpus, "fault", inject_failure={"epoch": 1, "marker": str(marker)})
+    result = fit(cfg, demo_corpus, "fault", inject_failure={"epoch": 2, "marker": str(marker)})
     assert marker.exists(), "the injected failure did not fire"
     assert result.error is None
-    assert epochs_of(result) == [0, 1, 2]  # no epoch repeated or skipped
+    assert epochs_of(result) == [1, 2, 3]  # no epoch repeated or skipped
     metas = [json.loads((Path(c.path) / "meta.json").read_text()) for c, _ in result.best_checkpoints]
-    assert sorted(m["epoch"] for m in metas) == [0, 1, 2]
+    assert sorted(m["epoch"] for m in metas) == [1, 2, 3]

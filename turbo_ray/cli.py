@@ -115,13 +115,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     out = resume_dir(args) if args.resume else output_dir(args, "tune")
     saved = out / "config.yaml"
-    if args.resume:  # the interrupted job's own config, whatever the flags say
-        cfg = load_config(saved)
-    else:
-        cfg = config_from_args(args)
+    cfg = load_config(saved) if args.resume else config_from_args(args)  # resume: the job's own config
+    space = load_search_space(cfg.tune.search_space)
+    if not args.resume:
         out.mkdir(parents=True, exist_ok=True)
         saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    space = load_search_space(cfg.tune.search_space)
     print(f"experiment {out}{'  (resumed)' if args.resume else ''}")
     dashboard = init_ray(args.address)
     if dashboard:
@@ -136,7 +134,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     paths = write_search_outputs(grid, space, cfg, out)
     best = load_config(out / "best_config.yaml")
     print("\n" + (out / "best_config.yaml").read_text().splitlines()[0].lstrip("# "))
-    print("best: " + ", ".join(f"{p.key}={_short(v)}" for p in space for v in [_get(best, p.key)]))
+    print("best: " + ", ".join(f"{p.key}={_short(v)}" for p in space.params for v in [_get(best, p.key)]))
 
     final = dataclasses.replace(best, train=dataclasses.replace(best.train, storage_path=str(out / "final")))
     results = run_loso(final, corpus, cfg.tune.final_folds, name="final")

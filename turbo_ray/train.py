@@ -108,7 +108,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     total_steps = cfg.train.epochs * math.ceil(loop_config["train_rows"] / per_step)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(total_steps, cfg.train.warmup_ratio))
 
-    start_epoch = 0
+    done = 0  # epochs completed; epochs are numbered from 1
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -116,17 +116,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
             state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch = state["epoch"] + 1
+        done = state["epoch"]
     model = ray.train.torch.prepare_model(model)
     core = _unwrap(model)
-    torch.manual_seed(cfg.train.seed + 1000 * rank + start_epoch)  # distinct dropout masks per rank
+    torch.manual_seed(cfg.train.seed + 1000 * rank + done)  # distinct dropout masks per rank
 
     collate = PadCollate(pad_token_id(cfg))
     train_shard = ray.train.get_dataset_shard("train")
     eval_names = [n for n in ("val", "test") if n in loop_config["eval_splits"]]
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
 
-    for epoch in range(start_epoch, cfg.train.epochs):
+    for epoch in range(done + 1, cfg.train.epochs + 1):
         failure = loop_config.get("inject_failure")
         if failure and epoch == failure["epoch"] and rank == world - 1 and not Path(failure["marker"]).exists():
             Path(failure["marker"]).touch()

@@ -4,14 +4,17 @@
     grid = run_search(cfg, corpus, space, out_dir, resume=False)      # resumes an interrupted search
     best = best_trial(grid, cfg)                                       # (config, metrics) of the best epoch
 
-A search space is a YAML mapping of dotted config keys to one distribution each:
+A search space is a YAML mapping of dotted config keys to one distribution each, and optionally
+`start`: points TPE evaluates first (e.g. the paper's settings):
 
     loss.temperature: {loguniform: [0.02, 0.5]}
     model.dropout: {uniform: [0.05, 0.3]}
     loss.cross_pairs: {choice: [["11", "22"], ["11", "22", "12", "21"]]}
+    start: [{loss.temperature: 0.07, model.dropout: 0.1}]
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,24 +60,41 @@ class Param:
         return optuna.distributions.FloatDistribution(*self.args, log=self.kind == "loguniform")
 
 
-def load_search_space(path: str | Path) -> list[Param]:
+@dataclass(frozen=True)
+class SearchSpace:
+    params: list[Param]
+    start: list[dict]  # points evaluated first (Optuna's points_to_evaluate); may set a subset of keys
+
+
+def load_search_space(path: str | Path) -> SearchSpace:
     """Parse and check a search-space file: every key must be a config key and both ends of every
-    range (every choice) must make a valid config."""
+    range (every choice, every start point) must make a valid config."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
         raise SearchSpaceError(f"{path}: cannot read the search space: {err}") from err
-    if not isinstance(raw, dict) or not raw:
+    if not isinstance(raw, dict) or not set(raw) - {"start"}:
         raise SearchSpaceError(f"{path}: expected a non-empty mapping of config keys to distributions")
+    start = raw.pop("start", [])
     params = [_param(path, str(key), spec) for key, spec in raw.items()]
     for p in params:
         for value in (p.args if p.kind == "choice" else p.args[:2]):
-            try:
-                override(Config(), {p.key: value})
-            except ConfigError as err:
-                raise SearchSpaceError(f"{path}: {p.key}: {err}") from err
-    return params
+            _check(path, {p.key: value})
+    if not isinstance(start, list) or not all(isinstance(point, dict) for point in start):
+        raise SearchSpaceError(f"{path}: start must be a list of {{key: value}} mappings, got {start!r}")
+    for point in start:
+        if unknown := sorted(set(point) - set(raw)):
+            raise SearchSpaceError(f"{path}: start point {point} sets {unknown[0]!r}, which is not searched")
+        _check(path, point)
+    return SearchSpace(params, start)
+
+
+def _check(path: Path, values: dict) -> None:
+    try:
+        override(Config(), values)
+    except ConfigError as err:
+        raise SearchSpaceError(f"{path}: {', '.join(values)}: {err}") from err
 
 
 def _param(path: Path, key: str, spec: Any) -> Param:
@@ -101,6 +121,46 @@ def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rung records survive a killed driver. `Tuner.restore` brings back the trials and the
+    searcher but not the scheduler, so a resumed search would forget the scores new trials must beat;
+    this one saves its state (atomically) after every event and reloads it first thing after a restore."""
+
+    def __init__(self, state_file: str, **kwargs):
+        super().__init__(**kwargs)
+        self.state_file, self._loaded = state_file, False
+
+    def _load(self) -> None:
+        if not self._loaded and Path(self.state_file).exists():
+            self.restore(self.state_file)
+        self._loaded = True
+
+    def _save(self) -> None:
+        self.save(f"{self.state_file}.tmp")
+        os.replace(f"{self.state_file}.tmp", self.state_file)
+
+    def on_trial_add(self, tune_controller, trial):
+        self._load()
+        super().on_trial_add(tune_controller, trial)
+        self._save()
+
+    def on_trial_result(self, tune_controller, trial, result):
+        self._load()
+        decision = super().on_trial_result(tune_controller, trial, result)
+        self._save()
+        return decision
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        self._load()
+        super().on_trial_complete(tune_controller, trial, result)
+        self._save()
+
+    def on_trial_remove(self, tune_controller, trial):
+        self._load()
+        super().on_trial_remove(tune_controller, trial)
+        self._save()
+
+
 def _trial(params: dict, *, base: dict, shards: str, split_ids: dict, classes: list) -> None:
     """One Tune trial = one TorchTrainer; it resumes its own run (named by trial id) after a restore."""
     configure_ray_data()  # this runs in the trial's own process
@@ -112,8 +172,8 @@ def _trial(params: dict, *, base: dict, shards: str, split_ids: dict, classes: l
     trainer.fit()
 
 
-def run_search(cfg: Config, corpus: Corpus, space: list[Param], out_dir: Path, resume: bool = False,
-               points_to_evaluate: list[dict] | None = None) -> ray.tune.ResultGrid:
+def run_search(cfg: Config, corpus: Corpus, space: SearchSpace, out_dir: Path,
+               resume: bool = False) -> ray.tune.ResultGrid:
     """TPE + ASHA on validation UA of the fold `cfg.data.test_session`; trials' Train runs go under
     `out_dir/trials`, Tune's state under `out_dir/search`. `resume` continues an interrupted search."""
     fold = corpus.fold(cfg.data)
@@ -135,13 +195,13 @@ def run_search(cfg: Config, corpus: Corpus, space: list[Param], out_dir: Path, r
         t = cfg.tune
         tuner = Tuner(
             trainable,
-            param_space={p.key: p.domain() for p in space},
+            param_space={p.key: p.domain() for p in space.params},
             tune_config=TuneConfig(
                 search_alg=OptunaSearch(metric=t.metric, mode="max", seed=cfg.train.seed,
-                                        points_to_evaluate=points_to_evaluate),
-                # epochs count from 0; trials that survive every rung simply end with their Train run
-                scheduler=ASHAScheduler(metric=t.metric, mode="max", time_attr="epoch", max_t=cfg.train.epochs,
-                                        grace_period=t.grace_period, reduction_factor=t.reduction_factor),
+                                        points_to_evaluate=space.start or None),
+                scheduler=ResumableASHA(str(out_dir / "asha_state.pkl"), metric=t.metric, mode="max",
+                                        time_attr="epoch", max_t=cfg.train.epochs, grace_period=t.grace_period,
+                                        reduction_factor=t.reduction_factor),
                 num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials,
             ),
             run_config=ray.tune.RunConfig(name=SEARCH_DIR, storage_path=storage_uri(str(out_dir))),
@@ -149,15 +209,15 @@ def run_search(cfg: Config, corpus: Corpus, space: list[Param], out_dir: Path, r
     return tuner.fit()
 
 
-def trial_table(grid: ray.tune.ResultGrid, space: list[Param], cfg: Config) -> pd.DataFrame:
+def trial_table(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config) -> pd.DataFrame:
     """One row per trial: its parameters, epochs run, best and last validation UA, early-stopped or not."""
     rows = []
     for result in grid:
         history = result.metrics_dataframe
         scores = history[cfg.tune.metric] if history is not None and cfg.tune.metric in history else pd.Series()
-        epochs = int(history["epoch"].max()) + 1 if len(scores) else 0
+        epochs = int(history["epoch"].max()) if len(scores) else 0
         rows.append({"trial": (result.metrics or {}).get("trial_id", ""),
-                     **{p.key: result.config.get(p.key) for p in space},
+                     **{p.key: result.config.get(p.key) for p in space.params},
                      "epochs": epochs, f"best_{cfg.tune.metric}": scores.max() if len(scores) else float("nan"),
                      f"last_{cfg.tune.metric}": scores.iloc[-1] if len(scores) else float("nan"),
                      "stopped_early": 0 < epochs < cfg.train.epochs and result.error is None,
@@ -177,7 +237,7 @@ def best_trial(grid: ray.tune.ResultGrid, cfg: Config) -> tuple[Config, dict]:
     return override(cfg, result.config), history.loc[history[metric].idxmax()].to_dict()
 
 
-def param_importances(trials: pd.DataFrame, space: list[Param], metric: str) -> dict[str, float]:
+def param_importances(trials: pd.DataFrame, space: SearchSpace, metric: str) -> dict[str, float]:
     """Optuna's fANOVA importances of the searched parameters for each trial's best score."""
     import optuna
 
@@ -186,15 +246,15 @@ def param_importances(trials: pd.DataFrame, space: list[Param], metric: str) -> 
     if done[f"best_{metric}"].nunique() < 2:
         return {}  # nothing to explain
     study = optuna.create_study(direction="maximize")
-    distributions = {p.key: p.optuna_distribution() for p in space}
+    distributions = {p.key: p.optuna_distribution() for p in space.params}
     for _, row in done.iterrows():
         study.add_trial(optuna.trial.create_trial(
-            params={p.key: _hashable(row[p.key]) for p in space}, distributions=distributions,
+            params={p.key: _hashable(row[p.key]) for p in space.params}, distributions=distributions,
             value=float(row[f"best_{metric}"])))
     return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
 
 
-def write_search_outputs(grid: ray.tune.ResultGrid, space: list[Param], cfg: Config, out_dir: Path) -> list[Path]:
+def write_search_outputs(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config, out_dir: Path) -> list[Path]:
     """trials.csv, best_config.yaml and the search plots; returns the paths written."""
     metric = cfg.tune.metric
     trials = trial_table(grid, space, cfg)
