@@ -50,6 +50,13 @@ def output_dir(args: argparse.Namespace, job: str) -> Path:
     return Path(args.output_dir or f"runs/{job}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
 
 
+def run_storage(cfg: Config, out: Path) -> str:
+    """Where Ray writes checkpoints and Tune state: the output folder, or `<train.storage_path>/<its name>`
+    when that is a URI (s3://, gs://: what a multi-node cluster needs)."""
+    root = cfg.train.storage_path
+    return f"{root.rstrip('/')}/{out.name}" if "://" in root else str(out)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the fully resolved config as YAML."""
     print(yaml.safe_dump(config_from_args(args).to_dict(), sort_keys=False), end="")
@@ -80,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     out = output_dir(args, "train")
-    cfg.train.storage_path = str(out / "checkpoints")
+    cfg.train.storage_path = f"{run_storage(cfg, out)}/checkpoints"
     modes, seeds = args.mode.split(","), [int(s) for s in args.seeds.split(",")]
     if bad := [m for m in modes if m not in MODES]:
         raise ConfigError(f"--mode {bad} not in {MODES}")
@@ -130,13 +137,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"corpus {label}: {len(corpus.manifest)} utterances; search on the fold testing session "
           f"{cfg.data.test_session} ({cfg.tune.num_samples} trials, ASHA on {cfg.tune.metric})")
 
-    grid = run_search(cfg, corpus, space, out, resume=args.resume)
+    storage = run_storage(cfg, out)
+    grid = run_search(cfg, corpus, space, out, storage, resume=args.resume)
     paths = write_search_outputs(grid, space, cfg, out)
     best = load_config(out / "best_config.yaml")
     print("\n" + (out / "best_config.yaml").read_text().splitlines()[0].lstrip("# "))
     print("best: " + ", ".join(f"{p.key}={_short(v)}" for p in space.params for v in [_get(best, p.key)]))
 
-    final = dataclasses.replace(best, train=dataclasses.replace(best.train, storage_path=str(out / "final")))
+    final = dataclasses.replace(best, train=dataclasses.replace(best.train, storage_path=f"{storage}/final"))
     results = run_loso(final, corpus, cfg.tune.final_folds, name="final")
     paths += write_results(results, out, list(corpus.classes), final)
     print("\n" + format_table(results, f"Best config re-trained per LOSO fold; test scores of the best-val "
@@ -162,6 +170,18 @@ def _get(cfg: Config, key: str):
 
 def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def cmd_check_cluster(args: argparse.Namespace) -> int:
+    """Validate a `ray up` config offline (Ray's schema and this project's rules)."""
+    from turbo_ray.cluster import check_cluster_config, describe
+
+    problems = check_cluster_config(args.path)
+    print(f"{args.path}:\n{describe(yaml.safe_load(Path(args.path).read_text()))}")
+    for problem in problems:
+        print(f"  problem: {problem}")
+    print("ok: fit to `ray up`" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted experiment in --output-dir (default: the newest runs/tune-*)")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("check-cluster", help="validate a `ray up` cluster.yaml offline")
+    p.add_argument("path", nargs="?", default="cluster.yaml")
+    p.set_defaults(func=cmd_check_cluster)
     return parser
 
 

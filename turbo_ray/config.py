@@ -3,6 +3,8 @@
     cfg = load_config("experiments/configs/demo.yaml", ["loss.temperature=0.1", "train.epochs=3"])
 
 Unknown sections or keys are an error that names them; values are checked against the field types.
+The defaults are the embedded demo (demo corpus, tiny preset, minutes on 2 cores); real runs start from
+experiments/configs/iemocap.yaml.
 """
 from __future__ import annotations
 
@@ -27,14 +29,14 @@ class ConfigError(ValueError):
 class DataConfig:
     data_dir: str | None = None          # IEMOCAP_full_release; None = the generated demo corpus
     cache_dir: str = "~/.cache/turbo_ray"  # demo corpus and prepared shards
-    demo_utterances_per_speaker: int = 40  # size of the generated demo corpus (10 speakers)
+    demo_utterances_per_speaker: int = 20  # size of the generated demo corpus (10 speakers)
     shards_dir: str | None = None        # local path or URI; None = <cache_dir>/shards/<corpus fingerprint>
     classes: str = "4class"               # "4class" (neutral, happy+excited, angry, sad) or "all"
     audio_format: str = "wav"             # in the shards: "wav" file bytes or decoded "pcm16"
     sample_rate: int = 16_000
-    max_seconds: float = 4.0              # random crop in training, centre crop in evaluation
+    max_seconds: float = 2.0              # random crop in training, centre crop in evaluation
     max_text_tokens: int = 64
-    batch_size: int = 16                  # per worker
+    batch_size: int = 8                   # per worker
     preprocess_tasks: int = 2             # concurrent decode/tokenize tasks per dataset (raise for many GPUs)
     val_fraction: float = 0.1
     val_split: str = "random"             # "random" (stratified) or "speaker"
@@ -69,20 +71,20 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
+    epochs: int = 3
     lr: float = 1e-3                      # new heads (projection, classifier) and random-init encoders
     encoder_lr: float = 5e-5              # pretrained encoders
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
     grad_accum: int = 1
-    num_workers: int = 1
+    num_workers: int = 2
     use_gpu: bool = False
     gpus_per_worker: float = 1.0          # with use_gpu; fractions share a GPU between workers
     cpus_per_worker: float = 1.0
     placement_strategy: str = "PACK"      # Ray placement of the workers: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
     seed: int = 0
-    storage_path: str = "runs"
+    storage_path: str = "runs"            # checkpoints; the CLI uses its output folder unless this is a URI (s3://…)
     name: str | None = None
     max_failures: int = 0
     num_to_keep: int | None = 2           # checkpoints kept (best by val UA); None keeps all
@@ -91,7 +93,7 @@ class TrainConfig:
 @dataclass
 class TuneConfig:
     search_space: str = "experiments/configs/search_space.yaml"  # dotted key → distribution (tune.py)
-    num_samples: int = 8
+    num_samples: int = 6
     max_concurrent_trials: int = 1
     grace_period: int = 1
     reduction_factor: int = 2

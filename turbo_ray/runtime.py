@@ -17,6 +17,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     if address:
         context = ray.init(address=address)
     else:
+        os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train view
         context = ray.init(
             # one logical CPU more than cores: Train workers take whole CPUs, Ray Data's feeding tasks
             # (fractions of one) need what is left, or a 2-core laptop hangs (DESIGN §6)

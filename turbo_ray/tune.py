@@ -1,7 +1,7 @@
 """Ray Tune: Optuna (TPE) proposes, ASHA stops early, each trial fits one TorchTrainer (DESIGN §6).
 
     space = load_search_space("experiments/configs/search_space.yaml")
-    grid = run_search(cfg, corpus, space, out_dir, resume=False)      # resumes an interrupted search
+    grid = run_search(cfg, corpus, space, out_dir, storage, resume=False)   # resumes an interrupted search
     best = best_trial(grid, cfg)                                       # (config, metrics) of the best epoch
 
 A search space is a YAML mapping of dotted config keys to one distribution each, and optionally
@@ -172,19 +172,20 @@ def _trial(params: dict, *, base: dict, shards: str, split_ids: dict, classes: l
     trainer.fit()
 
 
-def run_search(cfg: Config, corpus: Corpus, space: SearchSpace, out_dir: Path,
+def run_search(cfg: Config, corpus: Corpus, space: SearchSpace, out_dir: Path, storage: str,
                resume: bool = False) -> ray.tune.ResultGrid:
     """TPE + ASHA on validation UA of the fold `cfg.data.test_session`; trials' Train runs go under
-    `out_dir/trials`, Tune's state under `out_dir/search`. `resume` continues an interrupted search."""
+    `storage/trials`, Tune's state under `storage/search` (`storage`: a local path or a URI every node
+    can reach), ASHA's state in `out_dir`. `resume` continues an interrupted search."""
     fold = corpus.fold(cfg.data)
-    base = override(cfg, {"train.storage_path": storage_uri(str(out_dir / "trials"))})
+    storage = storage_uri(storage)
+    base = override(cfg, {"train.storage_path": f"{storage}/trials"})
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(_trial, base=base.to_dict(), shards=corpus.shards, classes=list(corpus.classes),
                                  split_ids={"train": fold.train.utterance_id.tolist(),
                                             "val": fold.val.utterance_id.tolist()}),
         {DRIVER_RESOURCE: 0.01})  # the trial only drives its TorchTrainer: no CPU of its own
-    trainable._progress_metrics = ["epoch", "train_total", cfg.tune.metric]  # the columns of Tune's live table
-    path = f"{storage_uri(str(out_dir))}/{SEARCH_DIR}"
+    path = f"{storage}/{SEARCH_DIR}"
     if resume:
         if not Tuner.can_restore(path):
             raise FileNotFoundError(f"--resume: no search to resume in {path}")
@@ -204,7 +205,7 @@ def run_search(cfg: Config, corpus: Corpus, space: SearchSpace, out_dir: Path,
                                         reduction_factor=t.reduction_factor),
                 num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials,
             ),
-            run_config=ray.tune.RunConfig(name=SEARCH_DIR, storage_path=storage_uri(str(out_dir))),
+            run_config=ray.tune.RunConfig(name=SEARCH_DIR, storage_path=storage),
         )
     return tuner.fit()
 

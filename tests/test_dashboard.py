@@ -1,0 +1,60 @@
+"""The dashboard of a local Ray (as `init_ray` starts it): token auth on, a running TorchTrainer visible."""
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import ray.train
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+
+def wait_for(config):
+    """A real (idle) Train run that lasts until the test says so."""
+    ray.train.report({"started": 1})
+    while not Path(config["marker"]).exists():
+        time.sleep(0.2)
+
+
+def get(url, token=None):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+def auth_token():
+    return os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").read_text().strip()
+
+
+def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(ray_local, tmp_path):
+    url = ray_local
+    assert url.startswith("http://127.0.0.1:")  # never on a public interface
+    marker = tmp_path / "stop"
+    trainer = TorchTrainer(wait_for, train_loop_config={"marker": str(marker)},
+                           scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
+                           run_config=RunConfig(name="visible-run", storage_path=str(tmp_path)))
+    run = threading.Thread(target=trainer.fit)
+    run.start()
+    try:
+        deadline, runs, last = time.time() + 120, [], None
+        while not any(r["name"] == "visible-run" and r["status"] == "RUNNING" for r in runs):
+            assert time.time() < deadline, f"run not visible on the dashboard: {runs or last}"
+            time.sleep(1)
+            try:
+                runs = get(f"{url}/api/train/v2/runs/v1", auth_token())[1].get("train_runs", [])
+            except urllib.error.HTTPError as err:  # 500 until Train's state actor exists
+                last = f"{err.code}: {err.read()[:300]!r}"
+        run_info = next(r for r in runs if r["name"] == "visible-run")
+        assert len(run_info["attempts"][-1]["workers"]) == 2
+
+        try:
+            get(f"{url}/api/train/v2/runs/v1")
+            raise AssertionError("an unauthenticated request was answered")
+        except urllib.error.HTTPError as err:
+            assert err.code in (401, 403)
+    finally:
+        marker.touch()
+        run.join(timeout=120)
