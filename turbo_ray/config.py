@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 class DataConfig:
     data_dir: str | None = None          # IEMOCAP_full_release; None = the generated demo corpus
     cache_dir: str = "~/.cache/turbo_ray"  # demo corpus and prepared shards
-    demo_utterances_per_speaker: int = 20  # size of the generated demo corpus (10 speakers)
+    demo_utterances_per_speaker: int = 10  # size of the generated demo corpus (10 speakers)
     shards_dir: str | None = None        # local path or URI; None = <cache_dir>/shards/<corpus fingerprint>
     classes: str = "4class"               # "4class" (neutral, happy+excited, angry, sad) or "all"
     audio_format: str = "wav"             # in the shards: "wav" file bytes or decoded "pcm16"
@@ -93,7 +93,7 @@ class TrainConfig:
 @dataclass
 class TuneConfig:
     search_space: str = "experiments/configs/search_space.yaml"  # dotted key → distribution (tune.py)
-    num_samples: int = 6
+    num_samples: int = 3
     max_concurrent_trials: int = 1
     grace_period: int = 1
     reduction_factor: int = 2

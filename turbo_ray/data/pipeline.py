@@ -113,7 +113,7 @@ class PadCollate(NumpyBatchCollateFn):
             "audio_lengths": torch.tensor([len(w) for w in waves]),
             "input_ids": input_ids,
             "attention_mask": (torch.arange(input_ids.shape[1]) < lengths[:, None]).long(),
-            "labels": torch.from_numpy(batch["label"]),
+            "labels": torch.tensor(batch["label"], dtype=torch.long),  # a copy: Arrow buffers are read-only
         }
 
 

@@ -1,0 +1,119 @@
+"""Ray Data feed rate vs training consumption, and streaming memory at corpus ×1 and ×10, in one run.
+
+    python experiments/bench_pipeline.py           # demo corpus at 20 and 200 utterances per speaker
+    python experiments/bench_pipeline.py --quick   # 4 and 40: a correctness check, not a measurement
+
+feed         samples/s that read → decode → crop → tokenize → iter_torch_batches(PadCollate) delivers
+consumption  samples/s one training worker (one torch thread) takes: tiny Turbo step on the same batches
+memory       peak RSS of the driver plus every Ray worker process while one epoch streams through
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+from turbo_ray.config import load_config  # noqa: E402
+from turbo_ray.data.corpus import prepare_corpus  # noqa: E402
+from turbo_ray.data.pipeline import PadCollate, pad_token_id, split_dataset  # noqa: E402
+from turbo_ray.losses import objective  # noqa: E402
+from turbo_ray.model import build_model  # noqa: E402
+from turbo_ray.runtime import init_ray  # noqa: E402
+
+
+class PeakRSS:
+    """Samples the summed RSS of this process and all its descendants (Ray's workers) every 0.1 s."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:  # a worker that just exited has no memory to count
+                    continue
+            self.peak = max(self.peak, total)
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def feed(cfg, corpus) -> tuple[float, int, int, list[dict]]:
+    """(samples/s after the first batch, samples, peak RSS bytes, first batches) for one training epoch."""
+    ids = corpus.manifest.utterance_id.tolist()
+    batches = split_dataset(cfg, corpus.shards, ids, train=True).iter_torch_batches(
+        batch_size=cfg.data.batch_size, collate_fn=PadCollate(pad_token_id(cfg)))
+    kept, n, start = [], 0, None
+    with PeakRSS() as memory:
+        for batch in batches:
+            if start is None:
+                start = time.perf_counter()
+            else:
+                n += len(batch["labels"])
+            if len(kept) < 4:
+                kept.append(batch)
+    return n / (time.perf_counter() - start), n + cfg.data.batch_size, memory.peak, kept
+
+
+def consumption(cfg, batches: list[dict]) -> float:
+    """Samples/s of tiny Turbo training steps (1 thread, as a 1-CPU Train worker) on real batches."""
+    torch.set_num_threads(1)
+    model = build_model(cfg).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    times = []
+    for batch in batches * 2:
+        batch = dict(batch)
+        labels = batch.pop("labels")
+        start = time.perf_counter()
+        objective(model(**batch), labels, cfg.loss, model.temperature)["total"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    return cfg.data.batch_size / statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--per-speaker", type=int, default=20, help="×1 corpus size (utterances per speaker)")
+    args = parser.parse_args()
+    small = 4 if args.quick else args.per_speaker
+    cache = tempfile.mkdtemp(prefix="bench_pipeline_")
+    init_ray()
+
+    results = {}
+    for scale, per_speaker in (("x1", small), ("x10", 10 * small)):
+        cfg = load_config(None, [f"data.cache_dir={cache}", f"data.demo_utterances_per_speaker={per_speaker}"])
+        corpus = prepare_corpus(cfg.data)
+        results[scale] = feed(cfg, corpus)
+        rate, n, peak, _ = results[scale]
+        print(f"  corpus {scale}: {len(corpus.manifest)} utterances, feed {rate:.1f} samples/s over {n}, "
+              f"peak RSS {peak / 2**20:.0f} MiB")
+    used = consumption(cfg, results["x1"][3])
+    print(f"consumption (tiny Turbo step, 1 thread): {used:.1f} samples/s")
+    print(f"feed/consumption: {results['x10'][0] / used:.2f}")
+    print(f"memory x10/x1: {results['x10'][2] / results['x1'][2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

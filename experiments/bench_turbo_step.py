@@ -1,0 +1,118 @@
+"""Training-step cost of Turbo's two views, measured side by side (interleaved) in one run.
+
+    python experiments/bench_turbo_step.py              # tiny preset
+    python experiments/bench_turbo_step.py --base       # base-sized, randomly initialised (no download)
+    python experiments/bench_turbo_step.py --quick      # a few steps: checks that it runs, not a speed
+
+Each step = forward + backward + AdamW step on the same model, batch and machine:
+  baseline      one view (CE only)
+  naive         Turbo as two separate forward passes through both encoders (the paper read literally)
+  turbo         Turbo as turbo_ray does it: the audio conv prefix P runs once, the batch is duplicated after it
+  prefix P      the audio feature encoder alone (frozen, no dropout, forward only)
+  suffix S      one view of everything after P (forward + backward + step)
+floor = (P + 2S) / (P + S): what two views must cost at least relative to one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from transformers import AutoModel, BertConfig, Wav2Vec2Config  # noqa: E402
+
+from turbo_ray.config import load_config  # noqa: E402
+from turbo_ray.losses import objective  # noqa: E402
+from turbo_ray.model import AudioEncoder, TextEncoder, TurboModel, TurboOutput, build_model  # noqa: E402
+
+
+def base_sized_model(cfg) -> TurboModel:
+    """wav2vec2-base and BERT-base shapes with random weights (the benchmark needs shapes, not knowledge)."""
+    audio = AutoModel.from_config(Wav2Vec2Config(feat_extract_norm="layer", do_stable_layer_norm=True,
+                                                 apply_spec_augment=False, layerdrop=0.0, mask_time_prob=0.0))
+    text = AutoModel.from_config(BertConfig())
+    return TurboModel(AudioEncoder(audio, pretrained=False), TextEncoder(text, pretrained=False),
+                      num_classes=4, proj_dim=cfg.model.proj_dim, head_hidden=cfg.model.head_hidden)
+
+
+def make_batch(batch: int, seconds: float, tokens: int, vocab: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    samples = int(seconds * 16_000)
+    return {"waveforms": torch.randn(batch, samples, generator=g),
+            "audio_lengths": torch.linspace(samples // 2, samples, batch).long(),
+            "input_ids": torch.randint(1000, vocab, (batch, tokens), generator=g),
+            "attention_mask": torch.ones(batch, tokens, dtype=torch.long)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", action="store_true", help="base-sized random encoders instead of tiny")
+    parser.add_argument("--quick", action="store_true", help="2 rounds: a correctness check, not a measurement")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rounds = 2 if args.quick else args.rounds
+
+    cfg = load_config(None, ["loss.mode=turbo"])
+    model = (base_sized_model(cfg) if args.base else build_model(cfg)).train()
+    batch = make_batch(args.batch, args.seconds, 24, model.text_encoder.model.config.vocab_size)
+    labels = torch.arange(args.batch) % 4
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    audio_enc, text_enc = model.audio_encoder, model.text_encoder
+
+    w, lengths, ids, mask = batch["waveforms"], batch["audio_lengths"], batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        features, frames = audio_enc.prefix(w, lengths)
+
+    def step(audio: torch.Tensor, text: torch.Tensor, views: int) -> None:
+        """Heads, loss, backward and optimizer step on pooled (views·B, D) features."""
+        logits = model.classifier(torch.cat([audio, text], -1))
+        out = TurboOutput(logits, None, None)
+        if views == 2:
+            out = TurboOutput(logits, model.audio_proj(audio).view(2, args.batch, -1),
+                              model.text_proj(text).view(2, args.batch, -1))
+        objective(out, labels, cfg.loss, model.temperature)["total"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def prefix_only() -> None:
+        with torch.no_grad():
+            audio_enc.prefix(w, lengths)
+
+    variants = {
+        "baseline": lambda: step(audio_enc(w, lengths, 1), text_enc(ids, mask, 1), 1),
+        "naive": lambda: step(torch.cat([audio_enc(w, lengths, 1), audio_enc(w, lengths, 1)]),
+                              torch.cat([text_enc(ids, mask, 1), text_enc(ids, mask, 1)]), 2),
+        "turbo": lambda: step(audio_enc(w, lengths, 2), text_enc(ids, mask, 2), 2),
+        "prefix P": prefix_only,
+        "suffix S": lambda: step(audio_enc.suffix(features, frames), text_enc(ids, mask, 1), 1),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for round_ in range(rounds + 1):  # round 0 warms up and is dropped
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    med = {name: statistics.median(t) for name, t in times.items()}
+
+    preset = "base-sized (random init)" if args.base else "tiny"
+    print(f"{preset}: batch {args.batch} x {args.seconds:g} s audio + 24 tokens, {args.threads} thread(s), "
+          f"median of {rounds} interleaved rounds")
+    for name, value in med.items():
+        print(f"  {name:10s} {1000 * value:9.1f} ms/step")
+    p, s = med["prefix P"], med["suffix S"]
+    print(f"naive/baseline: {med['naive'] / med['baseline']:.3f}")
+    print(f"floor: {(p + 2 * s) / (p + s):.3f}")
+    print(f"turbo/baseline (this project): {med['turbo'] / med['baseline']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

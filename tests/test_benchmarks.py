@@ -1,0 +1,45 @@
+"""Each benchmark's --quick mode runs and prints its ratios as finite numbers (never a speed assertion)."""
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).parents[1]
+
+
+def run_quick(script, tmp_path_factory, *args):
+    env = os.environ | {"RAY_TMPDIR": str(tmp_path_factory.getbasetemp() / "rb")}  # short socket paths
+    done = subprocess.run([sys.executable, str(REPO / "experiments" / script), "--quick", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def ratios(output, names):
+    values = {}
+    for name in names:
+        match = re.search(rf"^{re.escape(name)}: ([0-9.]+)$", output, re.MULTILINE)
+        assert match, f"no '{name}: R' line in:\n{output}"
+        values[name] = float(match.group(1))
+        assert math.isfinite(values[name]) and values[name] > 0
+    return values
+
+
+def test_bench_turbo_step(tmp_path_factory):
+    out = run_quick("bench_turbo_step.py", tmp_path_factory)
+    for variant in ("baseline", "naive", "turbo", "prefix P", "suffix S"):
+        assert re.search(rf"^  {variant} +[0-9.]+ ms/step$", out, re.MULTILINE), out
+    ratios(out, ["naive/baseline", "floor", "turbo/baseline (this project)"])
+    assert out.strip().splitlines()[-1].startswith("turbo/baseline (this project): ")  # printed last
+
+
+def test_bench_pipeline(tmp_path_factory):
+    out = run_quick("bench_pipeline.py", tmp_path_factory)
+    ratios(out, ["feed/consumption", "memory x10/x1"])
+
+
+def test_bench_scaling(tmp_path_factory):
+    out = run_quick("bench_scaling.py", tmp_path_factory, "data.demo_utterances_per_speaker=4")
+    ratios(out, ["speed-up 2 vs 1 workers"])
