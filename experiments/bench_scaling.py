@@ -52,7 +52,8 @@ def main() -> None:
         for workers in (1, 2):
             rate, seconds = epoch_rate(override(cfg, {"train.num_workers": workers}), corpus, fold, f"w{workers}-r{r}")
             rates[workers].append(rate)
-            print(f"  repeat {r}: {workers} worker(s): {rate:6.1f} samples/s ({seconds:.1f} s for {len(fold.train)} samples)")
+            print(f"  repeat {r}: {workers} worker(s): {rate:6.1f} samples/s "
+                  f"({seconds:.1f} s for {len(fold.train)} samples)")
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     params = sum(p.numel() for p in build_model(cfg).parameters() if p.requires_grad)
     steps = -(-len(fold.train) // (2 * cfg.data.batch_size))

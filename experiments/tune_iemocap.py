@@ -1,7 +1,7 @@
 """The main job: Ray Tune (Optuna TPE + ASHA) over Turbo's hyper-parameters on one LOSO fold, then the
 best config re-trained and tested on every fold.
 
-    python experiments/tune_iemocap.py                      # embedded demo: demo corpus, tiny preset, minutes on a laptop
+    python experiments/tune_iemocap.py            # embedded demo: demo corpus, tiny preset, minutes on a laptop
     python experiments/tune_iemocap.py --config experiments/configs/iemocap.yaml \
         --data-dir /data/IEMOCAP_full_release --use-gpu --workers-per-trial 2 --address auto
     python experiments/tune_iemocap.py --resume --output-dir runs/tune-…   # after an interruption

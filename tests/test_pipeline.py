@@ -4,7 +4,6 @@ import json
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import pytest
 import ray.train
 import soundfile as sf
 import torch

@@ -54,7 +54,9 @@ def with_mean_std(results: pd.DataFrame, by: list[str] | None = None) -> pd.Data
 
 def format_table(results: pd.DataFrame, title: str, by: list[str] | None = None) -> str:
     table = with_mean_std(results, by)
-    columns = (by or []) + ["test_session", *SCORES]
+    columns = (by or []) + [c for c in ("seed",) if c in table] + ["test_session", *SCORES]
+    if "seed" in table:  # an integer label, blank on the mean/std rows
+        table["seed"] = table["seed"].map(lambda seed: "" if pd.isna(seed) else str(int(seed)))
     body = table[columns].to_string(index=False, float_format=lambda x: f"{100 * x:6.2f}")
     return f"{title}\n(WA = accuracy, UA = mean per-class recall, F1 = macro-F1; in %)\n{body}"
 

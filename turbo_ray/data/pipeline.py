@@ -5,7 +5,8 @@
         batch["waveforms"], batch["audio_lengths"], batch["input_ids"], batch["attention_mask"], batch["labels"]
 
 Preprocessing runs as Ray tasks on small batches (decoded audio is far larger than the stored bytes);
-worker processes are reused, so the tokenizer loads once per process, not per batch or epoch. Padding happens per batch in the training worker.
+worker processes are reused, so the tokenizer loads once per process, not per batch or epoch.
+Padding happens per batch in the training worker.
 """
 from __future__ import annotations
 
