@@ -41,5 +41,5 @@ def test_bench_pipeline(tmp_path_factory):
 
 
 def test_bench_scaling(tmp_path_factory):
-    out = run_quick("bench_scaling.py", tmp_path_factory, "data.demo_utterances_per_speaker=4")
+    out = run_quick("bench_scaling.py", tmp_path_factory)
     ratios(out, ["speed-up 2 vs 1 workers"])

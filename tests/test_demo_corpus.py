@@ -109,3 +109,15 @@ def test_audio_is_16k_mono_pcm16_and_carries_arousal(release: Path) -> None:
     by_label = df.groupby("label").energy_db.mean()
     assert min(by_label["angry"], by_label["happy"]) > max(by_label["neutral"], by_label["sad"]) + 3
     assert by_label["sad"] == by_label.min()
+
+
+def test_a_fold_with_an_empty_split_is_a_clear_error(tmp_path):
+    from turbo_ray.config import DataConfig
+    from turbo_ray.data.corpus import prepare_corpus
+
+    cfg = DataConfig(cache_dir=str(tmp_path), demo_utterances_per_speaker=4)
+    corpus = prepare_corpus(cfg)
+    with pytest.raises(ValueError, match="empty val split .* raise data.val_fraction"):
+        corpus.folds(cfg)
+    assert all(len(f.val) for f in corpus.folds(DataConfig(cache_dir=str(tmp_path), val_fraction=0.5,
+                                                           demo_utterances_per_speaker=4)))

@@ -46,6 +46,9 @@ def test_preprocess_resamples_crops_and_tokenizes(tmp_path):
     assert len(crops) > 1
     assert len(out["input_ids"][0]) == 7 and len(out["input_ids"][1]) == 12  # [CLS] 5 words [SEP]; truncated
     assert out["label"].dtype == np.int64
+    # an empty block (what a filter can leave) passes through instead of failing the tokenizer
+    empty = prep({name: column[:0] for name, column in batch.items()})
+    assert len(empty["waveform"]) == len(empty["input_ids"]) == len(empty["label"]) == 0
 
 
 def test_pad_collate_pads_and_masks():

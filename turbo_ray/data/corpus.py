@@ -27,7 +27,15 @@ class Corpus:
     is_demo: bool
 
     def folds(self, cfg: DataConfig) -> list[Fold]:
-        return loso_folds(self.manifest, cfg.val_fraction, cfg.seed, cfg.val_split)
+        """The LOSO folds; every split must hold utterances (training and selection need them)."""
+        folds = loso_folds(self.manifest, cfg.val_fraction, cfg.seed, cfg.val_split)
+        for fold in folds:
+            for name in ("train", "val", "test"):
+                if getattr(fold, name).empty:
+                    raise ValueError(f"the fold testing session {fold.test_session} has an empty {name} split "
+                                     f"({len(self.manifest)} utterances in {self.root}): raise data.val_fraction "
+                                     f"(now {cfg.val_fraction}) or use a bigger corpus")
+        return folds
 
     def fold(self, cfg: DataConfig) -> Fold:
         """The fold whose test set is session `cfg.test_session`."""

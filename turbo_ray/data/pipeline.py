@@ -81,8 +81,9 @@ class Preprocess:
         rng = np.random.default_rng()  # fresh crops every epoch
         waves = [self._waveform(a, f, int(r), rng)
                  for a, f, r in zip(batch["audio"], batch["audio_format"], batch["sample_rate"])]
-        tokens = _tokenizer(self.tokenizer)(list(batch["text"]), truncation=True,
-                                            max_length=self.max_tokens)["input_ids"]
+        texts = list(batch["text"])  # may be empty (a filter can leave empty blocks); tokenizers reject []
+        tokens = (_tokenizer(self.tokenizer)(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
+                  if texts else [])
         return {
             "utterance_id": batch["utterance_id"],
             "label": batch["label_id"].astype(np.int64),
@@ -105,8 +106,8 @@ class PadCollate(NumpyBatchCollateFn):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         pad = torch.nn.utils.rnn.pad_sequence
-        waves = [torch.from_numpy(w) for w in batch["waveform"]]
-        ids = [torch.from_numpy(t) for t in batch["input_ids"]]
+        waves = [torch.tensor(w) for w in batch["waveform"]]  # copies: Arrow buffers are read-only
+        ids = [torch.tensor(t) for t in batch["input_ids"]]
         input_ids = pad(ids, batch_first=True, padding_value=self.pad_token_id)
         lengths = torch.tensor([len(t) for t in ids])
         return {
@@ -114,7 +115,7 @@ class PadCollate(NumpyBatchCollateFn):
             "audio_lengths": torch.tensor([len(w) for w in waves]),
             "input_ids": input_ids,
             "attention_mask": (torch.arange(input_ids.shape[1]) < lengths[:, None]).long(),
-            "labels": torch.tensor(batch["label"], dtype=torch.long),  # a copy: Arrow buffers are read-only
+            "labels": torch.tensor(batch["label"], dtype=torch.long),
         }
 
 
