@@ -28,6 +28,7 @@ from turbo_ray.data.pipeline import PadCollate, pad_token_id, split_dataset  # n
 from turbo_ray.losses import objective  # noqa: E402
 from turbo_ray.model import build_model  # noqa: E402
 from turbo_ray.runtime import init_ray  # noqa: E402
+from turbo_ray.train import build_optimizer  # noqa: E402
 
 
 class PeakRSS:
@@ -79,7 +80,7 @@ def consumption(cfg, batches: list[dict]) -> float:
     """Samples/s of tiny Turbo training steps (1 thread, as a 1-CPU Train worker) on real batches."""
     torch.set_num_threads(1)
     model = build_model(cfg).train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = build_optimizer(model, cfg)
     times = []
     for batch in batches * 2:
         batch = dict(batch)

@@ -29,7 +29,7 @@ def ratios(output, names):
 
 def test_bench_turbo_step(tmp_path_factory):
     out = run_quick("bench_turbo_step.py", tmp_path_factory)
-    for variant in ("baseline", "naive", "turbo", "prefix P", "suffix S"):
+    for variant in ("baseline", "naive", "turbo", "shared P", "suffix S", "P + S"):
         assert re.search(rf"^  {variant} +[0-9.]+ ms/step$", out, re.MULTILINE), out
     ratios(out, ["naive/baseline", "floor", "turbo/baseline (this project)"])
     assert out.strip().splitlines()[-1].startswith("turbo/baseline (this project): ")  # printed last

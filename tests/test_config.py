@@ -18,9 +18,10 @@ def test_defaults_file_then_overrides(tmp_path):
     assert Config.from_dict(cfg.to_dict()) == cfg
 
 
-def test_int_is_accepted_for_float_and_none_for_optional():
-    cfg = load_config(None, ["loss.temperature=1", "model.audio_encoder=null"])
+def test_int_and_exponent_are_accepted_for_float_and_none_for_optional():
+    cfg = load_config(None, ["loss.temperature=1", "model.audio_encoder=null", "train.lr=3e-4"])
     assert cfg.loss.temperature == 1.0 and isinstance(cfg.loss.temperature, float)
+    assert cfg.train.lr == 3e-4  # YAML 1.1 reads 3e-4 (no dot) as a string
     assert cfg.model.audio_encoder is None
 
 
@@ -29,6 +30,7 @@ def test_int_is_accepted_for_float_and_none_for_optional():
     (["optim.lr=0.1"], "unknown config key 'optim'"),
     (["train.epochs=three"], "train.epochs must be int"),
     (["train.epochs=true"], "train.epochs must be int"),
+    (["train.lr=fast"], "train.lr must be float, got 'fast'"),
     (["loss.mode=both"], "loss.mode must be one of"),
     (["loss.cross_pairs=['13']"], "cross_pairs"),
     (["model.dropout=1.5"], "model.dropout must be in"),
@@ -52,5 +54,6 @@ def test_cli_help_and_config_print():
     out = subprocess.run([sys.executable, "-m", "turbo_ray.cli", "config", "loss.mode=in"],
                          capture_output=True, text=True, check=True)
     assert yaml.safe_load(out.stdout)["loss"]["mode"] == "in"
-    bad = subprocess.run([sys.executable, "-m", "turbo_ray.cli", "config", "loss.nope=1"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "turbo_ray.cli", "config", "loss.nope=1"],
+                         capture_output=True, text=True)
     assert bad.returncode == 2 and "loss.nope" in bad.stderr

@@ -84,6 +84,17 @@ def test_shared_prefix_runs_once_on_the_batch_and_suffix_on_both_views(batch):
     assert seen == {"prefix": [4], "suffix": [8]}
 
 
+@pytest.mark.parametrize("frozen", [True, False])
+def test_backward_runs_through_the_conv_prefix_only_when_it_is_trained(batch, frozen):
+    _, model = make(f"model.freeze_feature_encoder={str(frozen).lower()}")
+    model.train()
+    features, _ = model.audio_encoder.prefix(batch["waveforms"], batch["audio_lengths"])
+    assert features.requires_grad is not frozen  # frozen: no graph, backward stops at the suffix
+    model.audio_encoder(batch["waveforms"], batch["audio_lengths"], views=2).sum().backward()
+    conv_grads = [p.grad for p in model.audio_encoder.model.feature_extractor.parameters()]
+    assert all(g is None for g in conv_grads) if frozen else all(g is not None for g in conv_grads)
+
+
 def test_padding_does_not_change_pooled_embeddings(batch):
     _, model = make()
     model.eval()

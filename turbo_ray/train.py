@@ -30,13 +30,18 @@ from turbo_ray.model import TurboModel, build_model
 MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
 
 
-def param_groups(model: TurboModel, cfg: Config) -> list[dict]:
-    """Pretrained encoders train at `encoder_lr`; new heads and randomly initialised encoders at `lr`."""
+def build_optimizer(model: TurboModel, cfg: Config) -> torch.optim.AdamW:
+    """AdamW: pretrained encoders at `encoder_lr`, new heads and randomly initialised encoders at `lr`.
+
+    Fused: one kernel over all parameters (CPU and GPU), ~7× faster than the per-tensor loop on CPU
+    for the tiny preset's 23 M parameters (BENCHMARKS.md).
+    """
     slow = [p for enc in (model.audio_encoder, model.text_encoder) if enc.pretrained
             for p in enc.parameters() if p.requires_grad]
     slow_ids = {id(p) for p in slow}
     fast = [p for p in model.parameters() if p.requires_grad and id(p) not in slow_ids]
-    return [{"params": fast, "lr": cfg.train.lr}, {"params": slow, "lr": cfg.train.encoder_lr}]
+    groups = [{"params": fast, "lr": cfg.train.lr}, {"params": slow, "lr": cfg.train.encoder_lr}]
+    return torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay, fused=True)
 
 
 def warmup_linear(total_steps: int, warmup_ratio: float):
@@ -102,23 +107,23 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model = build_model(cfg)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=cfg.train.weight_decay)
-    per_step = cfg.data.batch_size * world * cfg.train.grad_accum
-    total_steps = cfg.train.epochs * math.ceil(loop_config["train_rows"] / per_step)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(total_steps, cfg.train.warmup_ratio))
-
-    done = 0  # epochs completed; epochs are numbered from 1
+    model, state = build_model(cfg), None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             model.load_state_dict(torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True))
             state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+    model = ray.train.torch.prepare_model(model)  # on the device now: optimizer state is loaded onto it
+    core = _unwrap(model)
+    optimizer = build_optimizer(core, cfg)
+    per_step = cfg.data.batch_size * world * cfg.train.grad_accum
+    total_steps = cfg.train.epochs * math.ceil(loop_config["train_rows"] / per_step)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(total_steps, cfg.train.warmup_ratio))
+    done = 0  # epochs completed; epochs are numbered from 1
+    if state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         done = state["epoch"]
-    model = ray.train.torch.prepare_model(model)
-    core = _unwrap(model)
     torch.manual_seed(cfg.train.seed + 1000 * rank + done)  # distinct dropout masks per rank
 
     collate = PadCollate(pad_token_id(cfg))

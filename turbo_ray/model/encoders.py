@@ -98,13 +98,22 @@ class AudioEncoder(nn.Module):
             raise ValueError(f"{type(model).__name__} is not a wav2vec2-style audio encoder (no {missing})")
         self.model = model
         self.dim = model.config.hidden_size
+        self.frozen_prefix = freeze_feature_encoder
         if freeze_feature_encoder:
             model.feature_extractor.requires_grad_(False)
         if getattr(model, "masked_spec_embed", None) is not None:
             model.masked_spec_embed.requires_grad_(False)  # SpecAugment is off: unused, and DDP rejects it
 
     def prefix(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised waveforms (B, S) → conv features (B, T, C) and their frame mask (B, T)."""
+        """Normalised waveforms (B, S) → conv features (B, T, C) and their frame mask (B, T).
+
+        A frozen prefix runs without autograd: Hugging Face's feature encoder otherwise marks its input
+        as requiring grad in training, and backward would run through every conv layer for nothing.
+        """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_prefix):
+            return self._prefix(waveforms, lengths)
+
+    def _prefix(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         valid = torch.arange(waveforms.shape[1], device=waveforms.device) < lengths[:, None]
         n = lengths.clamp_min(1)[:, None].to(waveforms.dtype)
         mean = (waveforms * valid).sum(1, keepdim=True) / n
