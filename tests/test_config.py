@@ -31,6 +31,7 @@ def test_int_and_exponent_are_accepted_for_float_and_none_for_optional():
     (["train.epochs=three"], "train.epochs must be int"),
     (["train.epochs=true"], "train.epochs must be int"),
     (["train.lr=fast"], "train.lr must be float, got 'fast'"),
+    (["data.read_tasks=0"], "data.read_tasks must be >= 1"),
     (["loss.mode=both"], "loss.mode must be one of"),
     (["loss.cross_pairs=['13']"], "cross_pairs"),
     (["model.dropout=1.5"], "model.dropout must be in"),

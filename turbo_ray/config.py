@@ -38,6 +38,7 @@ class DataConfig:
     max_text_tokens: int = 64
     batch_size: int = 8                   # per worker
     preprocess_tasks: int = 2             # concurrent decode/tokenize tasks per dataset (raise for many GPUs)
+    read_tasks: int = 1                   # concurrent Parquet reads (raise for remote storage and many GPUs)
     val_fraction: float = 0.1
     val_split: str = "random"             # "random" (stratified) or "speaker"
     test_session: int = 1                 # LOSO fold used by a single run or by the search
@@ -135,6 +136,9 @@ def validate(cfg: Config) -> None:
     if cfg.train.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
         raise ConfigError(f"train.placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, "
                           f"got {cfg.train.placement_strategy!r}")
+    for name in ("preprocess_tasks", "read_tasks", "batch_size"):
+        if getattr(cfg.data, name) < 1:
+            raise ConfigError(f"data.{name} must be >= 1, got {getattr(cfg.data, name)}")
     if cfg.data.val_split not in ("random", "speaker"):
         raise ConfigError(f"data.val_split must be 'random' or 'speaker', got {cfg.data.val_split!r}")
 

@@ -123,7 +123,7 @@ def split_dataset(cfg: Config, shards: str, utterance_ids: Sequence[str], train:
     """The rows of `utterance_ids` (Ray pushes projection and filter into the Parquet read), preprocessed lazily."""
     d = cfg.data
     return (
-        ray.data.read_parquet(shards, num_cpus=0.25)
+        ray.data.read_parquet(shards, num_cpus=0.25, concurrency=d.read_tasks)
         .select_columns(COLUMNS)
         .filter(expr=col("utterance_id").is_in(list(utterance_ids)))
         .map_batches(Preprocess(tokenizer_name(cfg), d.sample_rate, d.max_seconds, d.max_text_tokens, train),

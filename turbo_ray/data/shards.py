@@ -48,7 +48,7 @@ class ShardError(RuntimeError):
     """Invalid input, unreadable audio, or missing / incomplete / corrupt shards (the message names which)."""
 
 
-def write_shards(manifest: pd.DataFrame, out: str, audio_format: str = "wav", rows_per_shard: int = 256,
+def write_shards(manifest: pd.DataFrame, out: str, audio_format: str = "wav", rows_per_shard: int = 64,
                  classes: Sequence[str] | None = None) -> dict:
     """Write the manifest's utterances, sorted by id, to Parquet shards under `out`; return the JSON manifest.
 
