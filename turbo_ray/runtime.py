@@ -8,6 +8,10 @@ import ray
 from turbo_ray.data.pipeline import configure_ray_data
 
 DRIVER_RESOURCE = "train_driver"  # a trial (Tune driver of one TorchTrainer) takes a sliver of this, no CPU
+# Ray kills idle worker processes beyond one per CPU within a second, so every Ray Data execution (each
+# evaluation, each epoch after one) cold-started its processes (Python, torch, tokenizer: ~10 s on 2
+# cores). Keeping a few per CPU warm costs memory only while they idle (BENCHMARKS.md).
+WARM_WORKERS_PER_CPU = 4
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None,
@@ -18,14 +22,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
         context = ray.init(address=address)
     else:
         os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train view
+        # one logical CPU more than cores: Train workers take whole CPUs, Ray Data's feeding tasks
+        # (fractions of one) need what is left, or a 2-core laptop hangs (DESIGN §6)
+        num_cpus = num_cpus or os.cpu_count() + 1
         context = ray.init(
-            # one logical CPU more than cores: Train workers take whole CPUs, Ray Data's feeding tasks
-            # (fractions of one) need what is left, or a 2-core laptop hangs (DESIGN §6)
-            num_cpus=num_cpus or os.cpu_count() + 1,
+            num_cpus=num_cpus,
             resources={DRIVER_RESOURCE: 64},
             object_store_memory=object_store_mb * 1024**2,
             include_dashboard=True,
             dashboard_host="127.0.0.1",
+            _system_config={"num_workers_soft_limit": WARM_WORKERS_PER_CPU * num_cpus},
         )
     configure_ray_data()
     return f"http://{context.dashboard_url}" if context.dashboard_url else None

@@ -137,11 +137,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             Path(failure["marker"]).touch()
             raise RuntimeError(f"injected failure at epoch {epoch} (test hook)")
         model.train()
-        sums, steps, started = {}, 0, time.perf_counter()
+        sums, steps, waited, started = {}, 0, 0.0, time.perf_counter()
         batches = train_shard.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collate,
                                                  local_shuffle_buffer_size=4 * cfg.data.batch_size,
                                                  local_shuffle_seed=cfg.train.seed + epoch)
+        ready = started
         for step, batch in enumerate(batches):
+            waited += time.perf_counter() - ready  # the data feed kept this worker waiting
             batch = _to(batch, device)
             labels = batch.pop("labels")
             boundary = (step + 1) % cfg.train.grad_accum == 0
@@ -154,10 +156,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
             steps += 1
+            ready = time.perf_counter()
         if steps % cfg.train.grad_accum:
             _optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip)
 
-        metrics = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "time_train_s": time.perf_counter() - started}
+        metrics = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "time_train_s": time.perf_counter() - started,
+                   "time_data_wait_s": waited}
         metrics |= {f"train_{k}": v for k, v in _mean_over_ranks(sums, steps, device).items()}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
