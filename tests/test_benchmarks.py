@@ -30,7 +30,7 @@ def ratios(output, names):
 def test_bench_turbo_step(tmp_path_factory):
     out = run_quick("bench_turbo_step.py", tmp_path_factory)
     for variant in ("baseline", "naive", "turbo", "shared P", "suffix S", "P + S"):
-        assert re.search(rf"^  {variant} +[0-9.]+ ms/step$", out, re.MULTILINE), out
+        assert re.search(rf"^  {re.escape(variant)} +[0-9.]+ ms/step$", out, re.MULTILINE), out
     ratios(out, ["naive/baseline", "floor", "turbo/baseline (this project)"])
     assert out.strip().splitlines()[-1].startswith("turbo/baseline (this project): ")  # printed last
 
@@ -42,4 +42,6 @@ def test_bench_pipeline(tmp_path_factory):
 
 def test_bench_scaling(tmp_path_factory):
     out = run_quick("bench_scaling.py", tmp_path_factory)
+    assert re.search(r"^all-reduce per step with 2 workers: [0-9.]+ MiB of fp32 gradients, [0-9.]+ s timed alone",
+                     out, re.MULTILINE), out
     ratios(out, ["speed-up 2 vs 1 workers"])
