@@ -2,7 +2,7 @@
 torch thread each), alternated in one run.
 
     python experiments/bench_scaling.py            # 2 alternations, 2 epochs each (the second, warm one is timed)
-    python experiments/bench_scaling.py --quick    # 1 epoch, 1 alternation: a correctness check, not a speed
+    python experiments/bench_scaling.py --quick    # 4 utterances/speaker, 1 epoch, 1 alternation: a correctness check
 
 The corpus is the demo's at 40 utterances per speaker (252 training samples: 16 steps of 2 x 8).
 """
@@ -21,12 +21,14 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
-from turbo_ray.config import load_config, override  # noqa: E402
+from bench_turbo_step import make_batch  # noqa: E402
+from turbo_ray.config import Config, load_config, override  # noqa: E402
 from turbo_ray.data.corpus import prepare_corpus  # noqa: E402
+from turbo_ray.losses import objective  # noqa: E402
 from turbo_ray.loso import fold_datasets  # noqa: E402
 from turbo_ray.model import build_model  # noqa: E402
 from turbo_ray.runtime import init_ray  # noqa: E402
-from turbo_ray.train import build_trainer  # noqa: E402
+from turbo_ray.train import build_optimizer, build_trainer  # noqa: E402
 
 
 def last_epoch(cfg, corpus, fold, name: str) -> tuple[float, float, float]:
@@ -41,28 +43,48 @@ def last_epoch(cfg, corpus, fold, name: str) -> tuple[float, float, float]:
     return len(fold.train) / seconds, seconds, float(last["time_data_wait_s"])
 
 
-def _allreduce_worker(rank: int, numel: int, repeats: int, init_file: str, out) -> None:
+def _side_by_side_worker(rank: int, procs: int, cfg: dict, steps: int, init_file: str, out) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    grads, times = torch.ones(numel), []
-    for _ in range(repeats + 1):  # the first one connects and is dropped
+    torch.manual_seed(0)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=procs)
+    config = Config.from_dict(cfg)
+    model = build_model(config).train()
+    optimizer = build_optimizer(model, config)
+    batch = make_batch(config.data.batch_size, config.data.max_seconds, 24, model.text_encoder.model.config.vocab_size)
+    labels = torch.arange(config.data.batch_size) % 4
+
+    def step() -> None:
+        objective(model(**batch), labels, config.loss, model.temperature)["total"].backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up
+    dist.barrier()  # the processes step at the same time
+    began = time.perf_counter()
+    for _ in range(steps):
+        step()
+    step_s = (time.perf_counter() - began) / steps
+
+    grads, reduce_s = torch.ones(sum(p.numel() for p in model.parameters() if p.requires_grad)), []
+    for _ in range(steps + 1):  # the first one connects and is dropped
         dist.barrier()
-        start = time.perf_counter()
+        began = time.perf_counter()
         dist.all_reduce(grads)
-        times.append(time.perf_counter() - start)
-    if rank == 0:
-        out.put(statistics.median(times[1:]))
+        reduce_s.append(time.perf_counter() - began)
+    out.put((step_s, statistics.median(reduce_s[1:]), grads.numel()))
     dist.destroy_process_group()
 
 
-def allreduce_seconds(numel: int, repeats: int) -> float:
-    """Median seconds of one gloo all-reduce of `numel` fp32 values between two local processes (one
-    torch thread each): what DDP sends per step, timed alone (DDP overlaps it with backward)."""
+def side_by_side(cfg: Config, procs: int, steps: int) -> tuple[float, float, int]:
+    """(seconds per training step, seconds per gloo all-reduce of all gradients, number of gradient values)
+    with `procs` plain processes stepping at the same time on a synthetic batch (one torch thread each; no
+    Ray, DDP or data feed). With 2 processes, the step time bounds what a 2-worker run can reach here."""
     ctx = mp.get_context("spawn")
     out = ctx.SimpleQueue()
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_allreduce_worker, args=(numel, repeats, f"{tmp}/store", out), nprocs=2)
-    return out.get()
+        mp.spawn(_side_by_side_worker, args=(procs, cfg.to_dict(), steps, f"{tmp}/store", out), nprocs=procs)
+    results = [out.get() for _ in range(procs)]
+    return max(r[0] for r in results), max(r[1] for r in results), results[0][2]
 
 
 def main() -> None:
@@ -72,11 +94,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.demo_utterances_per_speaker=80")
     args = parser.parse_args()
-    repeats, epochs, per_speaker = (1, 1, 10) if args.quick else (args.repeats, args.epochs, 40)
+    quick_corpus = ["data.demo_utterances_per_speaker=4", "data.val_fraction=0.3"]
+    repeats, epochs, corpus_size = ((1, 1, quick_corpus) if args.quick
+                                    else (args.repeats, args.epochs, ["data.demo_utterances_per_speaker=40"]))
     storage = tempfile.mkdtemp(prefix="bench_scaling_")
     init_ray()
     cfg = load_config(None, [f"train.epochs={epochs}", f"train.storage_path={storage}", "train.num_to_keep=1",
-                             f"data.demo_utterances_per_speaker={per_speaker}", *args.overrides])
+                             *corpus_size, *args.overrides])
     corpus = prepare_corpus(cfg.data)
     fold = corpus.fold(cfg.data)
 
@@ -92,13 +116,16 @@ def main() -> None:
                   f"({seconds:.1f} s for {len(fold.train)} samples, {waited:.1f} s of it waiting for data, "
                   f"{step_s[workers][-1]:.2f} s per step otherwise)")
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
-    params = sum(p.numel() for p in build_model(cfg).parameters() if p.requires_grad)
-    reduce_s = allreduce_seconds(params, 3 if args.quick else 10)
+    steps = 2 if args.quick else 10
+    alone, _, _ = side_by_side(cfg, 1, steps)
+    paired, reduce_s, params = side_by_side(cfg, 2, steps)
     print(f"1 worker: {one:.1f} samples/s; 2 workers: {two:.1f} samples/s (median of {repeats})")
     print(f"per step without data waits: 1 worker {statistics.median(step_s[1]):.2f} s, "
           f"2 workers {statistics.median(step_s[2]):.2f} s")
     print(f"all-reduce per step with 2 workers: {params * 4 / 2**20:.1f} MiB of fp32 gradients, "
           f"{reduce_s:.2f} s timed alone (gloo, 1 thread)")
+    print(f"machine ceiling: a training step (synthetic batch, no Ray/DDP/data) takes {alone:.2f} s alone and "
+          f"{paired:.2f} s with two processes side by side: at most {2 * alone / paired:.2f}x")
     print(f"speed-up 2 vs 1 workers: {two / one:.2f}")
 
 

@@ -44,4 +44,6 @@ def test_bench_scaling(tmp_path_factory):
     out = run_quick("bench_scaling.py", tmp_path_factory)
     assert re.search(r"^all-reduce per step with 2 workers: [0-9.]+ MiB of fp32 gradients, [0-9.]+ s timed alone",
                      out, re.MULTILINE), out
+    assert re.search(r"^machine ceiling: .* takes [0-9.]+ s alone and [0-9.]+ s with two processes side by side: "
+                     r"at most [0-9.]+x$", out, re.MULTILINE), out
     ratios(out, ["speed-up 2 vs 1 workers"])
