@@ -5,6 +5,8 @@ torch thread each), alternated in one run.
     python experiments/bench_scaling.py --quick    # 4 utterances/speaker, 1 epoch, 1 alternation: a correctness check
 
 The corpus is the demo's at 40 utterances per speaker (252 training samples: 16 steps of 2 x 8).
+Then the machine's own ceiling: the same training step in plain processes (no Ray, DDP or data feed),
+one alone and two side by side, which also time the gloo all-reduce of all gradients.
 """
 from __future__ import annotations
 
