@@ -22,9 +22,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
+from turbo_ray.data.iemocap import CLASS_SETS  # noqa: E402
 from turbo_ray.config import load_config  # noqa: E402
 from turbo_ray.data.corpus import prepare_corpus  # noqa: E402
-from turbo_ray.data.pipeline import PadCollate, pad_token_id, split_dataset  # noqa: E402
+from turbo_ray.data.pipeline import collate_for, split_dataset  # noqa: E402
 from turbo_ray.losses import objective  # noqa: E402
 from turbo_ray.model import build_model  # noqa: E402
 from turbo_ray.runtime import init_ray  # noqa: E402
@@ -63,7 +64,7 @@ def feed(cfg, corpus) -> tuple[float, int, int, list[dict]]:
     """(samples/s after the first batch, samples, peak RSS bytes, first batches) for one training epoch."""
     ids = corpus.manifest.utterance_id.tolist()
     batches = split_dataset(cfg, corpus.shards, ids, train=True).iter_torch_batches(
-        batch_size=cfg.data.batch_size, collate_fn=PadCollate(pad_token_id(cfg)))
+        batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg, epoch=1))
     kept, n, start = [], 0, None
     with PeakRSS() as memory:
         for batch in batches:
@@ -79,7 +80,7 @@ def feed(cfg, corpus) -> tuple[float, int, int, list[dict]]:
 def consumption(cfg, batches: list[dict]) -> float:
     """Samples/s of tiny Turbo training steps (1 thread, as a 1-CPU Train worker) on real batches."""
     torch.set_num_threads(1)
-    model = build_model(cfg).train()
+    model = build_model(cfg, len(CLASS_SETS[cfg.data.classes])).train()
     optimizer = build_optimizer(model, cfg)
     times = []
     for batch in batches * 2:

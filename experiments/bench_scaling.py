@@ -24,6 +24,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
 from bench_turbo_step import make_batch  # noqa: E402
+from turbo_ray.data.iemocap import CLASS_SETS  # noqa: E402
 from turbo_ray.config import Config, load_config, override  # noqa: E402
 from turbo_ray.data.corpus import prepare_corpus  # noqa: E402
 from turbo_ray.losses import objective  # noqa: E402
@@ -50,7 +51,7 @@ def _side_by_side_worker(rank: int, procs: int, cfg: dict, steps: int, init_file
     torch.manual_seed(0)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=procs)
     config = Config.from_dict(cfg)
-    model = build_model(config).train()
+    model = build_model(config, len(CLASS_SETS[config.data.classes])).train()
     optimizer = build_optimizer(model, config)
     batch = make_batch(config.data.batch_size, config.data.max_seconds, 24, model.text_encoder.model.config.vocab_size)
     labels = torch.arange(config.data.batch_size) % 4

@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import AutoModel, BertConfig, Wav2Vec2Config  # noqa: E402
 
+from turbo_ray.data.iemocap import CLASS_SETS  # noqa: E402
 from turbo_ray.config import load_config  # noqa: E402
 from turbo_ray.losses import objective  # noqa: E402
 from turbo_ray.model import AudioEncoder, TextEncoder, TurboModel, TurboOutput, build_model  # noqa: E402
@@ -64,7 +65,7 @@ def main() -> None:
     rounds = 2 if args.quick else args.rounds
 
     cfg = load_config(None, ["loss.mode=turbo"])
-    model = (base_sized_model(cfg) if args.base else build_model(cfg)).train()
+    model = (base_sized_model(cfg) if args.base else build_model(cfg, len(CLASS_SETS[cfg.data.classes]))).train()
     batch = make_batch(args.batch, args.seconds, 24, model.text_encoder.model.config.vocab_size)
     labels = torch.arange(args.batch) % 4
     audio_enc, text_enc = model.audio_encoder, model.text_encoder

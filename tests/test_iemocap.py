@@ -156,6 +156,16 @@ def test_problems_are_reported_and_excluded(tmp_path: Path) -> None:
     numbers = append(emo2, summary_line("Ses02F_impro02_F001", "hpy", 5), "", bad_decimals, "", bad_id)
     (text_line,) = append(text2, "Ses02F_impro02_F001 [016.5000-018.2500] no colon")
     append(s1 / "dialog/EmoEvaluation/Ses01M_impro05a.txt", summary_line("Ses01F_script02_2_F000", "sad", 3))
+    lines = text2.read_bytes().split(b"\n")  # a Latin-1 byte in a kept utterance's text: kept, reported
+    (latin1,) = [n for n, line in enumerate(lines, 1) if line.startswith(b"Ses02F_impro02_F000")]
+    lines[latin1 - 1] = lines[latin1 - 1].replace(b"No.", b"No\xe9.")
+    text2.write_bytes(b"\n".join(lines))
+    bad_byte = lines[latin1 - 1].index(b"\xe9")
+    first = s1 / "sentences/wav/Ses01F_impro01/Ses01F_impro01_F000.wav"  # one wav name in two folders
+    second = s1 / "sentences/wav/Ses01F_impro01b/Ses01F_impro01_F000.wav"
+    write_wav(second)
+    stereo = s1 / "sentences/wav/Ses01F_impro01/Ses01F_impro01_F002.wav"
+    sf.write(stereo, np.zeros((RATE // 4, 2)), RATE, subtype="PCM_16")
 
     df = load_manifest(release)
     report = df.attrs["report"]
@@ -167,13 +177,17 @@ def test_problems_are_reported_and_excluded(tmp_path: Path) -> None:
         "unknown_label": ["Ses02F_impro02_F001"],
         "malformed_lines": [f"{emo2}:{numbers[2]}: {bad_decimals}", f"{emo2}:{numbers[4]}: {bad_id}",
                             f"{text2}:{text_line}: Ses02F_impro02_F001 [016.5000-018.2500] no colon"],
+        "undecodable_text": [f"{text2}:{latin1}: not UTF-8 at byte {bad_byte}"],
         "duplicate_ids": ["Ses01F_script02_2_F000"],
+        "duplicate_wavs": [f"Ses01F_impro01_F000: {first.resolve()}, {second.resolve()}"],
     }
-    assert df.utterance_id.tolist() == ["Ses01F_impro01_F000", "Ses01F_impro01_F002", "Ses01F_impro01_M000",
-                                        "Ses01M_script01_1b_F000", "Ses02F_impro02_F000"]
+    assert df.utterance_id.tolist() == ["Ses01F_impro01_F002", "Ses01F_impro01_M000", "Ses01M_script01_1b_F000",
+                                        "Ses02F_impro02_F000"]
+    assert df.text.iloc[-1] == "No\ufffd."
+    assert report.downmixed == ["Ses01F_impro01_F002"]  # kept: the shards hold it down-mixed
     summary = report.summary()
-    assert "10 problem(s)" in summary and "unreadable_wav: 2" in summary and "Ses01F_impro01_F007" in summary
-    assert "fru 1, xxx 1" in summary
+    assert "12 problem(s)" in summary and "unreadable_wav: 2" in summary and "Ses01F_impro01_F007" in summary
+    assert "fru 1, xxx 1" in summary and "down-mixed to mono: 1: Ses01F_impro01_F002" in summary
 
     with pytest.raises(CorpusError) as error:
         load_manifest(release, strict=True)

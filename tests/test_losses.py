@@ -3,8 +3,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from turbo_ray.losses import info_nce, turbo_loss
+from turbo_ray.config import LossConfig
+from turbo_ray.losses import _scale_grad, info_nce, objective, turbo_loss
+from turbo_ray.model.turbo import TurboOutput
 
 
 def naive_info_nce(u, v, tau):
@@ -61,3 +64,33 @@ def test_temperature_tensor_gets_gradient():
     log_tau = torch.tensor(math.log(0.1), requires_grad=True)
     info_nce(u, v, log_tau.exp()).backward()
     assert log_tau.grad is not None and log_tau.grad.abs().item() > 0
+
+
+def test_losses_are_float32_under_bf16_autocast():
+    # τ = 0.02 puts the logits at ±50, where bf16's spacing is 0.25: the losses must not be computed there
+    g = torch.Generator().manual_seed(5)
+    a1, a2, t1, t2 = (torch.randn(16, 32, generator=g) for _ in range(4))
+    exact = turbo_loss(*(x.double() for x in (a1, a2, t1, t2)), 0.02, 0.7, 1.3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = turbo_loss(a1, a2, t1, t2, 0.02, 0.7, 1.3)
+    for key in ("in", "cross", "total"):
+        assert mixed[key].dtype == torch.float32
+        assert mixed[key].item() == pytest.approx(exact[key].item(), rel=1e-5, abs=1e-5)
+
+    # the classifier's cross-entropy too, on logits the encoders produced in bf16
+    logits = (torch.randn(32, 4, generator=g) * 30).bfloat16()
+    labels = torch.arange(16) % 4
+    embeddings = torch.randn(2, 16, 8, generator=g).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        parts = objective(TurboOutput(logits, embeddings, embeddings.flip(1)), labels, LossConfig(), 0.02)
+    exact_ce = F.cross_entropy(logits.double(), labels.repeat(2))
+    assert parts["ce"].dtype == torch.float32
+    assert parts["ce"].item() == pytest.approx(exact_ce.item(), rel=1e-6)
+
+
+def test_scale_grad_keeps_the_value_exactly_in_low_precision():
+    x = (torch.randn(1000, generator=torch.Generator().manual_seed(6)) * 7).bfloat16().requires_grad_()
+    y = _scale_grad(x, 3)  # x·3 rounds in bf16: any form that multiplies the value loses it
+    assert torch.equal(y, x)
+    y.float().sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 3))

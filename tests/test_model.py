@@ -1,4 +1,6 @@
 """The two-view Turbo model on the real tiny preset (random wav2vec2 + the packaged MiniLM)."""
+import math
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -7,6 +9,8 @@ from turbo_ray.config import Config, load_config
 from turbo_ray.losses import objective
 from turbo_ray.model import build_model, encoder_names
 from turbo_ray.model.encoders import AudioEncoder, TINY_AUDIO, load_pretrained
+from turbo_ray.model.turbo import MIN_TEMPERATURE
+from turbo_ray.train import build_optimizer, train_epoch
 
 SENTENCES = ["I can't believe you did that!", "okay", "the meeting is at three", "this is wonderful news"]
 
@@ -14,7 +18,7 @@ SENTENCES = ["I can't believe you did that!", "okay", "the meeting is at three",
 def make(*overrides: str):
     torch.manual_seed(0)
     cfg = load_config(None, list(overrides))
-    return cfg, build_model(cfg)
+    return cfg, build_model(cfg, num_classes=4)
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +155,34 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(batch):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def epochs(cfg, model, batch, count: int) -> list[float]:
+    """`count` epochs of the real training step, each over the fixed batch twice; mean total loss per epoch."""
+    optimizer = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    labelled = dict(batch, labels=torch.tensor([0, 1, 2, 3]))
+    return [train_epoch(model, [labelled] * 2, optimizer, scheduler, cfg, torch.device("cpu"))["train_total"]
+            for _ in range(count)]
+
+
+def test_bf16_training_on_cpu_learns_and_tracks_fp32(batch):
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        cfg, model = make(f"train.precision={precision}", "train.lr=3e-4")
+        torch.manual_seed(1)  # the same dropout masks' seed for both
+        losses[precision] = epochs(cfg, model, batch, 4)
+    assert losses["bf16"][-1] < 0.8 * losses["bf16"][0], losses
+    # bf16 encoders, fp32 losses: each epoch's loss within 5 % of the fp32 run's
+    assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05), losses
+
+
+def test_learnable_temperature_is_clamped_after_every_step(batch):
+    cfg, model = make("loss.learnable_temperature=true")
+    with torch.no_grad():
+        model.log_temperature.fill_(math.log(MIN_TEMPERATURE / 2))
+    epochs(cfg, model, batch, 1)  # two steps: clamped after the first, one small Adam step after the second
+    assert MIN_TEMPERATURE <= model.temperature.item() < 1.01 * MIN_TEMPERATURE
 
 
 def test_audio_encoder_loads_from_a_local_directory_with_configured_dropout(tmp_path):

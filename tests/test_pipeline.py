@@ -30,32 +30,41 @@ def shard_rows(tmp_path, rates):
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
-def test_preprocess_resamples_crops_and_tokenizes(tmp_path):
+def test_preprocess_resamples_and_tokenizes(tmp_path):
     batch = shard_rows(tmp_path, [8000, 16000])
-    cfg = load_config(None, ["data.max_seconds=1.0", "data.max_text_tokens=12"])
-    prep = Preprocess(tokenizer_name(cfg), 16000, 1.0, 12, train=False)
+    cfg = load_config(None, ["data.max_text_tokens=12"])
+    prep = Preprocess(tokenizer_name(cfg), 16000, 12)
     out = prep(batch)
-    assert [len(w) for w in out["waveform"]] == [16000, 16000]  # 1.5 s → cropped to 1 s at 16 kHz
+    assert [len(w) for w in out["waveform"]] == [24000, 24000]  # 1.5 s at 16 kHz, not cropped yet
     # the 8 kHz file was resampled: a 220 Hz tone keeps 220 zero-crossing pairs per second at 16 kHz
-    crossings = np.sum(np.diff(np.sign(out["waveform"][0])) != 0)
+    resampled = list(batch["sample_rate"]).index(8000)
+    crossings = np.sum(np.diff(np.sign(out["waveform"][resampled][4000:20000])) != 0)  # the middle second
     assert abs(crossings - 440) <= 4
-    # eval crops are centred and deterministic; training crops are random windows of the same length
-    assert np.array_equal(out["waveform"][1], prep(batch)["waveform"][1])
-    train_prep = Preprocess(tokenizer_name(cfg), 16000, 1.0, 12, train=True)
-    crops = {float(train_prep(batch)["waveform"][1][:50].sum()) for _ in range(5)}
-    assert len(crops) > 1
-    assert len(out["input_ids"][0]) == 7 and len(out["input_ids"][1]) == 12  # [CLS] 5 words [SEP]; truncated
-    assert out["label"].dtype == np.int64
+    # [CLS] 5 words [SEP] for the 8 kHz row; the other row's 15 words are truncated
+    assert len(out["input_ids"][resampled]) == 7 and len(out["input_ids"][1 - resampled]) == 12
+    assert out["label"].dtype == np.int64 and list(out["utterance_id"]) == list(batch["utterance_id"])
     # an empty block (what a filter can leave) passes through instead of failing the tokenizer
     empty = prep({name: column[:0] for name, column in batch.items()})
     assert len(empty["waveform"]) == len(empty["input_ids"]) == len(empty["label"]) == 0
 
 
+def ragged(arrays):
+    out = np.empty(len(arrays), dtype=object)
+    out[:] = arrays
+    return out
+
+
+def rows(lengths, ids):
+    return {"waveform": ragged([np.arange(n, dtype=np.float32) for n in lengths]),
+            "input_ids": ragged([np.array([0, 7, 2]) for _ in lengths]),
+            "label": np.zeros(len(lengths), dtype=np.int64), "utterance_id": np.array(ids)}
+
+
 def test_pad_collate_pads_and_masks():
-    collate = PadCollate(pad_token_id=1)  # RoBERTa's pad id is 1, not 0
-    batch = {"waveform": np.array([np.ones(5, np.float32), np.ones(3, np.float32)], dtype=object),
-             "input_ids": np.array([np.array([0, 7, 2]), np.array([0, 2])], dtype=object),
-             "label": np.array([2, 3])}
+    collate = PadCollate(pad_token_id=1, max_samples=100)  # RoBERTa's pad id is 1, not 0
+    batch = {"waveform": ragged([np.ones(5, np.float32), np.ones(3, np.float32)]),
+             "input_ids": ragged([np.array([0, 7, 2]), np.array([0, 2])]),
+             "label": np.array([2, 3]), "utterance_id": np.array(["a", "b"])}
     out = collate(batch)
     assert out["waveforms"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     assert out["audio_lengths"].tolist() == [5, 3]
@@ -64,11 +73,58 @@ def test_pad_collate_pads_and_masks():
     assert out["labels"].tolist() == [2, 3]
 
 
+def test_crops_are_centred_in_evaluation_and_seeded_by_seed_epoch_and_utterance_in_training():
+    ids = [f"Ses01F_impro01_F{i:03d}" for i in range(8)]
+    batch = rows([1000] * 8, ids)
+    centred = PadCollate(0, max_samples=100)(batch)["waveforms"]
+    assert (centred[:, 0] == 450).all() and centred.shape == (8, 100)
+
+    def starts(seed, order=slice(None)):
+        sub = {k: v[order].copy() for k, v in batch.items()}
+        first = PadCollate(0, max_samples=100, seed=seed)(sub)["waveforms"][:, 0]
+        return dict(zip(sub["utterance_id"], first.tolist()))
+
+    epoch1 = starts((0, 1))
+    assert len(set(epoch1.values())) > 4  # random windows
+    assert starts((0, 1), order=slice(None, None, -1)) == epoch1  # per utterance: batch order is irrelevant
+    assert starts((0, 1), order=slice(0, 3)) == {u: epoch1[u] for u in ids[:3]}  # and so is batch size
+    assert starts((0, 2)) != epoch1 and starts((1, 1)) != epoch1  # another epoch or seed: other crops
+    short = PadCollate(0, max_samples=100, seed=(0, 1))(rows([60, 1000], ids[:2]))
+    assert short["audio_lengths"].tolist() == [60, 100]
+
+
+def test_training_split_is_shuffled_every_epoch_seeded_and_session_mixed(ray_local, demo_corpus):
+    cfg = load_config(None, ["train.seed=3"])
+    fold = demo_corpus.fold(cfg.data)
+    session = dict(zip(demo_corpus.manifest.utterance_id, demo_corpus.manifest.session))
+
+    def epochs(dataset, count=2):
+        return [[row["utterance_id"] for row in dataset.iter_rows()] for _ in range(count)]
+
+    train = split_dataset(cfg, demo_corpus.shards, fold.train.utterance_id.tolist(), train=True)
+    first, second = epochs(train)
+    assert sorted(first) == sorted(second) == sorted(fold.train.utterance_id)
+    assert first != second  # a new order every epoch
+    again = split_dataset(cfg, demo_corpus.shards, fold.train.utterance_id.tolist(), train=True)
+    assert epochs(again) == [first, second]  # seeded: the same orders in every run
+    other = split_dataset(load_config(None, ["train.seed=4"]), demo_corpus.shards,
+                          fold.train.utterance_id.tolist(), train=True)
+    assert epochs(other, 1)[0] not in (first, second)
+    assert {session[u] for u in fold.train.utterance_id} == {2, 3, 4, 5}
+    for order in (first, second):  # batches of 16 mix sessions
+        batches = [order[i:i + 16] for i in range(0, len(order) - 15, 16)]
+        mixed = [len({session[u] for u in b}) >= 3 for b in batches]
+        assert sum(mixed) >= 0.9 * len(batches), mixed
+
+    val = split_dataset(cfg, demo_corpus.shards, fold.val.utterance_id.tolist(), train=False)
+    assert epochs(val, 1) == epochs(val, 1)  # evaluation order is fixed
+
+
 class IndexedCollate(PadCollate):
     """PadCollate plus each row's position in a known id list, to trace which rows a worker saw."""
 
     def __init__(self, pad_id, ids):
-        super().__init__(pad_id)
+        super().__init__(pad_id, max_samples=32000)
         self.index = {u: i for i, u in enumerate(ids)}
 
     def __call__(self, batch):
@@ -108,3 +164,6 @@ def test_two_worker_trainer_sees_every_sample_once_per_epoch(ray_local, demo_cor
         seen = [json.loads((tmp_path / f"rank{r}-epoch{epoch}.json").read_text()) for r in range(2)]
         assert len(seen[0]) == len(seen[1]) == len(ids) // 2
         assert sorted(seen[0] + seen[1]) == list(range(len(ids)))
+    for rank in range(2):  # the per-epoch shuffle reaches the workers: other rows, in another order
+        epochs = [json.loads((tmp_path / f"rank{rank}-epoch{e}.json").read_text()) for e in range(2)]
+        assert epochs[0] != epochs[1]

@@ -26,7 +26,7 @@ def make_wav(path: Path, seconds: float, seed: int, channels: int = 1, subtype: 
 
 @pytest.fixture
 def manifest(tmp_path: Path) -> pd.DataFrame:
-    """7 utterances over 2 sessions and 4 classes, in shuffled order (the shards sort them)."""
+    """7 utterances over 2 sessions and 4 classes, in shuffled order (the shards order them)."""
     wavs = tmp_path / "wav"
     wavs.mkdir()
     rows = []
@@ -39,6 +39,12 @@ def manifest(tmp_path: Path) -> pd.DataFrame:
                      "wav_path": str(make_wav(wavs / f"{uid}.wav", seconds, seed=i)),
                      "duration": seconds, "sample_rate": RATE})
     return pd.DataFrame(rows).sample(frac=1, random_state=0).reset_index(drop=True)
+
+
+def in_shard_order(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The documented row order of the shards: by sha256 of the utterance id."""
+    key = manifest.utterance_id.map(lambda u: hashlib.sha256(u.encode()).hexdigest())
+    return manifest.assign(key=key).sort_values("key").drop(columns="key").reset_index(drop=True)
 
 
 def write(manifest: pd.DataFrame, out: Path | str, **kwargs) -> dict:
@@ -62,8 +68,9 @@ def test_wav_round_trip_is_byte_exact(manifest, tmp_path):
     for shard in out.glob("part-*.parquet"):
         assert pq.read_schema(shard).equals(SHARD_SCHEMA)
     rows = read_rows(out)
-    expected = manifest.sort_values("utterance_id").reset_index(drop=True)
+    expected = in_shard_order(manifest)
     assert rows.utterance_id.tolist() == expected.utterance_id.tolist()
+    assert rows.utterance_id.tolist() != sorted(rows.utterance_id)  # never dialog (id) order
     assert rows.label_id.tolist() == expected.label_id.tolist() and rows.text.tolist() == expected.text.tolist()
     assert (rows.audio_format == "wav").all()
     for audio, wav in zip(rows.audio, expected.wav_path):
@@ -74,7 +81,7 @@ def test_pcm16_matches_soundfile_and_decodes_like_wav(manifest, tmp_path):
     write(manifest, tmp_path / "wav_shards")
     write(manifest, tmp_path / "pcm_shards", audio_format="pcm16")
     wav_rows, pcm_rows = read_rows(tmp_path / "wav_shards"), read_rows(tmp_path / "pcm_shards")
-    wav_paths = manifest.sort_values("utterance_id").wav_path
+    wav_paths = in_shard_order(manifest).wav_path
     for wav_row, pcm_row, path in zip(wav_rows.itertuples(), pcm_rows.itertuples(), wav_paths):
         assert pcm_row.audio == sf.read(path, dtype="int16")[0].tobytes()
         from_wav = decode_audio(wav_row.audio, "wav", wav_row.sample_rate)
@@ -115,16 +122,32 @@ def test_rerun_is_a_no_op_and_changed_input_rewrites(manifest, tmp_path):
     assert read_shard_manifest(str(out), verify=True) == second
 
 
-@pytest.mark.parametrize("bad", ["garbage", "stereo", "pcm24", "rate"])
+@pytest.mark.parametrize("channels", [2, 3])
+@pytest.mark.parametrize("audio_format", ["wav", "pcm16"])
+def test_multichannel_audio_is_downmixed_to_mono(manifest, tmp_path, channels, audio_format):
+    stereo = in_shard_order(manifest).iloc[2]
+    make_wav(Path(stereo.wav_path), 0.05, seed=9, channels=channels)
+    write(manifest, tmp_path / "shards", audio_format=audio_format)
+    rows = read_rows(tmp_path / "shards").set_index("utterance_id")
+    mono = decode_audio(rows.audio[stereo.utterance_id], audio_format, RATE)
+    frames = sf.read(stereo.wav_path, dtype="float32")[0]
+    assert frames.shape[1] == channels and mono.shape == (frames.shape[0],)
+    np.testing.assert_allclose(mono, frames.mean(axis=1), atol=1 / 32768)  # pcm16 rounds to its grid
+    other = in_shard_order(manifest).iloc[3]
+    assert rows.audio[other.utterance_id] == (Path(other.wav_path).read_bytes() if audio_format == "wav"
+                                               else sf.read(other.wav_path, dtype="int16")[0].tobytes())
+
+
+@pytest.mark.parametrize("bad", ["garbage", "pcm24", "rate"])
 def test_failure_mid_write_leaves_nothing(manifest, tmp_path, bad):
     """The 7th utterance (3rd shard) passes validation but cannot be converted to pcm16."""
-    last = manifest.sort_values("utterance_id").iloc[-1]
+    last = in_shard_order(manifest).iloc[-1]
     path = Path(last.wav_path)
     if bad == "garbage":
         path.write_bytes(b"not a wav file at all" * 10)
     else:
-        make_wav(path, 0.05, seed=9, channels=2 if bad == "stereo" else 1,
-                 subtype="PCM_24" if bad == "pcm24" else "PCM_16", rate=8_000 if bad == "rate" else RATE)
+        make_wav(path, 0.05, seed=9, subtype="PCM_24" if bad == "pcm24" else "PCM_16",
+                 rate=8_000 if bad == "rate" else RATE)
     out = tmp_path / "shards"
     with pytest.raises(ShardError, match=last.utterance_id) as err:
         write(manifest, out, audio_format="pcm16")
@@ -136,7 +159,7 @@ def test_failed_rewrite_keeps_the_previous_output(manifest, tmp_path):
     out = tmp_path / "shards"
     previous = write(manifest, out, audio_format="pcm16")
     before = mtimes(out)
-    Path(manifest.sort_values("utterance_id").wav_path.iloc[-1]).write_bytes(b"garbage")
+    Path(in_shard_order(manifest).wav_path.iloc[-1]).write_bytes(b"garbage")
     with pytest.raises(ShardError):
         write(manifest, out, audio_format="pcm16")
     assert mtimes(out) == before

@@ -6,10 +6,16 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from turbo_ray.config import MODES, Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from turbo_ray.data.corpus import Corpus
+
+CONFIG_FILE = "config.yaml"  # a folder holding it holds an experiment
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +69,46 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(Exception):
+    """A command that cannot run as given (an output folder, --resume); the message says why."""
+
+
+def check_output_dir(out: Path, resume: bool) -> None:
+    """The output folder must be free for a new experiment, or hold the one to resume."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {out} is a file, not a folder")
+    holds_experiment = (out / CONFIG_FILE).is_file()
+    if resume and not holds_experiment:
+        raise UsageError(f"--resume: {out} holds no experiment (no {CONFIG_FILE})")
+    if not resume and holds_experiment:
+        raise UsageError(f"{out} already holds an experiment: pass --resume, or another --output-dir")
+
+
+def start_job(cfg: Config, out: Path, address: str | None, resume: bool = False) -> Corpus:
+    """Everything a user can get wrong is checked before Ray starts: the corpus (its problem report is
+    printed), its folds, the output folder; then the job's config is saved and Ray started."""
+    from turbo_ray.data.corpus import prepare_corpus
+    from turbo_ray.runtime import init_ray
+
+    corpus = prepare_corpus(cfg.data)
+    print_corpus(corpus)
+    corpus.folds(cfg.data)  # every split non-empty
+    if not resume:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    print(f"experiment {out}{'  (resumed)' if resume else ''}")
+    dashboard = init_ray(address)
+    if dashboard:
+        print(f"Ray dashboard: {dashboard}  (trials, workers, CPU/GPU and memory use)")
+    return corpus
+
+
+def print_corpus(corpus: Corpus) -> None:
+    label = "  (demo corpus: a fixture, not real speech)" if corpus.is_demo else ""
+    print(f"corpus {corpus.root}{label}: {len(corpus.manifest)} utterances in {len(corpus.classes)} classes")
+    print(corpus.report.summary())
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Parse the corpus, report its problems and write its Parquet shards."""
     from turbo_ray.data.corpus import prepare_corpus
@@ -71,8 +117,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.out:
         cfg.data.shards_dir = args.out
     corpus = prepare_corpus(cfg.data, strict=args.strict)
-    print(f"corpus   {corpus.root}{'  (demo)' if corpus.is_demo else ''}")
-    print(corpus.report.summary())
+    print_corpus(corpus)
     counts = corpus.manifest.groupby(["session", "label"]).size().unstack(fill_value=0)
     print(f"{len(corpus.manifest)} utterances in {cfg.data.classes}:\n{counts.to_string()}")
     print(f"shards   {corpus.shards}")
@@ -81,21 +126,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """One config over the LOSO folds, for each requested mode and seed; prints and writes the table."""
-    from turbo_ray.data.corpus import prepare_corpus
+    import pandas as pd
+
     from turbo_ray.loso import format_table, run_loso, write_results
-    from turbo_ray.runtime import init_ray
 
     cfg = config_from_args(args)
     out = output_dir(args, "train")
-    cfg.train.storage_path = f"{run_storage(cfg, out)}/checkpoints"
     modes, seeds = args.mode.split(","), [int(s) for s in args.seeds.split(",")]
     if bad := [m for m in modes if m not in MODES]:
         raise ConfigError(f"--mode {bad} not in {MODES}")
-    dashboard = init_ray(args.address)
-    if dashboard:
-        print(f"Ray dashboard: {dashboard}")
-    corpus = prepare_corpus(cfg.data)
-    import pandas as pd
+    check_output_dir(out, resume=False)
+    cfg.train.storage_path = f"{run_storage(cfg, out)}/checkpoints"
+    corpus = start_job(cfg, out, args.address)
 
     frames = []
     for mode in modes:
@@ -115,27 +157,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """The main job: TPE + ASHA search on one fold, then the best config over the LOSO folds."""
-    from turbo_ray.data.corpus import prepare_corpus
     from turbo_ray.loso import format_table, run_loso, write_results
-    from turbo_ray.runtime import init_ray, require_driver_resource
+    from turbo_ray.runtime import require_driver_resource
     from turbo_ray.tune import load_search_space, run_search, write_search_outputs
 
     out = resume_dir(args) if args.resume else output_dir(args, "tune")
-    saved = out / "config.yaml"
-    cfg = load_config(saved) if args.resume else config_from_args(args)  # resume: the job's own config
+    check_output_dir(out, args.resume)
+    cfg = load_config(out / CONFIG_FILE) if args.resume else config_from_args(args)  # resume: the job's own
     space = load_search_space(cfg.tune.search_space)
-    if not args.resume:
-        out.mkdir(parents=True, exist_ok=True)
-        saved.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    print(f"experiment {out}{'  (resumed)' if args.resume else ''}")
-    dashboard = init_ray(args.address)
-    if dashboard:
-        print(f"Ray dashboard: {dashboard}  (trials, workers, CPU/GPU and memory use)")
+    corpus = start_job(cfg, out, args.address, resume=args.resume)
     require_driver_resource()
-    corpus = prepare_corpus(cfg.data)
     label = "demo corpus (a fixture, not real speech)" if corpus.is_demo else str(corpus.root)
-    print(f"corpus {label}: {len(corpus.manifest)} utterances; search on the fold testing session "
-          f"{cfg.data.test_session} ({cfg.tune.num_samples} trials, ASHA on {cfg.tune.metric})")
+    print(f"search on the fold testing session {cfg.data.test_session} ({cfg.tune.num_samples} trials, "
+          f"ASHA and TPE on the best {cfg.tune.metric} of each trial)")
 
     storage = run_storage(cfg, out)
     grid = run_search(cfg, corpus, space, out, storage, resume=args.resume)
@@ -157,9 +191,9 @@ def resume_dir(args: argparse.Namespace) -> Path:
     """--output-dir, or the newest runs/tune-* folder."""
     if args.output_dir:
         return Path(args.output_dir).resolve()
-    candidates = sorted(Path("runs").glob("tune-*/config.yaml"))
+    candidates = sorted(Path("runs").glob(f"tune-*/{CONFIG_FILE}"))
     if not candidates:
-        raise ConfigError("--resume: no runs/tune-* experiment here; pass --output-dir DIR")
+        raise UsageError("--resume: no runs/tune-* experiment here; pass --output-dir DIR")
     return candidates[-1].parent.resolve()
 
 
@@ -225,11 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from turbo_ray.data.iemocap import CorpusError
+    from turbo_ray.data.shards import ShardError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as err:
-        print(f"turbo-ray: config error: {err}", file=sys.stderr)
+    except (ConfigError, CorpusError, ShardError, UsageError) as err:
+        print(f"turbo-ray: error: {err}", file=sys.stderr)
         return 2
 
 

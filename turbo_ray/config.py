@@ -19,6 +19,8 @@ import yaml
 
 MODES = ("baseline", "in", "cross", "turbo")
 CROSS_PAIRS = ("11", "22", "12", "21")
+PRECISIONS = ("auto", "fp32", "bf16")
+SELECTION_METRICS = ("val_ua", "val_wa", "val_f1")  # validation scores only: test data never selects
 
 
 class ConfigError(ValueError):
@@ -47,7 +49,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"                  # tiny | base | large (DESIGN §3)
+    preset: str = "tiny"                  # tiny | base | large (README: presets)
     audio_encoder: str | None = None      # name or local dir; overrides the preset
     text_encoder: str | None = None
     dropout: float = 0.1                  # hidden dropout in both encoders: the source of the two views
@@ -56,7 +58,6 @@ class ModelConfig:
     proj_dim: int = 128                   # contrastive projection size
     head_hidden: int = 256                # fusion classifier hidden size
     head_dropout: float = 0.1
-    num_classes: int = 4
 
 
 @dataclass
@@ -78,7 +79,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
-    grad_accum: int = 1
+    grad_accum: int = 1                   # micro-batches per optimizer step
+    precision: str = "auto"               # fp32 | bf16 (autocast, on CPU too; losses stay fp32) | auto: bf16 on GPU
     num_workers: int = 2
     use_gpu: bool = False
     gpus_per_worker: float = 1.0          # with use_gpu; fractions share a GPU between workers
@@ -98,7 +100,7 @@ class TuneConfig:
     max_concurrent_trials: int = 1
     grace_period: int = 1
     reduction_factor: int = 2
-    metric: str = "val_ua"                # reported by every epoch of every trial; maximised
+    metric: str = "val_ua"                # selects epochs, trials and configs (val_ua | val_wa | val_f1); maximised
     final_folds: int = 5                  # LOSO folds the best config is re-trained and tested on
 
 
@@ -136,9 +138,17 @@ def validate(cfg: Config) -> None:
     if cfg.train.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
         raise ConfigError(f"train.placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, "
                           f"got {cfg.train.placement_strategy!r}")
-    for name in ("preprocess_tasks", "read_tasks", "batch_size"):
-        if getattr(cfg.data, name) < 1:
-            raise ConfigError(f"data.{name} must be >= 1, got {getattr(cfg.data, name)}")
+    for key in ("data.preprocess_tasks", "data.read_tasks", "data.batch_size", "train.epochs",
+                "train.grad_accum", "train.num_workers"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(getattr(cfg, section), name)}")
+    if cfg.tune.metric not in SELECTION_METRICS:
+        raise ConfigError(f"tune.metric must be one of {SELECTION_METRICS}, got {cfg.tune.metric!r}")
+    if cfg.train.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {cfg.train.precision!r}")
+    if not 1 <= cfg.data.test_session <= 5:
+        raise ConfigError(f"data.test_session must be an IEMOCAP session, 1 to 5, got {cfg.data.test_session}")
     if cfg.data.val_split not in ("random", "speaker"):
         raise ConfigError(f"data.val_split must be 'random' or 'speaker', got {cfg.data.val_split!r}")
 

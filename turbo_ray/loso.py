@@ -28,7 +28,7 @@ def run_fold(cfg: Config, corpus: Corpus, fold: Fold, name: str) -> dict:
     """Train on one fold (resuming `name` if it exists) and return the best-val epoch's test scores."""
     trainer = build_trainer(cfg, fold_datasets(cfg, corpus, fold), corpus.classes, len(fold.train), name)
     result = trainer.fit()
-    best = best_epoch_metrics(result)
+    best = best_epoch_metrics(result, cfg.tune.metric)
     return {"test_session": fold.test_session, "best_epoch": best["epoch"], "val_ua": best["val_ua"],
             **{k: best[f"test_{k}"] for k in SCORES}, "n_test": best["test_n"],
             "confusion": best["test_confusion"], "checkpoint_run": str(result.path)}

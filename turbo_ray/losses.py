@@ -6,6 +6,9 @@ gradients over W ranks while each rank only reaches its own slice, so the embedd
 be 1/W of the single-process one; the local slice's gradient is scaled by W to restore it, making W
 workers exactly equal one process on the concatenated batch (loss value and every gradient,
 including a learnable temperature's, which every rank sees whole).
+
+Every loss here is computed in float32 with autocast off, whatever the encoders ran in: with τ = 0.02
+the logits reach ±50, where bfloat16's spacing is 0.25.
 """
 from __future__ import annotations
 
@@ -19,12 +22,18 @@ from turbo_ray.config import LossConfig
 from turbo_ray.model.turbo import TurboOutput
 
 
+def _fp32(x: torch.Tensor | float) -> torch.Tensor | float:
+    """float32 (float64 stays float64, for exact reference computations)."""
+    return x.float() if isinstance(x, torch.Tensor) and x.dtype != torch.float64 else x
+
+
 def info_nce(u: torch.Tensor, v: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE: row i of u is positive with row i of v, other rows are negatives."""
-    u, v = F.normalize(u, dim=-1), F.normalize(v, dim=-1)
-    logits = u @ v.T / temperature
-    target = torch.arange(len(u), device=u.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    with torch.autocast(u.device.type, enabled=False):
+        u, v = F.normalize(_fp32(u), dim=-1), F.normalize(_fp32(v), dim=-1)
+        logits = u @ v.T / _fp32(temperature)
+        target = torch.arange(len(u), device=u.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
 def turbo_loss(a1: torch.Tensor, a2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,
@@ -67,15 +76,16 @@ def gather_batch(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 
 def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """Same value as `x`, gradient multiplied by `factor`."""
-    return x * factor - x.detach() * (factor - 1)
+    """Exactly the value of `x` (in any precision), gradient multiplied by `factor`."""
+    return x.detach() + (x - x.detach()) * factor
 
 
 def objective(out: TurboOutput, labels: torch.Tensor, cfg: LossConfig,
               temperature: torch.Tensor) -> dict[str, torch.Tensor]:
     """L = CE (averaged over views) + λ_in·L_in + λ_cross·L_cross, with each part for logging."""
     views = out.logits.shape[0] // labels.shape[0]
-    ce = F.cross_entropy(out.logits, labels.repeat(views))
+    with torch.autocast(out.logits.device.type, enabled=False):
+        ce = F.cross_entropy(_fp32(out.logits), labels.repeat(views))
     if out.audio is None:
         return {"ce": ce, "total": ce}
     audio, text = out.audio, out.text

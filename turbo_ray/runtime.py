@@ -1,4 +1,4 @@
-"""Starting or joining Ray the way every job here needs it (DESIGN §6)."""
+"""Starting or joining Ray the way every job here needs it."""
 from __future__ import annotations
 
 import os
@@ -17,13 +17,17 @@ WARM_WORKERS_PER_CPU = 4
 def init_ray(address: str | None = None, num_cpus: int | None = None,
              object_store_mb: int = 1024) -> str | None:
     """Join the cluster at `address` ("auto", "ray://…") or start a local one with the dashboard on
-    127.0.0.1 and the trial-driver resource. Returns the dashboard URL, if any."""
+    127.0.0.1 and the trial-driver resource. Returns the dashboard URL, if any. A process already
+    connected to Ray (a notebook, a test) keeps its connection."""
+    if ray.is_initialized():
+        configure_ray_data()
+        return None
     if address:
         context = ray.init(address=address)
     else:
         os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train view
         # one logical CPU more than cores: Train workers take whole CPUs, Ray Data's feeding tasks
-        # (fractions of one) need what is left, or a 2-core laptop hangs (DESIGN §6)
+        # (fractions of one) need what is left, or a 2-core laptop hangs
         num_cpus = num_cpus or os.cpu_count() + 1
         context = ray.init(
             num_cpus=num_cpus,

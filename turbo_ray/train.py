@@ -13,8 +13,9 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
@@ -22,7 +23,7 @@ from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, R
 from ray.train.torch import TorchTrainer
 
 from turbo_ray.config import Config
-from turbo_ray.data.pipeline import PadCollate, pad_token_id
+from turbo_ray.data.pipeline import collate_for
 from turbo_ray.losses import objective
 from turbo_ray.metrics import classification_report, confusion_matrix
 from turbo_ray.model import TurboModel, build_model
@@ -31,17 +32,20 @@ MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
 
 
 def build_optimizer(model: TurboModel, cfg: Config) -> torch.optim.AdamW:
-    """AdamW: pretrained encoders at `encoder_lr`, new heads and randomly initialised encoders at `lr`.
+    """AdamW: pretrained encoders at `encoder_lr`, new heads and randomly initialised encoders at `lr`;
+    weight decay on matrices only (biases, norms and the temperature are excluded, as in open_clip).
 
     Fused: one kernel over all parameters (CPU and GPU), ~7× faster than the per-tensor loop on CPU
     for the tiny preset's 23 M parameters (BENCHMARKS.md).
     """
-    slow = [p for enc in (model.audio_encoder, model.text_encoder) if enc.pretrained
-            for p in enc.parameters() if p.requires_grad]
-    slow_ids = {id(p) for p in slow}
-    fast = [p for p in model.parameters() if p.requires_grad and id(p) not in slow_ids]
-    groups = [{"params": fast, "lr": cfg.train.lr}, {"params": slow, "lr": cfg.train.encoder_lr}]
-    return torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay, fused=True)
+    slow = {id(p) for enc in (model.audio_encoder, model.text_encoder) if enc.pretrained
+            for p in enc.parameters()}
+    groups = []
+    for lr, pretrained in ((cfg.train.lr, False), (cfg.train.encoder_lr, True)):
+        params = [p for p in model.parameters() if p.requires_grad and (id(p) in slow) == pretrained]
+        groups += [{"params": [p for p in params if p.ndim >= 2], "lr": lr, "weight_decay": cfg.train.weight_decay},
+                   {"params": [p for p in params if p.ndim < 2], "lr": lr, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], fused=True)
 
 
 def warmup_linear(total_steps: int, warmup_ratio: float):
@@ -64,26 +68,30 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 
 @torch.no_grad()
-def evaluate(model: TurboModel, batches, num_classes: int, device: torch.device) -> dict[str, Any]:
+def evaluate(model: TurboModel, batches, num_classes: int, device: torch.device,
+             precision: str = "fp32") -> dict[str, Any]:
     """One deterministic pass (dropout off): WA, UA, macro-F1 and the confusion matrix."""
     model.eval()
     y_true, y_pred = [], []
     for batch in batches:
         batch = _to(batch, device)
         labels = batch.pop("labels")
-        y_pred.append(model(**batch).logits.argmax(-1).cpu())
+        with forward_precision(precision, device):
+            logits = model(**batch).logits
+        y_pred.append(logits.float().argmax(-1).cpu())
         y_true.append(labels.cpu())
     y_true, y_pred = torch.cat(y_true).numpy(), torch.cat(y_pred).numpy()
     report = classification_report(y_true, y_pred, num_classes)
     return report | {"confusion": confusion_matrix(y_true, y_pred, num_classes).tolist(), "n": int(len(y_true))}
 
 
-def save_checkpoint(directory: Path, model: TurboModel, optimizer, scheduler, epoch: int,
+def save_checkpoint(directory: Path, model: TurboModel, optimizer, scheduler, epoch: int, best: float,
                     cfg: Config, classes: list[str], metrics: dict) -> None:
-    """Weights and optimizer state as plain tensors (loadable with `torch.load(weights_only=True)`)."""
+    """Weights and optimizer state as plain tensors (loadable with `torch.load(weights_only=True)`);
+    `best`: the best selection score up to this epoch."""
     torch.save(model.state_dict(), directory / MODEL_FILE)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch},
-               directory / STATE_FILE)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                "best": best}, directory / STATE_FILE)
     meta = {"epoch": epoch, "config": cfg.to_dict(), "classes": classes, "metrics": metrics}
     (directory / META_FILE).write_text(json.dumps(meta, indent=1))
 
@@ -92,14 +100,20 @@ def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -
     """Rebuild the model of a checkpoint and load its weights; returns (model, meta)."""
     directory = Path(checkpoint_dir)
     meta = json.loads((directory / META_FILE).read_text())
-    model = build_model(Config.from_dict(meta["config"]))
+    model = build_model(Config.from_dict(meta["config"]), len(meta["classes"]))
     model.load_state_dict(torch.load(directory / MODEL_FILE, map_location=device, weights_only=True))
     return model.to(device).eval(), meta
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """The Ray Train worker function. `loop_config`: config (dict), classes, train_rows, and an
-    optional `inject_failure` {epoch, marker} used by the fault-tolerance tests only."""
+    """The Ray Train worker function (it returns nothing: Ray ships a return value to the controller)."""
+    fit_worker(loop_config)
+
+
+def fit_worker(loop_config: dict) -> TurboModel:
+    """Train this worker's replica epoch by epoch, resuming from the last checkpoint; returns the model.
+    `loop_config`: config (dict), classes, train_rows, eval_splits, and an optional `inject_failure`
+    {epoch, marker} used by the fault-tolerance tests only."""
     cfg = Config.from_dict(loop_config["config"])
     classes = loop_config["classes"]
     ctx = ray.train.get_context()
@@ -107,7 +121,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model, state = build_model(cfg), None
+    model, state = build_model(cfg, len(classes)), None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
@@ -116,68 +130,113 @@ def train_loop_per_worker(loop_config: dict) -> None:
     model = ray.train.torch.prepare_model(model)  # on the device now: optimizer state is loaded onto it
     core = _unwrap(model)
     optimizer = build_optimizer(core, cfg)
-    per_step = cfg.data.batch_size * world * cfg.train.grad_accum
-    total_steps = cfg.train.epochs * math.ceil(loop_config["train_rows"] / per_step)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(total_steps, cfg.train.warmup_ratio))
-    done = 0  # epochs completed; epochs are numbered from 1
+    steps = steps_per_epoch(loop_config["train_rows"], world, cfg.data.batch_size, cfg.train.grad_accum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_linear(cfg.train.epochs * steps, cfg.train.warmup_ratio))
+    done, best = 0, float("-inf")  # epochs completed (numbered from 1); best selection score so far
     if state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        done = state["epoch"]
-    torch.manual_seed(cfg.train.seed + 1000 * rank + done)  # distinct dropout masks per rank
+        done, best = state["epoch"], state["best"]
 
-    collate = PadCollate(pad_token_id(cfg))
+    selection = cfg.tune.metric
     train_shard = ray.train.get_dataset_shard("train")
     eval_names = [n for n in ("val", "test") if n in loop_config["eval_splits"]]
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext())
-
     for epoch in range(done + 1, cfg.train.epochs + 1):
         failure = loop_config.get("inject_failure")
         if failure and epoch == failure["epoch"] and rank == world - 1 and not Path(failure["marker"]).exists():
             Path(failure["marker"]).touch()
             raise RuntimeError(f"injected failure at epoch {epoch} (test hook)")
-        model.train()
-        sums, steps, waited, started = {}, 0, 0.0, time.perf_counter()
-        batches = train_shard.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collate,
-                                                 local_shuffle_buffer_size=4 * cfg.data.batch_size,
-                                                 local_shuffle_seed=cfg.train.seed + epoch)
-        ready = started
-        for step, batch in enumerate(batches):
-            waited += time.perf_counter() - ready  # the data feed kept this worker waiting
-            batch = _to(batch, device)
-            labels = batch.pop("labels")
-            boundary = (step + 1) % cfg.train.grad_accum == 0
-            sync = nullcontext() if boundary or world == 1 else model.no_sync()
-            with sync, autocast:
-                parts = objective(model(**batch), labels, cfg.loss, core.temperature if core.contrastive else None)
-                (parts["total"] / cfg.train.grad_accum).backward()
-            if boundary:
-                _optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip)
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v.item()
-            steps += 1
-            ready = time.perf_counter()
-        if steps % cfg.train.grad_accum:
-            _optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip)
-
-        metrics = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "time_train_s": time.perf_counter() - started,
-                   "time_data_wait_s": waited}
-        metrics |= {f"train_{k}": v for k, v in _mean_over_ranks(sums, steps, device).items()}
+        torch.manual_seed(_seed(cfg.train.seed, rank, epoch))  # dropout masks: per rank and epoch
+        batches = train_shard.iter_torch_batches(batch_size=cfg.data.batch_size,
+                                                 collate_fn=collate_for(cfg, epoch))
+        metrics = {"epoch": epoch} | train_epoch(model, batches, optimizer, scheduler, cfg, device)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
                 started = time.perf_counter()
                 for name in eval_names:
-                    result = evaluate(core, ray.train.get_dataset_shard(name).iter_torch_batches(
-                        batch_size=cfg.data.batch_size, collate_fn=collate), len(classes), device)
+                    batches = ray.train.get_dataset_shard(name).iter_torch_batches(
+                        batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg))
+                    result = evaluate(core, batches, len(classes), device, cfg.train.precision)
                     metrics |= {f"{name}_{k}": v for k, v in result.items()}
                 metrics["time_eval_s"] = time.perf_counter() - started
-                save_checkpoint(Path(tmp), core, optimizer, scheduler, epoch, cfg, classes, metrics)
+                if selection in metrics:
+                    best = max(best, metrics[selection])
+                    metrics[f"best_{selection}"] = best  # what Tune's searcher and scheduler see
+                save_checkpoint(Path(tmp), core, optimizer, scheduler, epoch, best, cfg, classes, metrics)
                 checkpoint = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
+    return core
 
 
-def _optimizer_step(model, optimizer, scheduler, grad_clip: float) -> None:
+def steps_per_epoch(train_rows: int, world: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps per epoch: each worker gets train_rows // world rows (an equal split)."""
+    batches = math.ceil(train_rows // world / batch_size)
+    return math.ceil(batches / grad_accum)
+
+
+def _seed(*values: int) -> int:
+    return int(np.random.SeedSequence(values).generate_state(1)[0])
+
+
+def forward_precision(precision: str, device: torch.device):
+    """The forward's autocast context: bf16 for "bf16" ("auto": on CUDA), none for fp32."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_epoch(model: torch.nn.Module, batches, optimizer, scheduler, cfg: Config,
+                device: torch.device) -> dict[str, float]:
+    """One pass over this worker's batches: an optimizer step after every `grad_accum` batches and after
+    the last one, each on gradients averaged over its window and all-reduced over the workers.
+    Returns the mean loss parts (over all workers' steps) and timings."""
+    model.train()
+    core, ddp = _unwrap(model), model is not _unwrap(model)
+    sums, steps, window, waited = {}, 0, 0, 0.0
+    started = ready = time.perf_counter()
+    for batch, last in _with_last(batches):
+        waited += time.perf_counter() - ready  # the data feed kept this worker waiting
+        batch = _to(batch, device)
+        labels = batch.pop("labels")
+        window += 1
+        boundary = last or window == cfg.train.grad_accum
+        with nullcontext() if boundary or not ddp else model.no_sync():
+            with forward_precision(cfg.train.precision, device):
+                out = model(**batch)
+            parts = objective(out, labels, cfg.loss, core.temperature if core.contrastive else None)
+            parts["total"].backward()  # outside autocast, as PyTorch advises
+        if boundary:
+            _optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip, window)
+            core.clamp_temperature()
+            window = 0
+        for k, v in parts.items():
+            sums[k] = sums.get(k, 0.0) + v.item()
+        steps += 1
+        ready = time.perf_counter()
+    return {"lr": scheduler.get_last_lr()[0], "time_train_s": time.perf_counter() - started,
+            "time_data_wait_s": waited} | {f"train_{k}": v for k, v in _mean_over_ranks(sums, steps, device).items()}
+
+
+_END = object()
+
+
+def _with_last(items):
+    """(item, is_last) pairs: the step must know before its backward whether it closes the epoch."""
+    iterator = iter(items)
+    previous = next(iterator, _END)
+    while previous is not _END:
+        current = next(iterator, _END)
+        yield previous, current is _END
+        previous = current
+
+
+def _optimizer_step(model, optimizer, scheduler, grad_clip: float, window: int) -> None:
+    """Average the window's summed gradients, clip, step."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    for grad in grads if window > 1 else ():
+        grad.div_(window)
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
@@ -195,14 +254,16 @@ def _mean_over_ranks(sums: dict[str, float], steps: int, device: torch.device) -
 
 
 def build_trainer(cfg: Config, datasets: dict[str, Any], classes: list[str], train_rows: int, name: str,
-                  callbacks: list | None = None, inject_failure: dict | None = None) -> TorchTrainer:
+                  callbacks: list | None = None, inject_failure: dict | None = None,
+                  loop: Callable[[dict], None] = train_loop_per_worker) -> TorchTrainer:
     """A TorchTrainer for one Turbo run: only "train" is split across workers; "val"/"test" are read
-    whole by rank 0 so that evaluation never drops or repeats a sample."""
+    whole by rank 0 so that evaluation never drops or repeats a sample. `loop`: the worker function
+    (a wrapper around `fit_worker`, for tests that inspect every replica)."""
     resources = {"CPU": cfg.train.cpus_per_worker} | ({"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {})
     loop_config = {"config": cfg.to_dict(), "classes": list(classes), "train_rows": int(train_rows),
                    "eval_splits": sorted(set(datasets) - {"train"}), "inject_failure": inject_failure}
     return TorchTrainer(
-        train_loop_per_worker,
+        loop,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker=resources,
@@ -212,15 +273,12 @@ def build_trainer(cfg: Config, datasets: dict[str, Any], classes: list[str], tra
         run_config=RunConfig(
             name=name, storage_path=storage_uri(cfg.train.storage_path), callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_to_keep,
-                                               checkpoint_score_attribute=_selection_metric(datasets),
+                                               checkpoint_score_attribute=cfg.tune.metric if "val" in datasets
+                                               else None,
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )
-
-
-def _selection_metric(datasets: dict[str, Any]) -> str | None:
-    return "val_ua" if "val" in datasets else None
 
 
 def storage_uri(path: str) -> str:
@@ -228,9 +286,10 @@ def storage_uri(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
-def best_epoch_metrics(result) -> dict[str, Any]:
-    """Metrics of the checkpoint with the best validation UA (kept by CheckpointConfig)."""
-    scored = [metrics for _, metrics in (result.best_checkpoints or []) if "val_ua" in metrics]
+def best_epoch_metrics(result, metric: str) -> dict[str, Any]:
+    """Metrics of the checkpoint with the best validation `metric` (kept by CheckpointConfig); ties go
+    to the earlier epoch."""
+    scored = [metrics for _, metrics in (result.best_checkpoints or []) if metric in metrics]
     if not scored:
         raise RuntimeError(f"run {result.path} reported no validation metrics (error: {result.error})")
-    return max(scored, key=lambda m: (m["val_ua"], -m["epoch"]))
+    return max(scored, key=lambda m: (m[metric], -m["epoch"]))

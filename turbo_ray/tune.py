@@ -1,4 +1,4 @@
-"""Ray Tune: Optuna (TPE) proposes, ASHA stops early, each trial fits one TorchTrainer (DESIGN §6).
+"""Ray Tune: Optuna (TPE) proposes, ASHA stops early, each trial fits one TorchTrainer.
 
     space = load_search_space("experiments/configs/search_space.yaml")
     grid = run_search(cfg, corpus, space, out_dir, storage, resume=False)   # resumes an interrupted search
@@ -174,7 +174,8 @@ def _trial(params: dict, *, base: dict, shards: str, split_ids: dict, classes: l
 
 def run_search(cfg: Config, corpus: Corpus, space: SearchSpace, out_dir: Path, storage: str,
                resume: bool = False) -> ray.tune.ResultGrid:
-    """TPE + ASHA on validation UA of the fold `cfg.data.test_session`; trials' Train runs go under
+    """TPE + ASHA on the fold `cfg.data.test_session`, both told each trial's best validation score so
+    far (`best_<tune.metric>`: the score that selects the best trial); trials' Train runs go under
     `storage/trials`, Tune's state under `storage/search` (`storage`: a local path or a URI every node
     can reach), ASHA's state in `out_dir`. `resume` continues an interrupted search."""
     fold = corpus.fold(cfg.data)
@@ -194,13 +195,14 @@ def run_search(cfg: Config, corpus: Corpus, space: SearchSpace, out_dir: Path, s
         if Tuner.can_restore(path):
             raise FileExistsError(f"{path} already holds a search: pass --resume, or another --output-dir")
         t = cfg.tune
+        score = f"best_{t.metric}"  # a trial's best epoch so far: the score that selects its config
         tuner = Tuner(
             trainable,
             param_space={p.key: p.domain() for p in space.params},
             tune_config=TuneConfig(
-                search_alg=OptunaSearch(metric=t.metric, mode="max", seed=cfg.train.seed,
+                search_alg=OptunaSearch(metric=score, mode="max", seed=cfg.train.seed,
                                         points_to_evaluate=space.start or None),
-                scheduler=ResumableASHA(str(out_dir / "asha_state.pkl"), metric=t.metric, mode="max",
+                scheduler=ResumableASHA(str(out_dir / "asha_state.pkl"), metric=score, mode="max",
                                         time_attr="epoch", max_t=cfg.train.epochs, grace_period=t.grace_period,
                                         reduction_factor=t.reduction_factor),
                 num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials,

@@ -13,7 +13,7 @@ import pandas as pd
 
 from turbo_ray.config import DataConfig
 from turbo_ray.data.demo import make_demo_corpus
-from turbo_ray.data.iemocap import CLASS_SETS, CorpusReport, Fold, load_manifest, loso_folds
+from turbo_ray.data.iemocap import CLASS_SETS, CorpusError, CorpusReport, Fold, load_manifest, loso_folds
 from turbo_ray.data.shards import write_shards
 
 
@@ -32,7 +32,7 @@ class Corpus:
         for fold in folds:
             for name in ("train", "val", "test"):
                 if getattr(fold, name).empty:
-                    raise ValueError(f"the fold testing session {fold.test_session} has an empty {name} split "
+                    raise CorpusError(f"the fold testing session {fold.test_session} has an empty {name} split "
                                      f"({len(self.manifest)} utterances in {self.root}): raise data.val_fraction "
                                      f"(now {cfg.val_fraction}) or use a bigger corpus")
         return folds
@@ -42,7 +42,7 @@ class Corpus:
         for fold in self.folds(cfg):
             if fold.test_session == cfg.test_session:
                 return fold
-        raise ValueError(f"data.test_session={cfg.test_session} is not a session of {self.root}")
+        raise CorpusError(f"data.test_session={cfg.test_session} is not a session of {self.root}")
 
 
 def corpus_root(cfg: DataConfig) -> tuple[Path, bool]:
@@ -58,6 +58,10 @@ def prepare_corpus(cfg: DataConfig, strict: bool = False) -> Corpus:
     root, is_demo = corpus_root(cfg)
     manifest = load_manifest(root, cfg.classes, strict=strict)
     classes = CLASS_SETS[cfg.classes]
+    if manifest.empty:
+        problems = manifest.attrs["report"].summary().splitlines()[0]
+        raise CorpusError(f"{root}: no usable utterance in the class set {cfg.classes!r} ({problems}; "
+                          f"`turbo-ray prepare --data-dir {root}` lists them)")
     key = hashlib.sha256(f"{root}|{cfg.classes}|{cfg.audio_format}".encode()).hexdigest()[:12]
     shards = cfg.shards_dir or str(Path(cfg.cache_dir).expanduser() / "shards" / key)
     write_shards(manifest, shards, audio_format=cfg.audio_format, classes=classes)

@@ -1,4 +1,4 @@
-"""The demo corpus: a miniature IEMOCAP_full_release, generated in exactly the real layout (DESIGN §5).
+"""The demo corpus: a miniature IEMOCAP_full_release, generated in exactly the real layout.
 
 It is a fixture and a demo, never a claim about real speech: results on it are labelled "demo".
 

@@ -3,7 +3,7 @@
     df = load_manifest("/data/IEMOCAP_full_release", classes="4class")   # problems in df.attrs["report"]
     folds = loso_folds(df, val_fraction=0.1, seed=0, val_split="speaker")
 
-The layout and the parsing rules are those of DESIGN §4. Anything that does not fit them is reported
+The layout and the parsing rules are those of the release (README: Data). Anything that does not fit them is reported
 (`CorpusReport`) and the utterance left out: a wrong or missing label is never guessed.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ DTYPES = {"session": "int64", "label_id": "int64", "sample_rate": "int64",
 
 SUMMARY_LINE = re.compile(
     r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(\S+)\t([a-z]{3})\t\[(\d\.\d{4}), (\d\.\d{4}), (\d\.\d{4})\]$")
+INFO_FIELDS = ("excluded", "downmixed")  # CorpusReport fields that are information, not problems
 UTTERANCE_ID = re.compile(r"^Ses0[1-5][FM]_(impro0[1-8][ab]?|script0[1-3]_[1-3]b?)_[FM]\d{3}$")
 
 
@@ -52,13 +53,16 @@ class CorpusReport:
     missing_transcription: list[str] = field(default_factory=list)
     unknown_label: list[str] = field(default_factory=list)
     malformed_lines: list[str] = field(default_factory=list)
+    undecodable_text: list[str] = field(default_factory=list)  # "path:line": not UTF-8 (kept, bytes replaced)
     duplicate_ids: list[str] = field(default_factory=list)
+    duplicate_wavs: list[str] = field(default_factory=list)  # "id: path, path": left out, never guessed
     excluded: dict[str, int] = field(default_factory=dict)  # raw label -> utterances outside the class set (info)
+    downmixed: list[str] = field(default_factory=list)  # multi-channel wavs, down-mixed to mono in the shards (info)
 
     def problems(self) -> dict[str, list[str]]:
         """The non-empty problem lists, by name."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name != "excluded" and getattr(self, f.name)}
+                if f.name not in INFO_FIELDS and getattr(self, f.name)}
 
     def summary(self, limit: int = 10) -> str:
         """Counts, and the first `limit` entries of each problem."""
@@ -72,6 +76,9 @@ class CorpusReport:
         if self.excluded:
             counts = ", ".join(f"{raw} {n}" for raw, n in sorted(self.excluded.items()))
             lines.append(f"  outside the class set (left out, not a problem): {counts}")
+        if self.downmixed:
+            lines.append(f"  multi-channel wavs down-mixed to mono: {len(self.downmixed)}: "
+                         f"{', '.join(self.downmixed[:limit])}{' …' if len(self.downmixed) > limit else ''}")
         return "\n".join(lines)
 
 
@@ -118,10 +125,16 @@ def _visible(folder: Path, suffix: str = "") -> list[Path]:
                   and (p.is_file() and p.suffix == suffix if suffix else p.is_dir()))
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a text file, undecodable bytes replaced; universal newlines drop the \\r of \\r\\n."""
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return enumerate(text.split("\n"), 1)
+def _lines(path: Path, report: CorpusReport) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file without its \\r; a line that is not UTF-8 is reported and
+    kept with its bad bytes replaced."""
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            report.undecodable_text.append(f"{path}:{number}: not UTF-8 at byte {err.start}")
+            line = raw.decode("utf-8", errors="replace")
+        yield number, line.rstrip("\r")
 
 
 def _parse_labels(files: list[Path], report: CorpusReport) -> tuple[dict[str, _Label], set[str]]:
@@ -129,7 +142,7 @@ def _parse_labels(files: list[Path], report: CorpusReport) -> tuple[dict[str, _L
     labels: dict[str, _Label] = {}
     duplicates: set[str] = set()
     for path in files:
-        for number, line in _lines(path):
+        for number, line in _lines(path, report):
             if not line.startswith("["):  # the % header, C-/A- annotator lines, blank lines
                 continue
             match = SUMMARY_LINE.match(line)
@@ -147,7 +160,7 @@ def _parse_transcriptions(files: list[Path], report: CorpusReport) -> tuple[dict
     texts: dict[str, str] = {}
     conflicting: set[str] = set()
     for path in files:
-        for number, line in _lines(path):
+        for number, line in _lines(path, report):
             tokens = line.split(None, 1)
             if not tokens or not tokens[0].startswith("Ses") or "XX" in tokens[0]:
                 continue
@@ -159,13 +172,13 @@ def _parse_transcriptions(files: list[Path], report: CorpusReport) -> tuple[dict
     return texts, conflicting
 
 
-def _wav_info(path: Path) -> tuple[int, int] | None:
-    """(frames, sample rate) of a readable, non-empty wav, or None."""
+def _wav_info(path: Path) -> tuple[int, int, int] | None:
+    """(frames, sample rate, channels) of a readable, non-empty wav, or None."""
     try:
         info = sf.info(str(path))
     except sf.SoundFileError:
         return None
-    return (info.frames, info.samplerate) if info.frames > 0 else None
+    return (info.frames, info.samplerate, info.channels) if info.frames > 0 else None
 
 
 def scan_corpus(root: str | Path, classes: str = "4class") -> tuple[pd.DataFrame, CorpusReport]:
@@ -179,11 +192,16 @@ def scan_corpus(root: str | Path, classes: str = "4class") -> tuple[pd.DataFrame
         [f for s in sessions for f in _visible(s / "dialog" / "EmoEvaluation", ".txt")], report)
     texts, duplicate_texts = _parse_transcriptions(
         [f for s in sessions for f in _visible(s / "dialog" / "transcriptions", ".txt")], report)
-    wavs = {w.stem: w for s in sessions for d in _visible(s / "sentences" / "wav") for w in _visible(d, ".wav")}
-    duplicates = duplicate_labels | duplicate_texts
-    report.duplicate_ids = sorted(duplicates)
+    wav_paths: dict[str, list[Path]] = {}
+    for w in (w for s in sessions for d in _visible(s / "sentences" / "wav") for w in _visible(d, ".wav")):
+        wav_paths.setdefault(w.stem, []).append(w)
+    wavs = {utt: paths[0] for utt, paths in wav_paths.items() if len(paths) == 1}
+    report.duplicate_wavs = [f"{utt}: {', '.join(map(str, paths))}"
+                             for utt, paths in sorted(wav_paths.items()) if len(paths) > 1]
+    duplicates = duplicate_labels | duplicate_texts | (set(wav_paths) - set(wavs))
+    report.duplicate_ids = sorted(duplicate_labels | duplicate_texts)
     report.unknown_label = sorted(u for u, lab in labels.items() if lab.raw not in RAW_LABELS and u not in duplicates)
-    report.wav_without_label = sorted(set(wavs) - set(labels))
+    report.wav_without_label = sorted(set(wav_paths) - set(labels))
 
     rows, excluded = [], Counter()
     for utt in sorted(set(labels) - duplicates - set(report.unknown_label)):
@@ -201,7 +219,9 @@ def scan_corpus(root: str | Path, classes: str = "4class") -> tuple[pd.DataFrame
         if name is None:
             excluded[label.raw] += 1
             continue
-        (frames, sample_rate), (dialog, turn) = info, utt.rsplit("_", 1)
+        (frames, sample_rate, channels), (dialog, turn) = info, utt.rsplit("_", 1)
+        if channels > 1:
+            report.downmixed.append(utt)
         rows.append((utt, int(utt[3:5]), dialog, utt[:5] + turn[0], turn[0], name, CLASS_SETS[classes].index(name),
                      label.raw, texts[utt], str(wav), label.start, label.end, label.valence, label.activation,
                      label.dominance, frames / sample_rate, sample_rate))

@@ -1,16 +1,17 @@
-"""Ray Data: Parquet shards → decode / resample / crop / tokenize → padded torch batches.
+"""Ray Data: Parquet shards → shuffle (training) → decode / resample / tokenize → cropped, padded batches.
 
     ds = split_dataset(cfg, shards_uri, utterance_ids, train=True)     # on the driver
-    for batch in shard.iter_torch_batches(batch_size=…, collate_fn=PadCollate(pad_id)):   # in a worker
+    for batch in shard.iter_torch_batches(batch_size=…, collate_fn=collate_for(cfg, epoch)):  # in a worker
         batch["waveforms"], batch["audio_lengths"], batch["input_ids"], batch["attention_mask"], batch["labels"]
 
 Preprocessing runs as Ray tasks on small batches (decoded audio is far larger than the stored bytes);
 worker processes are reused, so the tokenizer loads once per process, not per batch or epoch.
-Padding happens per batch in the training worker.
+Cropping and padding happen per batch in the training worker.
 """
 from __future__ import annotations
 
 import functools
+import zlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -18,6 +19,7 @@ import numpy as np
 import ray
 import ray.data
 import torch
+from ray.data import RandomSeedConfig
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.expressions import col
 
@@ -30,9 +32,10 @@ PREPROCESS_BATCH = 16
 
 
 def configure_ray_data() -> None:
-    """Ray Data settings that keep small machines from hanging (DESIGN §6). Call once on the driver."""
+    """Ray Data settings for every process that builds datasets (the driver, each trial)."""
     ctx = ray.data.DataContext.get_current()
     ctx.use_datasource_v2 = False  # the V2 read path wants one whole free CPU, which Train has taken
+    ctx.execution_options.preserve_order = True  # blocks in a fixed order: the same rows per worker, per run
     ctx.enable_progress_bars = False
     ctx.target_max_block_size = 32 * 1024**2
 
@@ -55,31 +58,25 @@ def _tokenizer(name: str):
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Decode, resample to the encoder rate, crop (random in training, centred otherwise), tokenize.
+    """Decode, resample to the encoder rate, tokenize: deterministic, so the same for every epoch.
 
-    A plain callable (run as Ray tasks in reused worker processes), so nothing is started per epoch."""
+    A plain callable (run as Ray tasks in reused worker processes), so nothing is started per epoch.
+    Crops happen per batch in the training worker (`PadCollate`), where the epoch is known."""
 
     tokenizer: str
     sample_rate: int
-    max_seconds: float
     max_tokens: int
-    train: bool
 
-    def _waveform(self, audio: bytes, audio_format: str, rate: int, rng: np.random.Generator) -> np.ndarray:
+    def _waveform(self, audio: bytes, audio_format: str, rate: int) -> np.ndarray:
         wave = decode_audio(audio, audio_format, rate)
         if rate != self.sample_rate:
             import torchaudio.functional as AF
 
             wave = AF.resample(torch.from_numpy(wave), rate, self.sample_rate).numpy()
-        excess = len(wave) - int(self.max_seconds * self.sample_rate)
-        if excess > 0:
-            start = int(rng.integers(0, excess + 1)) if self.train else excess // 2
-            wave = wave[start:start + len(wave) - excess]
         return wave.astype(np.float32, copy=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng()  # fresh crops every epoch
-        waves = [self._waveform(a, f, int(r), rng)
+        waves = [self._waveform(a, f, int(r))
                  for a, f, r in zip(batch["audio"], batch["audio_format"], batch["sample_rate"])]
         texts = list(batch["text"])  # may be empty (a filter can leave empty blocks); tokenizers reject []
         tokens = (_tokenizer(self.tokenizer)(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
@@ -99,14 +96,30 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 class PadCollate(NumpyBatchCollateFn):
-    """Runs in the training worker: pads a batch of ragged waveforms and token ids into tensors."""
+    """Runs in the training worker: crops each waveform to `max_samples`, pads waveforms and token ids.
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
+    With `seed` (e.g. (train.seed, epoch)) the crop is a random window drawn from (seed, utterance id),
+    so an epoch's crops are the same in every run and on every worker count; without, it is centred.
+    """
+
+    def __init__(self, pad_token_id: int, max_samples: int, seed: tuple[int, ...] | None = None):
+        self.pad_token_id, self.max_samples, self.seed = pad_token_id, max_samples, seed
+
+    def crop(self, wave: np.ndarray, utterance_id: str) -> np.ndarray:
+        excess = len(wave) - self.max_samples
+        if excess <= 0:
+            return wave
+        if self.seed is None:
+            start = excess // 2
+        else:
+            rng = np.random.default_rng([*self.seed, zlib.crc32(utterance_id.encode())])
+            start = int(rng.integers(0, excess + 1))
+        return wave[start:start + self.max_samples]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         pad = torch.nn.utils.rnn.pad_sequence
-        waves = [torch.tensor(w) for w in batch["waveform"]]  # copies: Arrow buffers are read-only
+        waves = [torch.tensor(self.crop(w, u))  # copies: Arrow buffers are read-only
+                 for w, u in zip(batch["waveform"], batch["utterance_id"])]
         ids = [torch.tensor(t) for t in batch["input_ids"]]
         input_ids = pad(ids, batch_first=True, padding_value=self.pad_token_id)
         lengths = torch.tensor([len(t) for t in ids])
@@ -119,14 +132,26 @@ class PadCollate(NumpyBatchCollateFn):
         }
 
 
+def collate_for(cfg: Config, epoch: int | None = None) -> PadCollate:
+    """The collate of training epoch `epoch` (random crops seeded by (train.seed, epoch)), or of
+    evaluation (`epoch` None: centred crops)."""
+    seed = None if epoch is None else (cfg.train.seed, epoch)
+    return PadCollate(pad_token_id(cfg), int(cfg.data.max_seconds * cfg.data.sample_rate), seed)
+
+
 def split_dataset(cfg: Config, shards: str, utterance_ids: Sequence[str], train: bool) -> ray.data.Dataset:
-    """The rows of `utterance_ids` (Ray pushes projection and filter into the Parquet read), preprocessed lazily."""
+    """The rows of `utterance_ids` (Ray pushes projection and filter into the Parquet read), preprocessed
+    lazily. The training split is shuffled whole, in a new order every epoch, seeded by (train.seed,
+    epoch): Ray Data reseeds a `RandomSeedConfig` with its execution index, one execution per epoch.
+    The shuffle moves the stored rows (compressed audio bytes), before decoding. Evaluation splits keep
+    the shards' order."""
     d = cfg.data
-    return (
-        ray.data.read_parquet(shards, num_cpus=0.25, concurrency=d.read_tasks)
-        .select_columns(COLUMNS)
-        .filter(expr=col("utterance_id").is_in(list(utterance_ids)))
-        .map_batches(Preprocess(tokenizer_name(cfg), d.sample_rate, d.max_seconds, d.max_text_tokens, train),
-                     batch_size=PREPROCESS_BATCH, num_cpus=0.25,
-                     compute=ray.data.TaskPoolStrategy(size=d.preprocess_tasks))
-    )
+    rows = (ray.data.read_parquet(shards, num_cpus=0.25, concurrency=d.read_tasks)
+            .select_columns(COLUMNS)
+            .filter(expr=col("utterance_id").is_in(list(utterance_ids))))
+    if train:
+        rows = rows.random_shuffle(seed=RandomSeedConfig(cfg.train.seed, reseed_after_execution=True),
+                                   num_cpus=0.25)
+    return rows.map_batches(Preprocess(tokenizer_name(cfg), d.sample_rate, d.max_text_tokens),
+                            batch_size=PREPROCESS_BATCH, num_cpus=0.25,
+                            compute=ray.data.TaskPoolStrategy(size=d.preprocess_tasks))

@@ -41,7 +41,7 @@ AUDIO_FORMATS = ("wav", "pcm16")
 REQUIRED_COLUMNS = ("utterance_id", "session", "speaker", "label", "label_id", "text",
                     "wav_path", "duration", "sample_rate")
 MANIFEST = "_manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: rows in hashed order, multi-channel audio down-mixed
 
 
 class ShardError(RuntimeError):
@@ -50,7 +50,11 @@ class ShardError(RuntimeError):
 
 def write_shards(manifest: pd.DataFrame, out: str, audio_format: str = "wav", rows_per_shard: int = 64,
                  classes: Sequence[str] | None = None) -> dict:
-    """Write the manifest's utterances, sorted by id, to Parquet shards under `out`; return the JSON manifest.
+    """Write the manifest's utterances to Parquet shards under `out`; return the JSON manifest.
+
+    Rows go in a fixed pseudo-random order (by a hash of the utterance id), so every shard mixes
+    sessions, dialogs and speakers: utterance-id order would put one dialog in each run of rows.
+    Multi-channel wavs are down-mixed to mono here (`scan_corpus` reports which).
 
     All inputs are validated before anything is written. If `out` already holds a complete output of the
     same input (same fingerprint) it is returned untouched; otherwise it is replaced, stale shards removed.
@@ -125,7 +129,10 @@ def decode_audio(audio: bytes, audio_format: str, sample_rate: int) -> np.ndarra
     ShardError; "pcm16" samples carry no header and are at that rate by construction.
     """
     if audio_format == "wav":
-        return _read_audio(audio, sample_rate, "float32", "wav audio")
+        frames = _read_audio(audio, sample_rate, "float32", "wav audio")
+        if frames.shape[1] != 1:
+            raise ShardError(f"wav audio has {frames.shape[1]} channels; shards hold mono audio")
+        return frames[:, 0]
     if audio_format == "pcm16":
         if len(audio) % 2:
             raise ShardError(f"pcm16 audio has an odd number of bytes ({len(audio)})")
@@ -152,13 +159,14 @@ def _reject(bad: pd.Series, rows: pd.DataFrame, what: str) -> None:
 
 
 def _validate(manifest: pd.DataFrame, classes: Sequence[str] | None) -> pd.DataFrame:
-    """The required columns, sorted by utterance id, once they pass every check."""
+    """The required columns in shard order (hashed ids), once they pass every check."""
     missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
     if missing:
         raise ShardError(f"the manifest lacks column(s) {missing}")
     if manifest.empty:
         raise ShardError("the manifest has no rows")
-    rows = manifest[list(REQUIRED_COLUMNS)].sort_values("utterance_id", kind="stable").reset_index(drop=True)
+    rows = manifest[list(REQUIRED_COLUMNS)]
+    rows = rows.sort_values("utterance_id", key=lambda ids: ids.map(_row_key)).reset_index(drop=True)
     _reject(rows.isna().any(axis=1), rows, "have missing values")
     _reject(rows.utterance_id.duplicated(keep=False), rows, "have duplicate ids")
     if classes is not None:
@@ -166,6 +174,10 @@ def _validate(manifest: pd.DataFrame, classes: Sequence[str] | None) -> pd.DataF
         _reject(expected != rows.label_id, rows, f"have a label_id other than {list(classes)}.index(label)")
     _reject(rows.groupby("label").label_id.transform("nunique") > 1, rows, "share a label with other label_ids")
     return rows
+
+
+def _row_key(utterance_id: str) -> str:
+    return hashlib.sha256(utterance_id.encode()).hexdigest()
 
 
 def _stat_wavs(paths: list[str]) -> list[pafs.FileInfo]:
@@ -195,19 +207,20 @@ def _complete_manifest(out: str) -> dict | None:
 
 
 def _read_audio(data: bytes, sample_rate: int, dtype: str, where: str, pcm16_only: bool = False) -> np.ndarray:
-    """Decode audio file bytes that must be mono at `sample_rate` (and 16-bit PCM with `pcm16_only`)."""
+    """Decode audio file bytes at `sample_rate` (16-bit PCM with `pcm16_only`) to (frames, channels)."""
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
-            if f.channels != 1 or f.samplerate != sample_rate or (pcm16_only and f.subtype != "PCM_16"):
-                raise ShardError(f"{where}: expected {'16-bit PCM ' if pcm16_only else ''}mono at {sample_rate} Hz, "
-                                 f"got {f.subtype} with {f.channels} channel(s) at {f.samplerate} Hz")
-            return f.read(dtype=dtype)
+            if f.samplerate != sample_rate or (pcm16_only and f.subtype != "PCM_16"):
+                raise ShardError(f"{where}: expected {'16-bit PCM ' if pcm16_only else ''}audio at {sample_rate} Hz, "
+                                 f"got {f.subtype} at {f.samplerate} Hz")
+            return f.read(dtype=dtype, always_2d=True)
     except sf.SoundFileError as e:
         raise ShardError(f"{where}: unreadable audio ({e})") from e
 
 
 def _audio_cell(row: tuple, audio_format: str) -> bytes:
-    """The `audio` cell of a manifest row (a namedtuple): the wav file's bytes, or its int16 samples."""
+    """The `audio` cell of a manifest row (a namedtuple): the wav file's bytes, or its int16 samples.
+    Multi-channel audio is down-mixed to mono (the channels' mean; a float wav in the "wav" format)."""
     where = f"{row.wav_path} (utterance {row.utterance_id})"
     fs, path = _filesystem(row.wav_path)
     try:
@@ -215,9 +228,16 @@ def _audio_cell(row: tuple, audio_format: str) -> bytes:
             data = f.read()
     except OSError as e:
         raise ShardError(f"{where}: cannot read ({e})") from e
-    if audio_format == "wav":
+    if audio_format == "pcm16":
+        frames = _read_audio(data, int(row.sample_rate), "int16", where, pcm16_only=True)
+        mono = frames[:, 0] if frames.shape[1] == 1 else np.round(frames.mean(axis=1))
+        return mono.astype("<i2").tobytes()
+    frames = _read_audio(data, int(row.sample_rate), "float32", where)
+    if frames.shape[1] == 1:
         return data
-    return _read_audio(data, int(row.sample_rate), "int16", where, pcm16_only=True).astype("<i2").tobytes()
+    out = io.BytesIO()
+    sf.write(out, frames.mean(axis=1), int(row.sample_rate), format="WAV", subtype="FLOAT")
+    return out.getvalue()
 
 
 def _write_shard(fs: pafs.FileSystem, path: str, name: str, rows: pd.DataFrame, audio_format: str) -> dict:

@@ -10,6 +10,8 @@ from torch import nn
 from turbo_ray.config import Config
 from turbo_ray.model.encoders import AudioEncoder, TextEncoder, build_encoders
 
+MIN_TEMPERATURE = 0.01  # a learnable τ is clamped here after every step, as open_clip does
+
 
 class TurboOutput(NamedTuple):
     logits: torch.Tensor              # (views·B, classes), view-major
@@ -44,6 +46,12 @@ class TurboModel(nn.Module):
     def temperature(self) -> torch.Tensor:
         return self.log_temperature.exp()
 
+    @torch.no_grad()
+    def clamp_temperature(self) -> None:
+        """Keep a learnable τ ≥ MIN_TEMPERATURE (the logits' scale must stay bounded)."""
+        if self.contrastive and self.log_temperature.requires_grad:
+            self.log_temperature.clamp_(min=math.log(MIN_TEMPERATURE))
+
     def forward(self, waveforms: torch.Tensor, audio_lengths: torch.Tensor,
                 input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TurboOutput:
         views = 2 if self.training and self.contrastive else 1
@@ -57,10 +65,11 @@ class TurboModel(nn.Module):
                            self.text_proj(text).view(views, batch, -1))
 
 
-def build_model(cfg: Config) -> TurboModel:
+def build_model(cfg: Config, num_classes: int) -> TurboModel:
+    """The model of `cfg` with a classifier over `num_classes` (the corpus's class set decides it)."""
     audio, text = build_encoders(cfg.model)
     return TurboModel(
-        audio, text, num_classes=cfg.model.num_classes, proj_dim=cfg.model.proj_dim,
+        audio, text, num_classes=num_classes, proj_dim=cfg.model.proj_dim,
         head_hidden=cfg.model.head_hidden, head_dropout=cfg.model.head_dropout,
         contrastive=cfg.loss.mode != "baseline", temperature=cfg.loss.temperature,
         learnable_temperature=cfg.loss.learnable_temperature,
