@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ray.tune.search.optuna import OptunaSearch
+
 from turbo_ray.cli import main
 from turbo_ray.config import load_config
 from turbo_ray.tune import SearchSpaceError, load_search_space
@@ -92,6 +94,12 @@ def test_search_with_asha_survives_a_killed_driver(demo_corpus, tmp_path, tmp_pa
     assert trials.stopped_early.sum() >= 1 and trials.epochs.min() < 2
     best = load_config(out / "best_config.yaml")
     assert best.train.lr == pytest.approx(trials.loc[trials.best_val_ua.idxmax(), "train.lr"])
+    # TPE was told each trial's best epoch (the score that selects), not its last one
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(out / "search"))
+    study = searcher._ot_study
+    told = {trial_id: study.trials[trial.number].value for trial_id, trial in searcher._ot_trials.items()}
+    assert told == pytest.approx(dict(zip(trials.trial, trials.best_val_ua)))
     results = json.loads((out / "results.json").read_text())
     assert [f["test_session"] for f in results["folds"]] == [1]
     for name in ("optimization_history.png", "ua_per_epoch.png", "confusion.png", "results.csv"):
