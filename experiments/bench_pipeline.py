@@ -19,17 +19,17 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import psutil  # noqa: E402
-import torch  # noqa: E402
+import psutil
+import torch
 
-from turbo_ray.data.iemocap import CLASS_SETS  # noqa: E402
-from turbo_ray.config import load_config  # noqa: E402
-from turbo_ray.data.corpus import prepare_corpus  # noqa: E402
-from turbo_ray.data.pipeline import collate_for, split_dataset  # noqa: E402
-from turbo_ray.losses import objective  # noqa: E402
-from turbo_ray.model import build_model  # noqa: E402
-from turbo_ray.runtime import init_ray  # noqa: E402
-from turbo_ray.train import build_optimizer  # noqa: E402
+from turbo_ray.config import load_config
+from turbo_ray.data.corpus import prepare_corpus
+from turbo_ray.data.iemocap import CLASS_SETS
+from turbo_ray.data.pipeline import collate_for, split_dataset
+from turbo_ray.losses import objective
+from turbo_ray.model import build_model
+from turbo_ray.runtime import init_ray
+from turbo_ray.train import build_optimizer
 
 
 class PeakRSS:

@@ -19,19 +19,19 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from bench_turbo_step import make_batch
 
-from bench_turbo_step import make_batch  # noqa: E402
-from turbo_ray.data.iemocap import CLASS_SETS  # noqa: E402
-from turbo_ray.config import Config, load_config, override  # noqa: E402
-from turbo_ray.data.corpus import prepare_corpus  # noqa: E402
-from turbo_ray.losses import objective  # noqa: E402
-from turbo_ray.loso import fold_datasets  # noqa: E402
-from turbo_ray.model import build_model  # noqa: E402
-from turbo_ray.runtime import init_ray  # noqa: E402
-from turbo_ray.train import build_optimizer, build_trainer  # noqa: E402
+from turbo_ray.config import Config, load_config, override
+from turbo_ray.data.corpus import prepare_corpus
+from turbo_ray.data.iemocap import CLASS_SETS
+from turbo_ray.loso import fold_datasets
+from turbo_ray.losses import objective
+from turbo_ray.model import build_model
+from turbo_ray.runtime import init_ray
+from turbo_ray.train import build_optimizer, build_trainer
 
 
 def last_epoch(cfg, corpus, fold, name: str) -> tuple[float, float, float]:

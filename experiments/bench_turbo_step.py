@@ -23,14 +23,14 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from transformers import AutoModel, BertConfig, Wav2Vec2Config  # noqa: E402
+import torch
+from transformers import AutoModel, BertConfig, Wav2Vec2Config
 
-from turbo_ray.data.iemocap import CLASS_SETS  # noqa: E402
-from turbo_ray.config import load_config  # noqa: E402
-from turbo_ray.losses import objective  # noqa: E402
-from turbo_ray.model import AudioEncoder, TextEncoder, TurboModel, TurboOutput, build_model  # noqa: E402
-from turbo_ray.train import build_optimizer  # noqa: E402
+from turbo_ray.config import load_config
+from turbo_ray.data.iemocap import CLASS_SETS
+from turbo_ray.losses import objective
+from turbo_ray.model import AudioEncoder, TextEncoder, TurboModel, TurboOutput, build_model
+from turbo_ray.train import build_optimizer
 
 
 def base_sized_model(cfg) -> TurboModel:

@@ -12,7 +12,7 @@ REPO = Path(__file__).parents[1]
 def run_quick(script, tmp_path_factory, *args):
     env = os.environ | {"RAY_TMPDIR": str(tmp_path_factory.getbasetemp() / "rb")}  # short socket paths
     done = subprocess.run([sys.executable, str(REPO / "experiments" / script), "--quick", *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done.stdout
 

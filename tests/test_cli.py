@@ -1,6 +1,6 @@
 """`turbo-ray train` / `tune` refuse what a user can get wrong before Ray starts: one line, exit code 2."""
-import ray
 import pytest
+import ray
 
 from turbo_ray.cli import main
 

@@ -1,6 +1,7 @@
 """Typed config: YAML + dotted overrides, unknown keys and bad values named in the error."""
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -50,11 +51,18 @@ def test_unknown_key_in_file_is_named(tmp_path):
 
 
 def test_cli_help_and_config_print():
-    help_out = subprocess.run([sys.executable, "-m", "turbo_ray.cli", "--help"], capture_output=True, text=True)
+    help_out = subprocess.run([sys.executable, "-m", "turbo_ray.cli", "--help"], capture_output=True, text=True,
+                              check=False)
     assert help_out.returncode == 0 and "config" in help_out.stdout
     out = subprocess.run([sys.executable, "-m", "turbo_ray.cli", "config", "loss.mode=in"],
                          capture_output=True, text=True, check=True)
     assert yaml.safe_load(out.stdout)["loss"]["mode"] == "in"
     bad = subprocess.run([sys.executable, "-m", "turbo_ray.cli", "config", "loss.nope=1"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "loss.nope" in bad.stderr
+
+
+def test_the_code_is_ruff_clean():
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "turbo_ray", "tests", "experiments"],
+                          cwd=Path(__file__).parents[1], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout

@@ -8,8 +8,14 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from turbo_ray.data.iemocap import (CLASS_SETS, COLUMNS, CorpusError, load_manifest, loso_folds,
-                                    scan_corpus)
+from turbo_ray.data.iemocap import (
+    CLASS_SETS,
+    COLUMNS,
+    CorpusError,
+    load_manifest,
+    loso_folds,
+    scan_corpus,
+)
 
 RATE = 16_000
 WAV_SECONDS = 0.25

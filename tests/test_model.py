@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 from turbo_ray.config import Config, load_config
 from turbo_ray.losses import objective
 from turbo_ray.model import build_model, encoder_names
-from turbo_ray.model.encoders import AudioEncoder, TINY_AUDIO, load_pretrained
+from turbo_ray.model.encoders import TINY_AUDIO, AudioEncoder, load_pretrained
 from turbo_ray.model.turbo import MIN_TEMPERATURE
 from turbo_ray.train import build_optimizer, train_epoch
 

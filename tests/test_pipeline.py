@@ -11,7 +11,13 @@ from ray.train import DataConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from turbo_ray.config import Config, load_config
-from turbo_ray.data.pipeline import PadCollate, Preprocess, pad_token_id, split_dataset, tokenizer_name
+from turbo_ray.data.pipeline import (
+    PadCollate,
+    Preprocess,
+    pad_token_id,
+    split_dataset,
+    tokenizer_name,
+)
 from turbo_ray.data.shards import write_shards
 
 
@@ -26,7 +32,7 @@ def shard_rows(tmp_path, rates):
                      "label": "neutral", "label_id": 0, "text": "word " * (5 + 10 * i),
                      "wav_path": str(path), "duration": 1.5, "sample_rate": rate})
     write_shards(pd.DataFrame(rows), str(tmp_path / "shards"), classes=["neutral", "happy", "angry", "sad"])
-    table = pq.read_table(sorted((tmp_path / "shards").glob("part-*.parquet"))[0])
+    table = pq.read_table(min((tmp_path / "shards").glob("part-*.parquet")))
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 

@@ -10,7 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from turbo_ray.data.shards import SHARD_SCHEMA, ShardError, decode_audio, read_shard_manifest, write_shards
+from turbo_ray.data.shards import (
+    SHARD_SCHEMA,
+    ShardError,
+    decode_audio,
+    read_shard_manifest,
+    write_shards,
+)
 
 CLASSES = ("neutral", "happy", "angry", "sad")
 RATE = 16_000

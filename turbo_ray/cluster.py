@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import ray
 import yaml
 
@@ -24,7 +25,7 @@ def check_cluster_config(path: str | Path) -> list[str]:
         from ray.autoscaler._private.util import prepare_config, validate_config
 
         validate_config(prepare_config(copy.deepcopy(raw)))
-    except Exception as err:  # Ray raises jsonschema / ValueError / KeyError for a bad file
+    except (jsonschema.ValidationError, ValueError, KeyError, TypeError) as err:  # Ray's ways to reject
         return [f"Ray rejects the config: {type(err).__name__}: {err}"]
     return (_head_problems(raw) + _worker_problems(raw) + _auth_problems(raw) + _exposure_problems(raw)
             + _image_problems(raw))

@@ -12,7 +12,7 @@ the logits reach ±50, where bfloat16's spacing is 0.25.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist

@@ -11,15 +11,23 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 
 from turbo_ray.config import Config
@@ -82,7 +90,7 @@ def evaluate(model: TurboModel, batches, num_classes: int, device: torch.device,
         y_true.append(labels.cpu())
     y_true, y_pred = torch.cat(y_true).numpy(), torch.cat(y_pred).numpy()
     report = classification_report(y_true, y_pred, num_classes)
-    return report | {"confusion": confusion_matrix(y_true, y_pred, num_classes).tolist(), "n": int(len(y_true))}
+    return report | {"confusion": confusion_matrix(y_true, y_pred, num_classes).tolist(), "n": len(y_true)}
 
 
 def save_checkpoint(directory: Path, model: TurboModel, optimizer, scheduler, epoch: int, best: float,

@@ -13,7 +13,14 @@ import pandas as pd
 
 from turbo_ray.config import DataConfig
 from turbo_ray.data.demo import make_demo_corpus
-from turbo_ray.data.iemocap import CLASS_SETS, CorpusError, CorpusReport, Fold, load_manifest, loso_folds
+from turbo_ray.data.iemocap import (
+    CLASS_SETS,
+    CorpusError,
+    CorpusReport,
+    Fold,
+    load_manifest,
+    loso_folds,
+)
 from turbo_ray.data.shards import write_shards
 
 

@@ -16,7 +16,7 @@ import io
 import json
 import os
 import uuid
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
