@@ -86,6 +86,7 @@ def test_search_with_asha_survives_a_killed_driver(demo_corpus, tmp_path, tmp_pa
                              check=False)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "(resumed)" in resumed.stdout and "test_session" in resumed.stdout
+    assert "no problems" in resumed.stdout  # the corpus report, as `prepare` prints it
     # the finished trial was not run again
     assert sorted(p.name for p in first.glob("checkpoint_*") if p.is_dir()) == first_checkpoints
     assert first_results.read_text().splitlines() == first_lines

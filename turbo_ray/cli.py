@@ -85,8 +85,8 @@ def check_output_dir(out: Path, resume: bool) -> None:
 
 
 def start_job(cfg: Config, out: Path, address: str | None, resume: bool = False) -> Corpus:
-    """Everything a user can get wrong is checked before Ray starts: the corpus (its problem report is
-    printed), its folds, the output folder; then the job's config is saved and Ray started."""
+    """Check the corpus (its problem report is printed) and its folds before Ray starts, as the caller
+    checked the output folder; then save the job's config and start (or join) Ray."""
     from turbo_ray.data.corpus import prepare_corpus
     from turbo_ray.runtime import init_ray
 
