@@ -3,7 +3,7 @@
     python experiments/bench_pipeline.py           # demo corpus at 20 and 200 utterances per speaker
     python experiments/bench_pipeline.py --quick   # 4 and 40: a correctness check, not a measurement
 
-feed         samples/s that read → decode → crop → tokenize → iter_torch_batches(PadCollate) delivers
+feed         samples/s that read → shuffle → decode → tokenize → crop + pad (PadCollate) delivers
 consumption  samples/s one training worker (one torch thread) takes: tiny Turbo step on the same batches
 memory       peak RSS of the driver plus every Ray worker process while one epoch streams through
 """
