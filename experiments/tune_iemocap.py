@@ -1,5 +1,6 @@
-"""The main job: Ray Tune (Optuna TPE + ASHA) over Turbo's hyper-parameters on one LOSO fold, then the
-best config re-trained and tested on every fold.
+"""The main job, nested leave-one-session-out: per outer fold, Ray Tune (Optuna TPE + ASHA) searches
+Turbo's hyper-parameters on the other four sessions only, and the checkpoint that search selects is
+tested on the held-out session.
 
     python experiments/tune_iemocap.py            # embedded demo: demo corpus, tiny preset, minutes on a laptop
     python experiments/tune_iemocap.py --config experiments/configs/iemocap.yaml \

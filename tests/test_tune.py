@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
 
 from turbo_ray.cli import main
-from turbo_ray.config import load_config
-from turbo_ray.tune import SearchSpaceError, load_search_space
+from turbo_ray.tune import FOLD, FoldASHA, FoldSearch, SearchSpaceError, load_search_space
 
 REPO = Path(__file__).parents[1]
 
@@ -54,55 +54,88 @@ def test_cli_reports_a_bad_search_space_before_starting_anything(tmp_path, capsy
 
 
 
-def test_search_with_asha_survives_a_killed_driver(demo_corpus, tmp_path, tmp_path_factory):
-    # a learning rate that learns, then two that cannot: ASHA must cut those at its first rung
+def test_asha_is_per_fold_and_keeps_its_rungs_across_a_restart(tmp_path):
+    state = tmp_path / "asha_state.pkl"
+
+    def scheduler():
+        return FoldASHA(str(state), [1, 2], metric="best_val_ua", mode="max", time_attr="epoch", max_t=4,
+                        grace_period=1, reduction_factor=2)
+
+    def trial(name, fold):
+        return Trial("trainable", config={FOLD: fold}, trial_id=name, stub=True)
+
+    first = scheduler()
+    a, b, c = trial("a", 1), trial("b", 1), trial("c", 2)
+    for t in (a, b, c):
+        first.on_trial_add(None, t)
+    assert first.on_trial_result(None, a, {"epoch": 1, "best_val_ua": 0.9}) == TrialScheduler.CONTINUE
+    assert first.on_trial_result(None, b, {"epoch": 1, "best_val_ua": 0.3}) == TrialScheduler.STOP
+    # fold 2 has its own rungs: its first trial is not measured against fold 1's
+    assert first.on_trial_result(None, c, {"epoch": 1, "best_val_ua": 0.2}) == TrialScheduler.CONTINUE
+    # the driver dies; a new scheduler reloads fold 1's rung (0.9, 0.3) before its first decision
+    d = trial("d", 1)
+    again = scheduler()
+    again.on_trial_add(None, d)
+    assert again.on_trial_result(None, d, {"epoch": 1, "best_val_ua": 0.1}) == TrialScheduler.STOP
+
+
+def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(demo_corpus, tmp_path,
+                                                                               tmp_path_factory):
     space = tmp_path / "space.yaml"
-    space.write_text("train.lr: {loguniform: [1.0e-9, 3.0e-3]}\n"
-                     "start: [{train.lr: 2.0e-3}, {train.lr: 1.0e-9}, {train.lr: 1.0e-9}]\n")
+    space.write_text("train.lr: {loguniform: [1.0e-4, 3.0e-3]}\nstart: [{train.lr: 2.0e-3}]\n")
     out = tmp_path / "exp"
     cache = demo_corpus.root.parents[1]
     command = [sys.executable, "-m", "turbo_ray.cli", "tune", "--output-dir", str(out), "--search-space", str(space),
-               "--num-samples", "3", "--final-folds", "1", "--workers-per-trial", "1",
-               f"data.cache_dir={cache}", "data.demo_utterances_per_speaker=12", "data.val_fraction=0.3",
-               "data.max_seconds=2.0", "data.batch_size=8", "train.epochs=2", "model.head_hidden=64"]
+               "--num-samples", "1", "--folds", "5", "--workers-per-trial", "1",
+               f"data.cache_dir={cache}", "data.demo_utterances_per_speaker=12", "data.val_fraction=0.25",
+               "data.max_seconds=1.0", "data.batch_size=8", "train.epochs=2", "model.head_hidden=64"]
     env = os.environ | {"RAY_TMPDIR": str(tmp_path_factory.getbasetemp() / "rt")}  # short: Ray's socket paths
     with open(tmp_path / "first.log", "w") as log:  # the driver keeps its own handle
         driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
 
     deadline = time.time() + 420
-    while len(list((out / "trials").glob("trial-*"))) < 2:  # the first trial is done, the second started
+    while len(list((out / "trials").glob("trial-*"))) < 3:  # folds 1 and 2 searched, fold 3's started
         assert time.time() < deadline and driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(1)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray die at once
     driver.wait()
-    first = min((out / "trials").glob("trial-*"), key=lambda p: p.stat().st_mtime)
-    first_checkpoints = sorted(p.name for p in first.glob("checkpoint_*") if p.is_dir())
-    first_results = (next((out / "search").glob(f"*{first.name.removeprefix('trial-')}*")) / "result.json")
-    first_lines = first_results.read_text().splitlines()
-    assert len(first_checkpoints) == 2 and len(first_lines) == 2
+    finished = sorted((out / "trials").glob("trial-*"), key=lambda p: p.stat().st_mtime)[:2]
+    before = {p.name: sorted(c.name for c in p.glob("checkpoint_*") if c.is_dir()) for p in finished}
+    assert all(len(names) == 2 for names in before.values()), before
 
     resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
                              check=False)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "(resumed)" in resumed.stdout and "test_session" in resumed.stdout
-    assert "no problems" in resumed.stdout  # the corpus report, as `prepare` prints it
-    # the finished trial was not run again
-    assert sorted(p.name for p in first.glob("checkpoint_*") if p.is_dir()) == first_checkpoints
-    assert first_results.read_text().splitlines() == first_lines
+    assert "(resumed)" in resumed.stdout and "no problems" in resumed.stdout  # the corpus report
+    assert "Nested leave-one-session-out (nested-loso)" in resumed.stdout
+    # folds 1 and 2 were not searched again
+    assert {p.name: sorted(c.name for c in p.glob("checkpoint_*") if c.is_dir()) for p in finished} == before
 
-    trials = pd.read_csv(out / "trials.csv")
-    assert len(trials) == 3 and trials.error.isna().all()
-    assert trials.stopped_early.sum() >= 1 and trials.epochs.min() < 2
-    best = load_config(out / "best_config.yaml")
-    assert best.train.lr == pytest.approx(trials.loc[trials.best_val_ua.idxmax(), "train.lr"])
-    # TPE was told each trial's best epoch (the score that selects), not its last one
-    searcher = OptunaSearch()
-    searcher.restore_from_dir(str(out / "search"))
-    study = searcher._ot_study
-    told = {trial_id: study.trials[trial.number].value for trial_id, trial in searcher._ot_trials.items()}
-    assert told == pytest.approx(dict(zip(trials.trial, trials.best_val_ua)))
     results = json.loads((out / "results.json").read_text())
-    assert [f["test_session"] for f in results["folds"]] == [1]
-    for name in ("optimization_history.png", "ua_per_epoch.png", "confusion.png", "results.csv"):
+    assert results["protocol"] == "nested-loso"
+    assert [f["test_session"] for f in results["folds"]] == [1, 2, 3, 4, 5]
+    for fold in results["folds"]:
+        assert fold["search_sessions"] == [s for s in range(1, 6) if s != fold["test_session"]]
+        assert set(fold["params"]) == {"train.lr"} and 1 <= fold["best_epoch"] <= 2
+        assert {"trial", "val_ua", "wa", "ua", "f1", "confusion"} <= set(fold)
+    trials = pd.read_csv(out / "trials.csv")
+    assert sorted(trials.fold) == [1, 2, 3, 4, 5] and trials.error.isna().all()
+    for name in ("optimization_history.png", "ua_per_epoch.png", "confusion.png", "best_config_s3.yaml"):
         assert (out / name).stat().st_size > 0
+
+    # what every trial trained and validated on: never its fold's test session, no validation speaker in training
+    manifest = demo_corpus.manifest.set_index("utterance_id")
+    records = [json.loads((run / "utterances.json").read_text()) for run in (out / "trials").glob("trial-*")]
+    assert sorted(r["fold"] for r in records) == [1, 2, 3, 4, 5]
+    for record in records:
+        seen = manifest.loc[record["train"] + record["val"]]
+        assert record["fold"] not in set(seen.session)
+        assert not set(manifest.loc[record["val"], "speaker"]) & set(manifest.loc[record["train"], "speaker"])
+
+    # each fold's TPE was told its trials' best epoch (the score that selects), not the last one
+    searcher = FoldSearch([1, 2, 3, 4, 5], 1, "best_val_ua", [], 0)
+    searcher.restore_from_dir(str(out / "search"))
+    for fold, optuna_search in searcher.searchers.items():
+        told = [t.value for t in optuna_search._ot_study.trials]
+        assert told == pytest.approx(trials[trials.fold == fold].best_val_ua.tolist())

@@ -46,8 +46,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
              "tune.search_space": getattr(args, "search_space", None),
              "tune.num_samples": getattr(args, "num_samples", None),
              "tune.max_concurrent_trials": getattr(args, "max_concurrent_trials", None),
-             "tune.final_folds": getattr(args, "final_folds", None),
-             "data.test_session": getattr(args, "tune_fold", None)}
+             "tune.folds": getattr(args, "tune_folds", None)}
     from_flags = [f"{k}={v}" for k, v in flags.items() if v is not None]
     return load_config(args.config, from_flags + list(args.overrides))
 
@@ -128,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """One config over the LOSO folds, for each requested mode and seed; prints and writes the table."""
     import pandas as pd
 
-    from turbo_ray.loso import format_table, run_loso, write_results
+    from turbo_ray.loso import PROTOCOL, format_table, run_loso, write_results
 
     cfg = config_from_args(args)
     out = output_dir(args, "train")
@@ -150,16 +149,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     by = ["mode"] if len(modes) > 1 or len(seeds) > 1 else None
     label = "demo corpus (a fixture, not real speech)" if corpus.is_demo else str(corpus.root)
     print("\n" + format_table(results, f"Test scores of the best-val epoch, {label}", by))
-    for path in write_results(results, out, list(corpus.classes), cfg, by):
+    for path in write_results(results, out, list(corpus.classes), cfg, PROTOCOL, by):
         print(f"wrote {path}")
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    """The main job: TPE + ASHA search on one fold, then the best config over the LOSO folds."""
-    from turbo_ray.loso import format_table, run_loso, write_results
+    """The main job: nested leave-one-session-out search and test (see turbo_ray/experiment.py)."""
+    import pandas as pd
+
+    from turbo_ray.experiment import PROTOCOL, run_nested
+    from turbo_ray.loso import format_table, write_results
     from turbo_ray.runtime import require_driver_resource
-    from turbo_ray.tune import load_search_space, run_search, write_search_outputs
+    from turbo_ray.tune import load_search_space
 
     out = resume_dir(args) if args.resume else output_dir(args, "tune")
     check_output_dir(out, args.resume)
@@ -168,21 +170,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
     corpus = start_job(cfg, out, args.address, resume=args.resume)
     require_driver_resource()
     label = "demo corpus (a fixture, not real speech)" if corpus.is_demo else str(corpus.root)
-    print(f"search on the fold testing session {cfg.data.test_session} ({cfg.tune.num_samples} trials, "
-          f"ASHA and TPE on the best {cfg.tune.metric} of each trial)")
+    print(f"nested leave-one-session-out over {cfg.tune.folds} folds: per fold, {cfg.tune.num_samples} "
+          f"trials (TPE + ASHA on each trial's best {cfg.tune.metric}) on the other sessions only")
 
-    storage = run_storage(cfg, out)
-    grid = run_search(cfg, corpus, space, out, storage, resume=args.resume)
-    paths = write_search_outputs(grid, space, cfg, out)
-    best = load_config(out / "best_config.yaml")
-    print("\n" + (out / "best_config.yaml").read_text().splitlines()[0].lstrip("# "))
-    print("best: " + ", ".join(f"{p.key}={_short(v)}" for p in space.params for v in [_get(best, p.key)]))
-
-    final = dataclasses.replace(best, train=dataclasses.replace(best.train, storage_path=f"{storage}/final"))
-    results = run_loso(final, corpus, cfg.tune.final_folds, name="final")
-    paths += write_results(results, out, list(corpus.classes), final)
-    print("\n" + format_table(results, f"Best config re-trained per LOSO fold; test scores of the best-val "
-                                        f"epoch, {label}"))
+    results, paths = run_nested(cfg, corpus, space, out, run_storage(cfg, out), resume=args.resume)
+    paths += write_results(results, out, list(corpus.classes), cfg, PROTOCOL)
+    chosen = pd.DataFrame([{"test_session": row.test_session, "trial": row.trial, "epoch": row.best_epoch,
+                            cfg.tune.metric: f"{100 * row[cfg.tune.metric]:.2f}",
+                            **{k: _short(v) for k, v in row.params.items()}} for _, row in results.iterrows()])
+    print("\nSelected per fold on its validation speakers (its test session never seen):\n"
+          + chosen.to_string(index=False))
+    print("\n" + format_table(results, f"Nested leave-one-session-out ({PROTOCOL}): test scores of each "
+                                        f"fold's selected checkpoint, {label}"))
     print("\n" + "\n".join(f"wrote {p}" for p in paths))
     return 0
 
@@ -195,11 +194,6 @@ def resume_dir(args: argparse.Namespace) -> Path:
     if not candidates:
         raise UsageError("--resume: no runs/tune-* experiment here; pass --output-dir DIR")
     return candidates[-1].parent.resolve()
-
-
-def _get(cfg: Config, key: str):
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
 
 
 def _short(value) -> str:
@@ -244,10 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(p, workers_flag="--workers-per-trial")
     p.add_argument("--search-space", help="YAML of dotted key → distribution "
                                           "(default: experiments/configs/search_space.yaml)")
-    p.add_argument("--num-samples", type=int, help="trials to run")
+    p.add_argument("--num-samples", type=int, help="trials per outer fold")
     p.add_argument("--max-concurrent-trials", type=int, help="trials running at once")
-    p.add_argument("--tune-fold", type=int, help="the LOSO fold (its test session) the search validates on")
-    p.add_argument("--final-folds", type=int, help="LOSO folds the best config is re-trained on (default 5)")
+    p.add_argument("--folds", dest="tune_folds", type=int,
+                   help="outer LOSO folds: test sessions 1..N, each with its own search (default 5)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted experiment in --output-dir (default: the newest runs/tune-*)")
     p.set_defaults(func=cmd_tune)

@@ -43,8 +43,8 @@ class DataConfig:
     preprocess_tasks: int = 2             # concurrent decode/tokenize tasks per dataset (raise for many GPUs)
     read_tasks: int = 1                   # concurrent Parquet reads (raise for remote storage and many GPUs)
     val_fraction: float = 0.1
-    val_split: str = "random"             # "random" (stratified) or "speaker"
-    test_session: int = 1                 # LOSO fold used by a single run or by the search
+    val_split: str = "speaker"            # "speaker": whole speakers (none of them in training); "random"
+    test_session: int = 1                 # the LOSO fold of a single run (tests, benchmarks)
     seed: int = 0
 
 
@@ -97,12 +97,12 @@ class TrainConfig:
 @dataclass
 class TuneConfig:
     search_space: str = "experiments/configs/search_space.yaml"  # dotted key → distribution (tune.py)
-    num_samples: int = 3
-    max_concurrent_trials: int = 1
+    num_samples: int = 2                  # trials per outer fold
+    max_concurrent_trials: int = 1        # over all folds' searches
     grace_period: int = 1
     reduction_factor: int = 2
     metric: str = "val_ua"                # selects epochs, trials and configs (val_ua | val_wa | val_f1); maximised
-    final_folds: int = 5                  # LOSO folds the best config is re-trained and tested on
+    folds: int = 5                        # outer LOSO folds (test sessions 1..folds), each searched on its own
 
 
 @dataclass
@@ -140,7 +140,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, "
                           f"got {cfg.train.placement_strategy!r}")
     for key in ("data.preprocess_tasks", "data.read_tasks", "data.batch_size", "train.epochs",
-                "train.grad_accum", "train.num_workers"):
+                "train.grad_accum", "train.num_workers", "tune.num_samples", "tune.folds"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(getattr(cfg, section), name)}")

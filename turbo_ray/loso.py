@@ -1,4 +1,5 @@
-"""Leave-one-session-out evaluation: one TorchTrainer per fold, test metrics of the best-val epoch."""
+"""Leave-one-session-out evaluation of one given config: a TorchTrainer per fold, tested with the
+checkpoint of its best validation epoch (protocol "loso"); result tables shared with the nested search."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,9 +14,10 @@ from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.iemocap import Fold
 from turbo_ray.data.pipeline import split_dataset
 from turbo_ray.plots import plot_confusion
-from turbo_ray.train import best_epoch_metrics, build_trainer
+from turbo_ray.train import best_checkpoint, build_trainer
 
 SCORES = ("wa", "ua", "f1")
+PROTOCOL = "loso"  # one given config, no search: only the best epoch is selected, on validation
 
 
 def fold_datasets(cfg: Config, corpus: Corpus, fold: Fold, with_test: bool = True) -> dict:
@@ -28,7 +30,7 @@ def run_fold(cfg: Config, corpus: Corpus, fold: Fold, name: str) -> dict:
     """Train on one fold (resuming `name` if it exists) and return the best-val epoch's test scores."""
     trainer = build_trainer(cfg, fold_datasets(cfg, corpus, fold), corpus.classes, len(fold.train), name)
     result = trainer.fit()
-    best = best_epoch_metrics(result, cfg.tune.metric)
+    _, best = best_checkpoint(result, cfg.tune.metric)
     return {"test_session": fold.test_session, "best_epoch": best["epoch"], "val_ua": best["val_ua"],
             **{k: best[f"test_{k}"] for k in SCORES}, "n_test": best["test_n"],
             "confusion": best["test_confusion"], "checkpoint_run": str(result.path)}
@@ -61,14 +63,16 @@ def format_table(results: pd.DataFrame, title: str, by: list[str] | None = None)
     return f"{title}\n(WA = accuracy, UA = mean per-class recall, F1 = macro-F1; in %)\n{body}"
 
 
-def write_results(results: pd.DataFrame, out_dir: Path, classes: list[str], cfg: Config,
+def write_results(results: pd.DataFrame, out_dir: Path, classes: list[str], cfg: Config, protocol: str,
                   by: list[str] | None = None) -> list[Path]:
-    """results.csv, results.json (with the config) and a summed confusion-matrix PNG."""
+    """results.csv, results.json (the protocol, the config, per-fold rows) and a summed confusion-matrix
+    PNG."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = with_mean_std(results, by)
     paths = [out_dir / "results.csv", out_dir / "results.json", out_dir / "confusion.png"]
     table.drop(columns=["confusion"], errors="ignore").to_csv(paths[0], index=False)
-    paths[1].write_text(json.dumps({"config": dataclasses.asdict(cfg), "classes": list(classes),
+    paths[1].write_text(json.dumps({"protocol": protocol, "config": dataclasses.asdict(cfg),
+                                    "classes": list(classes),
                                     "folds": json.loads(results.to_json(orient="records"))}, indent=1))
     plot_confusion(np.sum([np.array(c) for c in results.confusion], axis=0), classes, paths[2])
     return paths

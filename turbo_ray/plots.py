@@ -27,17 +27,31 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def _fold_panels(folds: list, title: str):
+    """A row of panels, one per outer fold, sharing the y axis."""
+    fig, axes = plt.subplots(1, len(folds), figsize=(1 + 3.2 * len(folds), 3.5), sharey=True, squeeze=False)
+    for ax, fold in zip(axes[0], folds):
+        ax.set_title(f"fold {fold} (test session {fold})", fontsize=9)
+    fig.suptitle(title)
+    return fig, axes[0]
+
+
 def plot_search_history(trials: pd.DataFrame, metric: str, path: Path) -> None:
-    """Each trial's best validation score in launch order, and the best so far."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    x = np.arange(1, len(trials) + 1)
-    score = trials[f"best_{metric}"].to_numpy(dtype=float)
-    early = trials["stopped_early"].to_numpy(dtype=bool)
-    ax.scatter(x[~early], score[~early], label="ran to the end")
-    ax.scatter(x[early], score[early], marker="x", label="stopped by ASHA")
-    ax.step(x, np.fmax.accumulate(np.nan_to_num(score, nan=-np.inf)), where="post", color="k", label="best so far")
-    ax.set(xlabel="trial", ylabel=metric, title="optimization history")
-    ax.legend(fontsize=8)
+    """Per fold: each trial's best validation score in launch order, and the best so far."""
+    folds = sorted(trials.fold.unique())
+    fig, axes = _fold_panels(folds, "optimization history (one search per fold)")
+    for ax, fold in zip(axes, folds):
+        own = trials[trials.fold == fold]
+        x = np.arange(1, len(own) + 1)
+        score = own[f"best_{metric}"].to_numpy(dtype=float)
+        early = own["stopped_early"].to_numpy(dtype=bool)
+        ax.scatter(x[~early], score[~early], label="ran to the end")
+        ax.scatter(x[early], score[early], marker="x", label="stopped by ASHA")
+        ax.step(x, np.fmax.accumulate(np.nan_to_num(score, nan=-np.inf)), where="post", color="k",
+                label="best so far")
+        ax.set(xlabel="trial")
+    axes[0].set(ylabel=metric)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -54,14 +68,16 @@ def plot_importances(importances: dict[str, float], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(curves: dict[str, pd.DataFrame], metric: str, path: Path) -> None:
-    """Validation score per epoch of every trial: where ASHA cut the weak ones."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for trial, history in curves.items():
-        ax.plot(history["epoch"], history[metric], marker="o", markersize=3, label=trial)
-    ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} per trial and epoch")
-    if len(curves) <= 12:
-        ax.legend(fontsize=7, ncol=2)
+def plot_curves(curves: dict[int, dict[str, pd.DataFrame]], metric: str, path: Path) -> None:
+    """Per fold: the validation score per epoch of every trial (where ASHA cut the weak ones)."""
+    fig, axes = _fold_panels(list(curves), f"{metric} per trial and epoch")
+    for ax, trials in zip(axes, curves.values()):
+        for trial, history in trials.items():
+            ax.plot(history["epoch"], history[metric], marker="o", markersize=3, label=trial)
+        ax.set(xlabel="epoch")
+        if len(trials) <= 8:
+            ax.legend(fontsize=6)
+    axes[0].set(ylabel=metric)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -294,10 +294,10 @@ def storage_uri(path: str) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
-def best_epoch_metrics(result, metric: str) -> dict[str, Any]:
-    """Metrics of the checkpoint with the best validation `metric` (kept by CheckpointConfig); ties go
-    to the earlier epoch."""
-    scored = [metrics for _, metrics in (result.best_checkpoints or []) if metric in metrics]
+def best_checkpoint(result, metric: str) -> tuple[Checkpoint, dict[str, Any]]:
+    """The checkpoint with the best validation `metric` (kept by CheckpointConfig) and its metrics;
+    ties go to the earlier epoch."""
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
     if not scored:
         raise RuntimeError(f"run {result.path} reported no validation metrics (error: {result.error})")
-    return max(scored, key=lambda m: (m[metric], -m["epoch"]))
+    return max(scored, key=lambda cm: (cm[1][metric], -cm[1]["epoch"]))

@@ -1,8 +1,9 @@
-"""Ray Tune: Optuna (TPE) proposes, ASHA stops early, each trial fits one TorchTrainer.
+"""Ray Tune: one search per outer LOSO fold, Optuna (TPE) proposes, ASHA stops early, each trial fits
+one TorchTrainer on its fold's training sessions.
 
     space = load_search_space("experiments/configs/search_space.yaml")
-    grid = run_search(cfg, corpus, space, out_dir, storage, resume=False)   # resumes an interrupted search
-    best = best_trial(grid, cfg)                                       # (config, metrics) of the best epoch
+    grid = run_search(cfg, folds, space, corpus, out_dir, storage)   # resume=True continues a killed one
+    best = best_trials(grid, cfg)                                    # {fold: the trial its search selects}
 
 A search space is a YAML mapping of dotted config keys to one distribution each, and optionally
 `start`: points TPE evaluates first (e.g. the paper's settings):
@@ -14,27 +15,36 @@ A search space is a YAML mapping of dotted config keys to one distribution each,
 """
 from __future__ import annotations
 
+import copy
+import json
 import os
+import pickle
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.fs as pafs
 import ray.tune
 import yaml
 from ray.tune import TuneConfig, Tuner
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from turbo_ray.config import Config, ConfigError, override
 from turbo_ray.data.corpus import Corpus
+from turbo_ray.data.iemocap import Fold
 from turbo_ray.data.pipeline import configure_ray_data, split_dataset
 from turbo_ray.plots import plot_curves, plot_importances, plot_search_history
 from turbo_ray.runtime import DRIVER_RESOURCE
 from turbo_ray.train import build_trainer, storage_uri
 
-SEARCH_DIR = "search"
+SEARCH_DIR, TRIALS_DIR = "search", "trials"  # under the job's storage: Tune's state, the trials' Train runs
+FOLD = "fold"  # the trial-config key of a trial's outer fold (= its test session)
+UTTERANCES_FILE = "utterances.json"  # beside a trial's checkpoints: the ids it trained and validated on
 
 
 class SearchSpaceError(ConfigError):
@@ -121,160 +131,237 @@ def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-class ResumableASHA(ASHAScheduler):
-    """ASHA whose rung records survive a killed driver. `Tuner.restore` brings back the trials and the
-    searcher but not the scheduler, so a resumed search would forget the scores new trials must beat;
-    this one saves its state (atomically) after every event and reloads it first thing after a restore."""
+class FoldSearch(Searcher):
+    """One independent TPE search per outer LOSO fold, all in one Tune experiment (so the folds' trials
+    share the cluster): each new trial goes to the fold with the fewest trials so far, whose own
+    OptunaSearch proposes its parameters; its config carries `fold` (the test session it must never
+    see). Results reach only that fold's searcher."""
 
-    def __init__(self, state_file: str, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, folds: list[int], trials_per_fold: int, metric: str, start: list[dict], seed: int):
+        super().__init__(metric=metric, mode="max")
+        self.trials_per_fold = trials_per_fold
+        self.searchers = {k: OptunaSearch(metric=metric, mode="max", seed=seed,
+                                          points_to_evaluate=copy.deepcopy(start) or None) for k in folds}
+        self.fold_of: dict[str, int] = {}
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        done = [s.set_search_properties(metric, mode, config, **spec) for s in self.searchers.values()]
+        return all(done)  # every fold's searcher told, not only up to the first refusal
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        counts = {k: list(self.fold_of.values()).count(k) for k in self.searchers}
+        open_folds = [k for k, n in counts.items() if n < self.trials_per_fold]
+        if not open_folds:
+            return Searcher.FINISHED
+        fold = min(open_folds, key=lambda k: (counts[k], k))
+        params = self.searchers[fold].suggest(trial_id)
+        if not isinstance(params, dict):
+            return params
+        self.fold_of[trial_id] = fold
+        return params | {FOLD: fold}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searchers[self.fold_of[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.searchers[self.fold_of[trial_id]].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        states = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for k, searcher in self.searchers.items():
+                searcher.save(f"{tmp}/{k}")
+                states[k] = Path(f"{tmp}/{k}").read_bytes()
+        Path(checkpoint_path).write_bytes(pickle.dumps({"fold_of": self.fold_of, "states": states}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        saved = pickle.loads(Path(checkpoint_path).read_bytes())
+        self.fold_of = saved["fold_of"]
+        with tempfile.TemporaryDirectory() as tmp:
+            for k, state in saved["states"].items():
+                Path(f"{tmp}/{k}").write_bytes(state)
+                self.searchers[k].restore(f"{tmp}/{k}")
+
+
+class FoldASHA(FIFOScheduler):
+    """ASHA per outer fold: a trial competes only with its own fold's trials. Its rung records survive a
+    killed driver: `Tuner.restore` brings back the trials and the searcher but not the scheduler, so
+    this one saves its state (atomically) after every event and reloads it first after a restore."""
+
+    def __init__(self, state_file: str, folds: list[int], **asha: Any):
+        super().__init__()
+        self.ashas = {k: ASHAScheduler(**asha) for k in folds}
         self.state_file, self._loaded = state_file, False
 
-    def _load(self) -> None:
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        done = [a.set_search_properties(metric, mode, **spec) for a in self.ashas.values()]
+        return all(done)
+
+    def _route(self, event: str, trial, *args):
         if not self._loaded and Path(self.state_file).exists():
-            self.restore(self.state_file)
+            saved = pickle.loads(Path(self.state_file).read_bytes())
+            for k, state in saved.items():
+                self.ashas[k].__dict__.update(state)
         self._loaded = True
-
-    def _save(self) -> None:
-        self.save(f"{self.state_file}.tmp")
+        decision = getattr(self.ashas[trial.config[FOLD]], event)(*args)
+        Path(f"{self.state_file}.tmp").write_bytes(pickle.dumps({k: a.__dict__ for k, a in self.ashas.items()}))
         os.replace(f"{self.state_file}.tmp", self.state_file)
-
-    def on_trial_add(self, tune_controller, trial):
-        self._load()
-        super().on_trial_add(tune_controller, trial)
-        self._save()
-
-    def on_trial_result(self, tune_controller, trial, result):
-        self._load()
-        decision = super().on_trial_result(tune_controller, trial, result)
-        self._save()
         return decision
 
+    def on_trial_add(self, tune_controller, trial):
+        self._route("on_trial_add", trial, tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result):
+        return self._route("on_trial_result", trial, tune_controller, trial, result)
+
     def on_trial_complete(self, tune_controller, trial, result):
-        self._load()
-        super().on_trial_complete(tune_controller, trial, result)
-        self._save()
+        self._route("on_trial_complete", trial, tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller, trial):
-        self._load()
-        super().on_trial_remove(tune_controller, trial)
-        self._save()
+        self._route("on_trial_remove", trial, tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "\n".join(f"fold {k}: {a.debug_string()}" for k, a in self.ashas.items())
 
 
-def _trial(params: dict, *, base: dict, shards: str, split_ids: dict, classes: list) -> None:
-    """One Tune trial = one TorchTrainer; it resumes its own run (named by trial id) after a restore."""
+def _trial(params: dict, *, base: dict, shards: str, splits: dict, classes: list) -> None:
+    """One Tune trial = one TorchTrainer on its fold's train/val split. It records the utterances it
+    trains and validates on (`utterances.json` beside its checkpoints) and resumes its own Train run
+    (named by trial id) after a restore."""
     configure_ray_data()  # this runs in the trial's own process
-    cfg = override(Config.from_dict(base), params)
-    datasets = {name: split_dataset(cfg, shards, ids, train=name == "train") for name, ids in split_ids.items()}
-    trainer = build_trainer(cfg, datasets, classes, len(split_ids["train"]),
-                            name=f"trial-{ray.tune.get_context().get_trial_id()}",
+    fold = params[FOLD]
+    cfg = override(Config.from_dict(base), {k: v for k, v in params.items() if k != FOLD})
+    split_ids, name = splits[fold], f"trial-{ray.tune.get_context().get_trial_id()}"
+    fs, run_dir = pafs.FileSystem.from_uri(f"{cfg.train.storage_path}/{name}")
+    fs.create_dir(run_dir)
+    with fs.open_output_stream(f"{run_dir}/{UTTERANCES_FILE}") as f:
+        f.write(json.dumps({"fold": fold, **split_ids}).encode())
+    datasets = {split: split_dataset(cfg, shards, ids, train=split == "train") for split, ids in split_ids.items()}
+    trainer = build_trainer(cfg, datasets, classes, len(split_ids["train"]), name,
                             callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
-def run_search(cfg: Config, corpus: Corpus, space: SearchSpace, out_dir: Path, storage: str,
-               resume: bool = False) -> ray.tune.ResultGrid:
-    """TPE + ASHA on the fold `cfg.data.test_session`, both told each trial's best validation score so
-    far (`best_<tune.metric>`: the score that selects the best trial); trials' Train runs go under
-    `storage/trials`, Tune's state under `storage/search` (`storage`: a local path or a URI every node
-    can reach), ASHA's state in `out_dir`. `resume` continues an interrupted search."""
-    fold = corpus.fold(cfg.data)
+def run_search(cfg: Config, folds: list[Fold], space: SearchSpace, corpus: Corpus, out_dir: Path,
+               storage: str, resume: bool = False) -> ray.tune.ResultGrid:
+    """One Tune experiment holding an independent search per fold (`FoldSearch`, `FoldASHA`): each
+    fold's trials train and validate on the other sessions only. TPE and ASHA are told each trial's
+    best validation score so far (`best_<tune.metric>`: the score that selects). Trials' Train runs go
+    under `storage/trials`, Tune's state under `storage/search` (`storage`: a local path or a URI every
+    node can reach), ASHA's state in `out_dir`. `resume` continues an interrupted search."""
     storage = storage_uri(storage)
-    base = override(cfg, {"train.storage_path": f"{storage}/trials"})
+    base = override(cfg, {"train.storage_path": f"{storage}/{TRIALS_DIR}"})
+    splits = {f.test_session: {"train": f.train.utterance_id.tolist(), "val": f.val.utterance_id.tolist()}
+              for f in folds}
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(_trial, base=base.to_dict(), shards=corpus.shards, classes=list(corpus.classes),
-                                 split_ids={"train": fold.train.utterance_id.tolist(),
-                                            "val": fold.val.utterance_id.tolist()}),
+        ray.tune.with_parameters(_trial, base=base.to_dict(), shards=corpus.shards, splits=splits,
+                                 classes=list(corpus.classes)),
         {DRIVER_RESOURCE: 0.01})  # the trial only drives its TorchTrainer: no CPU of its own
     path = f"{storage}/{SEARCH_DIR}"
     if resume:
         if not Tuner.can_restore(path):
             raise FileNotFoundError(f"--resume: no search to resume in {path}")
-        tuner = Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        if Tuner.can_restore(path):
-            raise FileExistsError(f"{path} already holds a search: pass --resume, or another --output-dir")
-        t = cfg.tune
-        score = f"best_{t.metric}"  # a trial's best epoch so far: the score that selects its config
-        tuner = Tuner(
-            trainable,
-            param_space={p.key: p.domain() for p in space.params},
-            tune_config=TuneConfig(
-                search_alg=OptunaSearch(metric=score, mode="max", seed=cfg.train.seed,
-                                        points_to_evaluate=space.start or None),
-                scheduler=ResumableASHA(str(out_dir / "asha_state.pkl"), metric=score, mode="max",
-                                        time_attr="epoch", max_t=cfg.train.epochs, grace_period=t.grace_period,
-                                        reduction_factor=t.reduction_factor),
-                num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials,
-            ),
-            run_config=ray.tune.RunConfig(name=SEARCH_DIR, storage_path=storage),
-        )
+        return Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True).fit()
+    if Tuner.can_restore(path):
+        raise FileExistsError(f"{path} already holds a search: pass --resume, or another --output-dir")
+    t, sessions = cfg.tune, list(splits)
+    score = f"best_{t.metric}"  # a trial's best epoch so far: the score that selects its config
+    tuner = Tuner(
+        trainable,
+        param_space={p.key: p.domain() for p in space.params},
+        tune_config=TuneConfig(
+            search_alg=FoldSearch(sessions, t.num_samples, score, space.start, cfg.train.seed),
+            scheduler=FoldASHA(str(out_dir / "asha_state.pkl"), sessions, metric=score, mode="max",
+                               time_attr="epoch", max_t=cfg.train.epochs, grace_period=t.grace_period,
+                               reduction_factor=t.reduction_factor),
+            num_samples=t.num_samples * len(sessions), max_concurrent_trials=t.max_concurrent_trials,
+        ),
+        run_config=ray.tune.RunConfig(name=SEARCH_DIR, storage_path=storage),
+    )
     return tuner.fit()
 
 
 def trial_table(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config) -> pd.DataFrame:
-    """One row per trial: its parameters, epochs run, best and last validation UA, early-stopped or not."""
-    rows = []
+    """One row per trial: its fold, parameters, epochs run, best and last validation score, whether ASHA
+    stopped it, its error."""
+    metric, rows = cfg.tune.metric, []
     for result in grid:
         history = result.metrics_dataframe
-        scores = history[cfg.tune.metric] if history is not None and cfg.tune.metric in history else pd.Series()
+        scores = history[metric] if history is not None and metric in history else pd.Series()
         epochs = int(history["epoch"].max()) if len(scores) else 0
-        rows.append({"trial": (result.metrics or {}).get("trial_id", ""),
+        rows.append({"fold": result.config[FOLD], "trial": trial_id(result),
                      **{p.key: result.config.get(p.key) for p in space.params},
-                     "epochs": epochs, f"best_{cfg.tune.metric}": scores.max() if len(scores) else float("nan"),
-                     f"last_{cfg.tune.metric}": scores.iloc[-1] if len(scores) else float("nan"),
+                     "epochs": epochs, f"best_{metric}": scores.max() if len(scores) else float("nan"),
+                     f"last_{metric}": scores.iloc[-1] if len(scores) else float("nan"),
                      "stopped_early": 0 < epochs < cfg.train.epochs and result.error is None,
                      "error": type(result.error).__name__ if result.error else ""})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values(["fold", "trial"], kind="stable", ignore_index=True)
 
 
-def best_trial(grid: ray.tune.ResultGrid, cfg: Config) -> tuple[Config, dict]:
-    """The config of the trial with the best epoch (ASHA-stopped trials included) and that epoch's
-    metrics; ties go to the earlier trial and epoch."""
-    metric = cfg.tune.metric
-    histories = [(r, r.metrics_dataframe) for r in grid
-                 if r.metrics_dataframe is not None and metric in r.metrics_dataframe]
-    if not histories:
-        raise RuntimeError(f"no trial reported {metric}; first error: {next((r.error for r in grid if r.error), None)}")
-    result, history = max(histories, key=lambda rh: rh[1][metric].max())
-    return override(cfg, result.config), history.loc[history[metric].idxmax()].to_dict()
+def trial_id(result: ray.tune.Result) -> str:
+    """Tune's id of the trial (in launch order when sorted); its Train run is `trials/trial-<id>`."""
+    return (result.metrics or {}).get("trial_id", "")
+
+
+def best_trials(grid: ray.tune.ResultGrid, cfg: Config) -> dict[int, ray.tune.Result]:
+    """Per fold, the trial with the best epoch (ASHA-stopped trials included; ties go to the earlier
+    trial): only validation scores of that fold's own search decide."""
+    metric, best = cfg.tune.metric, {}
+    for result in sorted(grid, key=trial_id):
+        history = result.metrics_dataframe
+        if history is None or metric not in history:
+            continue
+        fold = result.config[FOLD]
+        if fold not in best or history[metric].max() > best[fold].metrics_dataframe[metric].max():
+            best[fold] = result
+    if missing := sorted({r.config[FOLD] for r in grid} - set(best)):
+        errors = [r.error for r in grid if r.error and r.config[FOLD] in missing]
+        raise RuntimeError(f"no trial of fold(s) {missing} reported {metric}; first error: {errors[:1]}")
+    return best
 
 
 def param_importances(trials: pd.DataFrame, space: SearchSpace, metric: str) -> dict[str, float]:
-    """Optuna's fANOVA importances of the searched parameters for each trial's best score."""
+    """Optuna's fANOVA importances of the searched parameters for each trial's best score, centred per
+    fold (folds differ in difficulty, not in what the parameters do)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     done = trials.dropna(subset=[f"best_{metric}"])
-    if done[f"best_{metric}"].nunique() < 2:
+    score = done[f"best_{metric}"] - done.groupby("fold")[f"best_{metric}"].transform("mean")
+    if score.nunique() < 2:
         return {}  # nothing to explain
     study = optuna.create_study(direction="maximize")
     distributions = {p.key: p.optuna_distribution() for p in space.params}
-    for _, row in done.iterrows():
+    for (_, row), value in zip(done.iterrows(), score):
         study.add_trial(optuna.trial.create_trial(
             params={p.key: _hashable(row[p.key]) for p in space.params}, distributions=distributions,
-            value=float(row[f"best_{metric}"])))
-    return optuna.importance.get_param_importances(study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            value=float(value)))
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    return optuna.importance.get_param_importances(study, evaluator=evaluator)
 
 
-def write_search_outputs(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config, out_dir: Path) -> list[Path]:
-    """trials.csv, best_config.yaml and the search plots; returns the paths written."""
+def write_search_outputs(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config,
+                         out_dir: Path) -> list[Path]:
+    """trials.csv, each fold's selected config (`best_config_s<k>.yaml`) and the search plots (a panel
+    per fold); returns the paths written."""
     metric = cfg.tune.metric
     trials = trial_table(grid, space, cfg)
-    best_cfg, best_metrics = best_trial(grid, cfg)
-    paths = {name: out_dir / name for name in ("trials.csv", "best_config.yaml", "optimization_history.png",
-                                               "ua_per_epoch.png", "param_importances.png")}
-    trials.to_csv(paths["trials.csv"], index=False)
-    header = (f"# best {metric} {best_metrics[metric]:.4f} at epoch {best_metrics['epoch']} of trial "
-              f"{best_metrics.get('trial_id')}\n# re-run: turbo-ray train --config {paths['best_config.yaml']}\n")
-    paths["best_config.yaml"].write_text(header + yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
-    plot_search_history(trials, metric, paths["optimization_history.png"])
-    plot_curves({r.metrics.get("trial_id", str(i)): r.metrics_dataframe for i, r in enumerate(grid)
-                 if r.metrics_dataframe is not None and metric in r.metrics_dataframe}, metric,
-                paths["ua_per_epoch.png"])
+    paths = [out_dir / name for name in ("trials.csv", "optimization_history.png", "ua_per_epoch.png")]
+    trials.to_csv(paths[0], index=False)
+    plot_search_history(trials, metric, paths[1])
+    plot_curves({fold: {trial_id(r): r.metrics_dataframe for r in grid if r.config[FOLD] == fold
+                        and r.metrics_dataframe is not None and metric in r.metrics_dataframe}
+                 for fold in sorted(trials.fold.unique())}, metric, paths[2])
+    for fold, result in best_trials(grid, cfg).items():
+        path = out_dir / f"best_config_s{fold}.yaml"
+        header = (f"# fold {fold} (test session {fold}): trial {trial_id(result)}, best {metric} "
+                  f"{result.metrics_dataframe[metric].max():.4f}, chosen on sessions other than {fold}\n"
+                  f"# re-run: turbo-ray train --config {path}\n")
+        config = override(cfg, {k: v for k, v in result.config.items() if k != FOLD})
+        path.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
+        paths.append(path)
     importances = param_importances(trials, space, metric)
     if importances:
-        plot_importances(importances, paths["param_importances.png"])
-    else:
-        del paths["param_importances.png"]
-    return list(paths.values())
+        paths.append(out_dir / "param_importances.png")
+        plot_importances(importances, paths[-1])
+    return paths
