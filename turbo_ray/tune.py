@@ -44,6 +44,7 @@ from turbo_ray.train import build_trainer, storage_uri
 
 SEARCH_DIR, TRIALS_DIR = "search", "trials"  # under the job's storage: Tune's state, the trials' Train runs
 FOLD = "fold"  # the trial-config key of a trial's outer fold (= its test session)
+RANK = "fold_trial"  # and of its launch order within the fold (0, 1, …): ties go to the earlier trial
 UTTERANCES_FILE = "utterances.json"  # beside a trial's checkpoints: the ids it trained and validated on
 
 
@@ -135,12 +136,12 @@ class FoldSearch(Searcher):
     """One independent TPE search per outer LOSO fold, all in one Tune experiment (so the folds' trials
     share the cluster): each new trial goes to the fold with the fewest trials so far, whose own
     OptunaSearch proposes its parameters; its config carries `fold` (the test session it must never
-    see). Results reach only that fold's searcher."""
+    see) and `fold_trial` (its launch order in the fold). Results reach only that fold's searcher."""
 
     def __init__(self, folds: list[int], trials_per_fold: int, metric: str, start: list[dict], seed: int):
         super().__init__(metric=metric, mode="max")
         self.trials_per_fold = trials_per_fold
-        self.searchers = {k: OptunaSearch(metric=metric, mode="max", seed=seed,
+        self.searchers = {k: OptunaSearch(metric=metric, mode="max", seed=seed + k,  # its own proposals
                                           points_to_evaluate=copy.deepcopy(start) or None) for k in folds}
         self.fold_of: dict[str, int] = {}
 
@@ -158,7 +159,7 @@ class FoldSearch(Searcher):
         if not isinstance(params, dict):
             return params
         self.fold_of[trial_id] = fold
-        return params | {FOLD: fold}
+        return params | {FOLD: fold, RANK: counts[fold]}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.searchers[self.fold_of[trial_id]].on_trial_result(trial_id, result)
@@ -230,7 +231,7 @@ def _trial(params: dict, *, base: dict, shards: str, splits: dict, classes: list
     (named by trial id) after a restore."""
     configure_ray_data()  # this runs in the trial's own process
     fold = params[FOLD]
-    cfg = override(Config.from_dict(base), {k: v for k, v in params.items() if k != FOLD})
+    cfg = override(Config.from_dict(base), searched(params))
     split_ids, name = splits[fold], f"trial-{ray.tune.get_context().get_trial_id()}"
     fs, run_dir = pafs.FileSystem.from_uri(f"{cfg.train.storage_path}/{name}")
     fs.create_dir(run_dir)
@@ -289,17 +290,22 @@ def trial_table(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config) -> p
         history = result.metrics_dataframe
         scores = history[metric] if history is not None and metric in history else pd.Series()
         epochs = int(history["epoch"].max()) if len(scores) else 0
-        rows.append({"fold": result.config[FOLD], "trial": trial_id(result),
+        rows.append({"fold": result.config[FOLD], RANK: result.config[RANK], "trial": trial_id(result),
                      **{p.key: result.config.get(p.key) for p in space.params},
                      "epochs": epochs, f"best_{metric}": scores.max() if len(scores) else float("nan"),
                      f"last_{metric}": scores.iloc[-1] if len(scores) else float("nan"),
                      "stopped_early": 0 < epochs < cfg.train.epochs and result.error is None,
                      "error": type(result.error).__name__ if result.error else ""})
-    return pd.DataFrame(rows).sort_values(["fold", "trial"], kind="stable", ignore_index=True)
+    return pd.DataFrame(rows).sort_values(["fold", RANK], ignore_index=True)
+
+
+def searched(config: dict) -> dict:
+    """A trial's config without its fold bookkeeping: the searched parameters only."""
+    return {k: v for k, v in config.items() if k not in (FOLD, RANK)}
 
 
 def trial_id(result: ray.tune.Result) -> str:
-    """Tune's id of the trial (in launch order when sorted); its Train run is `trials/trial-<id>`."""
+    """Tune's id of the trial; its Train run is `trials/trial-<id>`."""
     return (result.metrics or {}).get("trial_id", "")
 
 
@@ -307,7 +313,7 @@ def best_trials(grid: ray.tune.ResultGrid, cfg: Config) -> dict[int, ray.tune.Re
     """Per fold, the trial with the best epoch (ASHA-stopped trials included; ties go to the earlier
     trial): only validation scores of that fold's own search decide."""
     metric, best = cfg.tune.metric, {}
-    for result in sorted(grid, key=trial_id):
+    for result in sorted(grid, key=lambda r: r.config[RANK]):
         history = result.metrics_dataframe
         if history is None or metric not in history:
             continue
@@ -349,15 +355,16 @@ def write_search_outputs(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Con
     paths = [out_dir / name for name in ("trials.csv", "optimization_history.png", "ua_per_epoch.png")]
     trials.to_csv(paths[0], index=False)
     plot_search_history(trials, metric, paths[1])
-    plot_curves({fold: {trial_id(r): r.metrics_dataframe for r in grid if r.config[FOLD] == fold
+    plot_curves({fold: {trial_id(r): r.metrics_dataframe
+                        for r in sorted(grid, key=lambda r: r.config[RANK]) if r.config[FOLD] == fold
                         and r.metrics_dataframe is not None and metric in r.metrics_dataframe}
                  for fold in sorted(trials.fold.unique())}, metric, paths[2])
-    for fold, result in best_trials(grid, cfg).items():
+    for fold, result in sorted(best_trials(grid, cfg).items()):
         path = out_dir / f"best_config_s{fold}.yaml"
         header = (f"# fold {fold} (test session {fold}): trial {trial_id(result)}, best {metric} "
                   f"{result.metrics_dataframe[metric].max():.4f}, chosen on sessions other than {fold}\n"
                   f"# re-run: turbo-ray train --config {path}\n")
-        config = override(cfg, {k: v for k, v in result.config.items() if k != FOLD})
+        config = override(cfg, searched(result.config))
         path.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
         paths.append(path)
     importances = param_importances(trials, space, metric)
