@@ -61,9 +61,9 @@ def test_two_worker_run_survives_a_worker_failure_learns_and_restores(ray_local,
     # one realistic run: a worker dies in epoch 2; Train restarts the group from the epoch-1 checkpoint.
     # Gradient accumulation over 3 batches, and each worker's epoch ends on a partial window of 2
     cfg = load_config(None, FAST + [f"train.storage_path={tmp_path}", "train.max_failures=1",
-                                    "train.grad_accum=3", "data.batch_size=5"])
+                                    "train.grad_accum=3", "data.batch_size=7"])
     rows_per_worker = len(demo_corpus.fold(cfg.data).train) // 2
-    assert math.ceil(rows_per_worker / 5) % 3 == 2
+    assert math.ceil(rows_per_worker / 7) % 3 == 2
     marker = tmp_path / "failed-once"
     result = fit(cfg, demo_corpus, "two-workers", inject_failure={"epoch": 2, "marker": str(marker)},
                  loop=fit_and_compare_replicas)
