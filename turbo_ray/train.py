@@ -129,12 +129,13 @@ def fit_worker(loop_config: dict) -> TurboModel:
     device = ray.train.torch.get_device()
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model, state = build_model(cfg, len(classes)), None
+    model, state, last = build_model(cfg, len(classes)), None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             model.load_state_dict(torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True))
             state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+            last = json.loads((Path(d) / META_FILE).read_text())["metrics"]
     model = ray.train.torch.prepare_model(model)  # on the device now: optimizer state is loaded onto it
     core = _unwrap(model)
     optimizer = build_optimizer(core, cfg)
@@ -175,6 +176,8 @@ def fit_worker(loop_config: dict) -> TurboModel:
                 save_checkpoint(Path(tmp), core, optimizer, scheduler, epoch, best, cfg, classes, metrics)
                 checkpoint = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
+    if done == cfg.train.epochs and last:  # resumed with nothing left: a Tune trial restored after its
+        ray.train.report(last)  # run finished but before Tune recorded it still gets its final result
     return core
 
 

@@ -292,11 +292,17 @@ def trial_table(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config) -> p
         epochs = int(history["epoch"].max()) if len(scores) else 0
         rows.append({"fold": result.config[FOLD], RANK: result.config[RANK], "trial": trial_id(result),
                      **{p.key: result.config.get(p.key) for p in space.params},
-                     "epochs": epochs, f"best_{metric}": scores.max() if len(scores) else float("nan"),
+                     "epochs": epochs, f"best_{metric}": _best(history, metric) if len(scores) else float("nan"),
                      f"last_{metric}": scores.iloc[-1] if len(scores) else float("nan"),
                      "stopped_early": 0 < epochs < cfg.train.epochs and result.error is None,
                      "error": type(result.error).__name__ if result.error else ""})
     return pd.DataFrame(rows).sort_values(["fold", RANK], ignore_index=True)
+
+
+def _best(history: pd.DataFrame, metric: str) -> float:
+    """A trial's best validation score: the running best its epochs report (exact even where a
+    restored trial's history lacks the epochs between Tune's last snapshot and its Train checkpoint)."""
+    return history[f"best_{metric}"].max()
 
 
 def searched(config: dict) -> dict:
@@ -313,12 +319,12 @@ def best_trials(grid: ray.tune.ResultGrid, cfg: Config) -> dict[int, ray.tune.Re
     """Per fold, the trial with the best epoch (ASHA-stopped trials included; ties go to the earlier
     trial): only validation scores of that fold's own search decide."""
     metric, best = cfg.tune.metric, {}
-    for result in sorted(grid, key=lambda r: r.config[RANK]):
+    for result in sorted(grid, key=lambda r: r.config[RANK]):  # launch order: ties go to the earlier
         history = result.metrics_dataframe
         if history is None or metric not in history:
             continue
         fold = result.config[FOLD]
-        if fold not in best or history[metric].max() > best[fold].metrics_dataframe[metric].max():
+        if fold not in best or _best(history, metric) > _best(best[fold].metrics_dataframe, metric):
             best[fold] = result
     if missing := sorted({r.config[FOLD] for r in grid} - set(best)):
         errors = [r.error for r in grid if r.error and r.config[FOLD] in missing]
@@ -362,7 +368,7 @@ def write_search_outputs(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Con
     for fold, result in sorted(best_trials(grid, cfg).items()):
         path = out_dir / f"best_config_s{fold}.yaml"
         header = (f"# fold {fold} (test session {fold}): trial {trial_id(result)}, best {metric} "
-                  f"{result.metrics_dataframe[metric].max():.4f}, chosen on sessions other than {fold}\n"
+                  f"{_best(result.metrics_dataframe, metric):.4f}, chosen on sessions other than {fold}\n"
                   f"# re-run: turbo-ray train --config {path}\n")
         config = override(cfg, searched(result.config))
         path.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
