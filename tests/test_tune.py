@@ -126,8 +126,10 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
 
     # what every trial trained and validated on: never its fold's test session, no validation speaker in training
     manifest = demo_corpus.manifest.set_index("utterance_id")
+    # (a trial the killed driver had started but Tune had not yet saved is re-proposed under a new id:
+    # its record stays, and is checked too)
     records = [json.loads((run / "utterances.json").read_text()) for run in (out / "trials").glob("trial-*")]
-    assert sorted(r["fold"] for r in records) == [1, 2, 3, 4, 5]
+    assert {r["fold"] for r in records} == {1, 2, 3, 4, 5}
     for record in records:
         seen = manifest.loc[record["train"] + record["val"]]
         assert record["fold"] not in set(seen.session)
