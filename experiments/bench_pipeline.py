@@ -7,6 +7,7 @@ feed         samples/s that read → shuffle → decode → tokenize → crop + 
 consumption  samples/s one training worker (one torch thread) takes: tiny Turbo step on the same batches
 memory       peak RSS of the driver plus every Ray worker process while one epoch streams through
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,9 @@ from turbo_ray.config import load_config
 from turbo_ray.data.corpus import prepare_corpus
 from turbo_ray.data.iemocap import CLASS_SETS
 from turbo_ray.data.pipeline import collate_for, split_dataset
-from turbo_ray.losses import objective
 from turbo_ray.model import build_model
 from turbo_ray.runtime import init_ray
-from turbo_ray.train import build_optimizer
+from turbo_ray.train import build_optimizer, build_scheduler, train_step
 
 
 class PeakRSS:
@@ -64,7 +64,8 @@ def feed(cfg, corpus) -> tuple[float, int, int, list[dict]]:
     """(samples/s after the first batch, samples, peak RSS bytes, first batches) for one training epoch."""
     ids = corpus.manifest.utterance_id.tolist()
     batches = split_dataset(cfg, corpus.shards, ids, train=True).iter_torch_batches(
-        batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg, epoch=1))
+        batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg, epoch=1)
+    )
     kept, n, start = [], 0, None
     with PeakRSS() as memory:
         for batch in batches:
@@ -82,22 +83,23 @@ def consumption(cfg, batches: list[dict]) -> float:
     torch.set_num_threads(1)
     model = build_model(cfg, len(CLASS_SETS[cfg.data.classes])).train()
     optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps=2 * len(batches))
     times = []
     for batch in batches * 2:
-        batch = dict(batch)
-        labels = batch.pop("labels")
         start = time.perf_counter()
-        objective(model(**batch), labels, cfg.loss, model.temperature)["total"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, batch, optimizer, scheduler, cfg, torch.device("cpu"))
         times.append(time.perf_counter() - start)
     return cfg.data.batch_size / statistics.median(times[1:])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--per-speaker", type=int, default=20, help="×1 corpus size (utterances per speaker)")
+    parser.add_argument(
+        "--per-speaker", type=int, default=20, help="×1 corpus size (utterances per speaker)"
+    )
     args = parser.parse_args()
     small = 4 if args.quick else args.per_speaker
     cache = tempfile.mkdtemp(prefix="bench_pipeline_")
@@ -105,12 +107,16 @@ def main() -> None:
 
     results = {}
     for scale, per_speaker in (("x1", small), ("x10", 10 * small)):
-        cfg = load_config(None, [f"data.cache_dir={cache}", f"data.demo_utterances_per_speaker={per_speaker}"])
+        cfg = load_config(
+            None, [f"data.cache_dir={cache}", f"data.demo_utterances_per_speaker={per_speaker}"]
+        )
         corpus = prepare_corpus(cfg.data)
         results[scale] = feed(cfg, corpus)
         rate, n, peak, _ = results[scale]
-        print(f"  corpus {scale}: {len(corpus.manifest)} utterances, feed {rate:.1f} samples/s over {n}, "
-              f"peak RSS {peak / 2**20:.0f} MiB")
+        print(
+            f"  corpus {scale}: {len(corpus.manifest)} utterances, feed {rate:.1f} samples/s over {n}, "
+            f"peak RSS {peak / 2**20:.0f} MiB"
+        )
     used = consumption(cfg, results["x1"][3])
     print(f"consumption (tiny Turbo step, 1 thread): {used:.1f} samples/s")
     print(f"feed/consumption: {results['x10'][0] / used:.2f}")

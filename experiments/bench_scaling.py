@@ -8,6 +8,7 @@ The corpus is the demo's at 40 utterances per speaker (252 training samples: 16 
 Then the machine's own ceiling: the same training step in plain processes (no Ray, DDP or data feed),
 one alone and two side by side, which also time the gloo all-reduce of all gradients.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,17 +29,21 @@ from turbo_ray.config import Config, load_config, override
 from turbo_ray.data.corpus import prepare_corpus
 from turbo_ray.data.iemocap import CLASS_SETS
 from turbo_ray.loso import fold_datasets
-from turbo_ray.losses import objective
 from turbo_ray.model import build_model
 from turbo_ray.runtime import init_ray
-from turbo_ray.train import build_optimizer, build_trainer
+from turbo_ray.train import build_optimizer, build_scheduler, build_trainer, train_step
 
 
 def last_epoch(cfg, corpus, fold, name: str) -> tuple[float, float, float]:
     """(samples/s, seconds, seconds rank 0 waited for data) of the last epoch's training part (the first
     epochs warm the data pipeline up)."""
-    result = build_trainer(cfg, fold_datasets(cfg, corpus, fold, with_test=False), corpus.classes,
-                           len(fold.train), name).fit()
+    result = build_trainer(
+        cfg,
+        fold_datasets(cfg, corpus, fold, with_test=False),
+        corpus.classes,
+        len(fold.train),
+        name,
+    ).fit()
     if result.error:
         raise result.error
     last = result.metrics_dataframe.iloc[-1]
@@ -53,13 +58,16 @@ def _side_by_side_worker(rank: int, procs: int, cfg: dict, steps: int, init_file
     config = Config.from_dict(cfg)
     model = build_model(config, len(CLASS_SETS[config.data.classes])).train()
     optimizer = build_optimizer(model, config)
-    batch = make_batch(config.data.batch_size, config.data.max_seconds, 24, model.text_encoder.model.config.vocab_size)
-    labels = torch.arange(config.data.batch_size) % 4
+    scheduler = build_scheduler(optimizer, config, steps=steps + 1)
+    batch = make_batch(
+        config.data.batch_size,
+        config.data.max_seconds,
+        24,
+        model.text_encoder.model.config.vocab_size,
+    )
 
     def step() -> None:
-        objective(model(**batch), labels, config.loss, model.temperature)["total"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, batch, optimizer, scheduler, config, torch.device("cpu"))
 
     step()  # warm-up
     dist.barrier()  # the processes step at the same time
@@ -85,25 +93,44 @@ def side_by_side(cfg: Config, procs: int, steps: int) -> tuple[float, float, int
     ctx = mp.get_context("spawn")
     out = ctx.SimpleQueue()
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_side_by_side_worker, args=(procs, cfg.to_dict(), steps, f"{tmp}/store", out), nprocs=procs)
+        mp.spawn(
+            _side_by_side_worker,
+            args=(procs, cfg.to_dict(), steps, f"{tmp}/store", out),
+            nprocs=procs,
+        )
     results = [out.get() for _ in range(procs)]
     return max(r[0] for r in results), max(r[1] for r in results), results[0][2]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.demo_utterances_per_speaker=80")
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides, e.g. data.demo_utterances_per_speaker=80"
+    )
     args = parser.parse_args()
     quick_corpus = ["data.demo_utterances_per_speaker=4", "data.val_fraction=0.3"]
-    repeats, epochs, corpus_size = ((1, 1, quick_corpus) if args.quick
-                                    else (args.repeats, args.epochs, ["data.demo_utterances_per_speaker=40"]))
+    repeats, epochs, corpus_size = (
+        (1, 1, quick_corpus)
+        if args.quick
+        else (args.repeats, args.epochs, ["data.demo_utterances_per_speaker=40"])
+    )
     storage = tempfile.mkdtemp(prefix="bench_scaling_")
     init_ray()
-    cfg = load_config(None, [f"train.epochs={epochs}", f"train.storage_path={storage}", "train.num_to_keep=1",
-                             *corpus_size, *args.overrides])
+    cfg = load_config(
+        None,
+        [
+            f"train.epochs={epochs}",
+            f"train.storage_path={storage}",
+            "train.num_to_keep=1",
+            *corpus_size,
+            *args.overrides,
+        ],
+    )
     corpus = prepare_corpus(cfg.data)
     fold = corpus.fold(cfg.data)
 
@@ -114,21 +141,31 @@ def main() -> None:
             run = override(cfg, {"train.num_workers": workers})
             rate, seconds, waited = last_epoch(run, corpus, fold, f"w{workers}-r{r}")
             rates[workers].append(rate)
-            step_s[workers].append((seconds - waited) / -(-len(fold.train) // (workers * cfg.data.batch_size)))
-            print(f"  repeat {r}: {workers} worker(s): {rate:6.1f} samples/s "
-                  f"({seconds:.1f} s for {len(fold.train)} samples, {waited:.1f} s of it waiting for data, "
-                  f"{step_s[workers][-1]:.2f} s per step otherwise)")
+            step_s[workers].append(
+                (seconds - waited) / -(-len(fold.train) // (workers * cfg.data.batch_size))
+            )
+            print(
+                f"  repeat {r}: {workers} worker(s): {rate:6.1f} samples/s "
+                f"({seconds:.1f} s for {len(fold.train)} samples, {waited:.1f} s of it waiting for data, "
+                f"{step_s[workers][-1]:.2f} s per step otherwise)"
+            )
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     steps = 2 if args.quick else 10
     alone, _, _ = side_by_side(cfg, 1, steps)
     paired, reduce_s, params = side_by_side(cfg, 2, steps)
     print(f"1 worker: {one:.1f} samples/s; 2 workers: {two:.1f} samples/s (median of {repeats})")
-    print(f"per step without data waits: 1 worker {statistics.median(step_s[1]):.2f} s, "
-          f"2 workers {statistics.median(step_s[2]):.2f} s")
-    print(f"all-reduce per step with 2 workers: {params * 4 / 2**20:.1f} MiB of fp32 gradients, "
-          f"{reduce_s:.2f} s timed alone (gloo, 1 thread)")
-    print(f"machine ceiling: a training step (synthetic batch, no Ray/DDP/data) takes {alone:.2f} s alone and "
-          f"{paired:.2f} s with two processes side by side: at most {2 * alone / paired:.2f}x")
+    print(
+        f"per step without data waits: 1 worker {statistics.median(step_s[1]):.2f} s, "
+        f"2 workers {statistics.median(step_s[2]):.2f} s"
+    )
+    print(
+        f"all-reduce per step with 2 workers: {params * 4 / 2**20:.1f} MiB of fp32 gradients, "
+        f"{reduce_s:.2f} s timed alone (gloo, 1 thread)"
+    )
+    print(
+        f"machine ceiling: a training step (synthetic batch, no Ray/DDP/data) takes {alone:.2f} s alone and "
+        f"{paired:.2f} s with two processes side by side: at most {2 * alone / paired:.2f}x"
+    )
     print(f"speed-up 2 vs 1 workers: {two / one:.2f}")
 
 

@@ -4,6 +4,7 @@
     python experiments/train_iemocap.py --data-dir /data/IEMOCAP_full_release --preset base --use-gpu --num-workers 4
 
 Same as `turbo-ray train`; `--help` lists every flag."""
+
 import sys
 
 from turbo_ray.cli import main

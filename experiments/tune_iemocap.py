@@ -8,6 +8,7 @@ tested on the held-out session.
     python experiments/tune_iemocap.py --resume --output-dir runs/tune-…   # after an interruption
 
 Same as `turbo-ray tune`; `--help` lists every flag."""
+
 import sys
 
 from turbo_ray.cli import main

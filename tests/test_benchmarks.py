@@ -1,4 +1,5 @@
 """Each benchmark's --quick mode runs and prints its ratios as finite numbers (never a speed assertion)."""
+
 import math
 import os
 import re
@@ -10,9 +11,18 @@ REPO = Path(__file__).parents[1]
 
 
 def run_quick(script, tmp_path_factory, *args):
-    env = os.environ | {"RAY_TMPDIR": str(tmp_path_factory.getbasetemp() / "rb")}  # short socket paths
-    done = subprocess.run([sys.executable, str(REPO / "experiments" / script), "--quick", *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    env = os.environ | {
+        "RAY_TMPDIR": str(tmp_path_factory.getbasetemp() / "rb")
+    }  # short socket paths
+    done = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / script), "--quick", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -32,7 +42,9 @@ def test_bench_turbo_step(tmp_path_factory):
     for variant in ("baseline", "naive", "turbo", "shared P", "suffix S", "P + S"):
         assert re.search(rf"^  {re.escape(variant)} +[0-9.]+ ms/step$", out, re.MULTILINE), out
     ratios(out, ["naive/baseline", "floor", "turbo/baseline (this project)"])
-    assert out.strip().splitlines()[-1].startswith("turbo/baseline (this project): ")  # printed last
+    assert (
+        out.strip().splitlines()[-1].startswith("turbo/baseline (this project): ")
+    )  # printed last
 
 
 def test_bench_pipeline(tmp_path_factory):
@@ -42,8 +54,15 @@ def test_bench_pipeline(tmp_path_factory):
 
 def test_bench_scaling(tmp_path_factory):
     out = run_quick("bench_scaling.py", tmp_path_factory)
-    assert re.search(r"^all-reduce per step with 2 workers: [0-9.]+ MiB of fp32 gradients, [0-9.]+ s timed alone",
-                     out, re.MULTILINE), out
-    assert re.search(r"^machine ceiling: .* takes [0-9.]+ s alone and [0-9.]+ s with two processes side by side: "
-                     r"at most [0-9.]+x$", out, re.MULTILINE), out
+    assert re.search(
+        r"^all-reduce per step with 2 workers: [0-9.]+ MiB of fp32 gradients, [0-9.]+ s timed alone",
+        out,
+        re.MULTILINE,
+    ), out
+    assert re.search(
+        r"^machine ceiling: .* takes [0-9.]+ s alone and [0-9.]+ s with two processes side by side: "
+        r"at most [0-9.]+x$",
+        out,
+        re.MULTILINE,
+    ), out
     ratios(out, ["speed-up 2 vs 1 workers"])

@@ -1,4 +1,5 @@
 """`turbo-ray train` / `tune` refuse what a user can get wrong before Ray starts: one line, exit code 2."""
+
 import pytest
 import ray
 
@@ -25,14 +26,23 @@ def iemocap_without_utterances(tmp_path):
 @pytest.mark.parametrize("job", ["train", "tune"])
 def test_a_folder_that_is_not_iemocap(tmp_path, capsys, job):
     (tmp_path / "photos").mkdir()
-    err = run(capsys, job, "--data-dir", str(tmp_path / "photos"), "--output-dir", str(tmp_path / "out"))
+    err = run(
+        capsys, job, "--data-dir", str(tmp_path / "photos"), "--output-dir", str(tmp_path / "out")
+    )
     assert f"{tmp_path / 'photos'} is not an IEMOCAP_full_release folder" in err
     assert not (tmp_path / "out").exists()
 
 
 def test_an_empty_corpus(tmp_path, capsys, iemocap_without_utterances):
-    err = run(capsys, "train", "--data-dir", str(iemocap_without_utterances), "--output-dir", str(tmp_path / "out"),
-              f"data.cache_dir={tmp_path / 'cache'}")
+    err = run(
+        capsys,
+        "train",
+        "--data-dir",
+        str(iemocap_without_utterances),
+        "--output-dir",
+        str(tmp_path / "out"),
+        f"data.cache_dir={tmp_path / 'cache'}",
+    )
     assert f"{iemocap_without_utterances}: no usable utterance in the class set '4class'" in err
     assert not (tmp_path / "out").exists()
 
@@ -59,10 +69,15 @@ def test_an_output_path_that_is_a_file(tmp_path, capsys):
     assert f"--output-dir {tmp_path / 'file'} is a file" in err
 
 
-@pytest.mark.parametrize("override, message", [("train.grad_accum=0", "train.grad_accum must be >= 1"),
-                                               ("train.epochs=-1", "train.epochs must be >= 1"),
-                                               ("train.precision=fp16", "train.precision must be one of"),
-                                               ("tune.metric=test_ua", "tune.metric must be one of")])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.grad_accum=0", "train.grad_accum must be >= 1"),
+        ("train.epochs=-1", "train.epochs must be >= 1"),
+        ("train.precision=fp16", "train.precision must be one of"),
+        ("tune.metric=test_ua", "tune.metric must be one of"),
+    ],
+)
 @pytest.mark.parametrize("job", ["train", "tune"])
 def test_config_values_that_cannot_train(tmp_path, capsys, job, override, message):
     err = run(capsys, job, "--output-dir", str(tmp_path / "out"), override)

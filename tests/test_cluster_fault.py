@@ -1,4 +1,5 @@
 """Losing a node mid-run: a real multi-node Ray cluster on one machine (ray.cluster_utils.Cluster)."""
+
 import json
 import os
 import threading
@@ -22,7 +23,9 @@ def three_node_cluster(tmp_path_factory):
     dead after ~3 s of failed health checks (Ray's default is ~15 s)."""
     os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.getbasetemp() / "ray"))
     fast_health_checks = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": fast_health_checks})
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": fast_health_checks}
+    )
     for _ in range(3):
         cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -32,15 +35,33 @@ def three_node_cluster(tmp_path_factory):
     cluster.shutdown()
 
 
-def test_losing_a_worker_node_resumes_from_last_checkpoint(three_node_cluster, demo_corpus, tmp_path):
+def test_losing_a_worker_node_resumes_from_last_checkpoint(
+    three_node_cluster, demo_corpus, tmp_path
+):
     # half a CPU per worker: after losing a node, the two survivors still host both workers and the data tasks
-    cfg = load_config(None, [
-        "data.max_seconds=2.0", "data.batch_size=8", "model.head_hidden=64", "train.epochs=2",
-        "train.num_workers=2", "train.cpus_per_worker=0.5", "train.placement_strategy=SPREAD",
-        "train.max_failures=2", "train.num_to_keep=null", f"train.storage_path={tmp_path}"])
+    cfg = load_config(
+        None,
+        [
+            "data.max_seconds=2.0",
+            "data.batch_size=8",
+            "model.head_hidden=64",
+            "train.epochs=2",
+            "train.num_workers=2",
+            "train.cpus_per_worker=0.5",
+            "train.placement_strategy=SPREAD",
+            "train.max_failures=2",
+            "train.num_to_keep=null",
+            f"train.storage_path={tmp_path}",
+        ],
+    )
     fold = demo_corpus.fold(cfg.data)
-    trainer = build_trainer(cfg, fold_datasets(cfg, demo_corpus, fold, with_test=False), demo_corpus.classes,
-                            len(fold.train), "node-loss")
+    trainer = build_trainer(
+        cfg,
+        fold_datasets(cfg, demo_corpus, fold, with_test=False),
+        demo_corpus.classes,
+        len(fold.train),
+        "node-loss",
+    )
     outcome = {}
     run = threading.Thread(target=lambda: outcome.setdefault("result", trainer.fit()))
     run.start()
@@ -59,7 +80,9 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(three_node_cluster, d
     assert not run.is_alive(), "the run did not finish after losing a node"
     result = outcome["result"]
     assert result.error is None
-    metas = [json.loads((Path(c.path) / "meta.json").read_text()) for c, _ in result.best_checkpoints]
+    metas = [
+        json.loads((Path(c.path) / "meta.json").read_text()) for c, _ in result.best_checkpoints
+    ]
     assert sorted(m["epoch"] for m in metas) == [1, 2]  # resumed: no epoch repeated or skipped
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert victim.node_id not in alive

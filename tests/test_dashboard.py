@@ -1,4 +1,5 @@
 """The dashboard of a local Ray (as `init_ray` starts it): token auth on, a running TorchTrainer visible."""
+
 import json
 import os
 import threading
@@ -21,21 +22,29 @@ def wait_for(config):
 
 def get(url, token=None):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as response:
+    with urllib.request.urlopen(
+        urllib.request.Request(url, headers=headers), timeout=10
+    ) as response:
         return response.status, json.loads(response.read())
 
 
 def auth_token():
-    return os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").read_text().strip()
+    return (
+        os.environ.get("RAY_AUTH_TOKEN")
+        or (Path.home() / ".ray" / "auth_token").read_text().strip()
+    )
 
 
 def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(ray_local, tmp_path):
     url = ray_local
     assert url.startswith("http://127.0.0.1:")  # never on a public interface
     marker = tmp_path / "stop"
-    trainer = TorchTrainer(wait_for, train_loop_config={"marker": str(marker)},
-                           scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
-                           run_config=RunConfig(name="visible-run", storage_path=str(tmp_path)))
+    trainer = TorchTrainer(
+        wait_for,
+        train_loop_config={"marker": str(marker)},
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
+        run_config=RunConfig(name="visible-run", storage_path=str(tmp_path)),
+    )
     run = threading.Thread(target=trainer.fit)
     run.start()
     try:

@@ -1,4 +1,5 @@
 """The generated demo corpus: real files under tmp_path, read back by the real loader."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,9 @@ def tree_files(release: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_demo_corpus(tmp_path_factory.mktemp("demo"), seed=0, utterances_per_speaker=PER_SPEAKER)
+    return make_demo_corpus(
+        tmp_path_factory.mktemp("demo"), seed=0, utterances_per_speaker=PER_SPEAKER
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,9 @@ def recorded(release: Path) -> dict:
     return json.loads((release / MARKER).read_text())
 
 
-def test_loader_reads_it_with_no_problems_and_the_recorded_counts(release: Path, recorded: dict) -> None:
+def test_loader_reads_it_with_no_problems_and_the_recorded_counts(
+    release: Path, recorded: dict
+) -> None:
     df = load_manifest(release, strict=True)
     assert df.attrs["report"].problems() == {}
     assert recorded["utterances"] == 10 * PER_SPEAKER
@@ -54,7 +59,9 @@ def test_loader_reads_it_with_no_problems_and_the_recorded_counts(release: Path,
     assert every.groupby("dialog").gender.nunique().eq(2).all()  # every dialog has both actors
     assert set(df[df.dialog.str[5] == "F"].gender) == {"F", "M"}
     dialogs = set(every.dialog)
-    assert any(re.search(r"impro0\da$", d) for d in dialogs) and any(re.search(r"impro0\db$", d) for d in dialogs)
+    assert any(re.search(r"impro0\da$", d) for d in dialogs) and any(
+        re.search(r"impro0\db$", d) for d in dialogs
+    )
     assert any(re.search(r"script0\d_\d$", d) for d in dialogs) and "Ses05M_script01_1b" in dialogs
 
 
@@ -62,7 +69,10 @@ def test_the_odd_cases_are_on_disk(release: Path) -> None:
     files = tree_files(release)
     evaluation = release / "Session1" / "dialog" / "EmoEvaluation"
     apple = [p for p in files.values() if p.name.startswith("._")]
-    assert {p.parent.parent.name for p in apple} == {"dialog", "wav"}  # EmoEvaluation/ and wav/<dialog>/
+    assert {p.parent.parent.name for p in apple} == {
+        "dialog",
+        "wav",
+    }  # EmoEvaluation/ and wav/<dialog>/
     assert all(p.read_bytes().startswith(b"\x00\x05\x16\x07") for p in apple)
     assert list((evaluation / "Categorical").glob("*.txt"))
     transcriptions = [p.read_bytes() for name, p in files.items() if "/transcriptions/" in name]
@@ -75,13 +85,19 @@ def test_the_odd_cases_are_on_disk(release: Path) -> None:
 def test_same_seed_same_bytes_other_seed_other_audio(release: Path, tmp_path: Path) -> None:
     other = make_demo_corpus(tmp_path, seed=1, utterances_per_speaker=PER_SPEAKER)
     wavs = [name for name in tree_files(release) if name.endswith(".wav") and "/._" not in name]
-    assert all((release / n).read_bytes() != (other / n).read_bytes() for n in wavs if (other / n).exists())
-    again = make_demo_corpus(tmp_path, seed=0, utterances_per_speaker=PER_SPEAKER)  # replaces the seed-1 corpus
+    assert all(
+        (release / n).read_bytes() != (other / n).read_bytes() for n in wavs if (other / n).exists()
+    )
+    again = make_demo_corpus(
+        tmp_path, seed=0, utterances_per_speaker=PER_SPEAKER
+    )  # replaces the seed-1 corpus
     assert again == other
     first, second = tree_files(release), tree_files(again)
     assert first.keys() == second.keys()
     assert all(first[name].read_bytes() == second[name].read_bytes() for name in first)
-    assert [p.name for p in tmp_path.iterdir()] == ["IEMOCAP_full_release"]  # no build folder left behind
+    assert [p.name for p in tmp_path.iterdir()] == [
+        "IEMOCAP_full_release"
+    ]  # no build folder left behind
 
 
 def test_second_call_returns_at_once_without_rewriting(release: Path) -> None:
@@ -116,8 +132,14 @@ def test_a_fold_with_an_empty_split_is_a_clear_error(tmp_path):
     from turbo_ray.data.corpus import prepare_corpus
 
     cfg = DataConfig(cache_dir=str(tmp_path), demo_utterances_per_speaker=4, val_split="random")
-    corpus = prepare_corpus(cfg)  # a speaker split always holds a speaker; 10 % of 16 rows per label is 0
+    corpus = prepare_corpus(
+        cfg
+    )  # a speaker split always holds a speaker; 10 % of 16 rows per label is 0
     with pytest.raises(ValueError, match="empty val split .* raise data.val_fraction"):
         corpus.folds(cfg)
-    assert all(len(f.val) for f in corpus.folds(DataConfig(cache_dir=str(tmp_path), val_fraction=0.5,
-                                                           demo_utterances_per_speaker=4)))
+    assert all(
+        len(f.val)
+        for f in corpus.folds(
+            DataConfig(cache_dir=str(tmp_path), val_fraction=0.5, demo_utterances_per_speaker=4)
+        )
+    )

@@ -1,4 +1,5 @@
 """WA / UA / macro-F1 against hand computations on known confusion matrices."""
+
 import numpy as np
 import pytest
 
@@ -11,17 +12,21 @@ def from_confusion(cm):
     return np.array([t for t, _ in pairs]), np.array([p for _, p in pairs])
 
 
-CM = [[50, 5, 3, 2],   # neutral
-      [10, 30, 5, 5],  # happy
-      [2, 8, 20, 0],   # angry
-      [6, 0, 0, 14]]   # sad
+CM = [
+    [50, 5, 3, 2],  # neutral
+    [10, 30, 5, 5],  # happy
+    [2, 8, 20, 0],  # angry
+    [6, 0, 0, 14],
+]  # sad
 
 
 def test_metrics_on_a_known_confusion_matrix():
     y_true, y_pred = from_confusion(CM)
     assert confusion_matrix(y_true, y_pred, 4).tolist() == CM
     assert weighted_accuracy(y_true, y_pred) == pytest.approx((50 + 30 + 20 + 14) / 160)
-    assert unweighted_accuracy(y_true, y_pred) == pytest.approx((50 / 60 + 30 / 50 + 20 / 30 + 14 / 20) / 4)
+    assert unweighted_accuracy(y_true, y_pred) == pytest.approx(
+        (50 / 60 + 30 / 50 + 20 / 30 + 14 / 20) / 4
+    )
     precision = [50 / 68, 30 / 43, 20 / 28, 14 / 21]
     recall = [50 / 60, 30 / 50, 20 / 30, 14 / 20]
     f1 = [2 * p * r / (p + r) for p, r in zip(precision, recall)]

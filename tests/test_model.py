@@ -1,18 +1,25 @@
 """The two-view Turbo model on the real tiny preset (random wav2vec2 + the packaged MiniLM)."""
+
 import math
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, BertConfig, DistilBertConfig
 
 from turbo_ray.config import Config, load_config
-from turbo_ray.losses import objective
-from turbo_ray.model import build_model, encoder_names
-from turbo_ray.model.encoders import TINY_AUDIO, AudioEncoder, load_pretrained
+from turbo_ray.losses import LossWeights, objective
+from turbo_ray.model import build_model
+from turbo_ray.model.encoders import AudioEncoder, _dropout_overrides, load_pretrained
 from turbo_ray.model.turbo import MIN_TEMPERATURE
-from turbo_ray.train import build_optimizer, train_epoch
+from turbo_ray.presets import TINY_AUDIO, encoder_names
+from turbo_ray.train import build_optimizer, build_scheduler, train_epoch, train_step
 
-SENTENCES = ["I can't believe you did that!", "okay", "the meeting is at three", "this is wonderful news"]
+SENTENCES = [
+    "I can't believe you did that!",
+    "okay",
+    "the meeting is at three",
+    "this is wonderful news",
+]
 
 
 def make(*overrides: str):
@@ -29,8 +36,12 @@ def batch():
     g = torch.Generator().manual_seed(0)
     lengths = torch.tensor([16000, 9000, 12000, 6400])
     waves = torch.randn(4, 16000, generator=g) * (torch.arange(16000) < lengths[:, None])
-    return {"waveforms": waves, "audio_lengths": lengths, "input_ids": text["input_ids"],
-            "attention_mask": text["attention_mask"]}
+    return {
+        "waveforms": waves,
+        "audio_lengths": lengths,
+        "input_ids": text["input_ids"],
+        "attention_mask": text["attention_mask"],
+    }
 
 
 def test_tiny_preset_loads_offline():
@@ -41,7 +52,9 @@ def test_tiny_preset_loads_offline():
     text_model = model.text_encoder.model
     assert type(text_model).__name__ == "BertModel" and text_model.config.num_hidden_layers == 6
     assert text_model.config.hidden_dropout_prob == cfg.model.dropout
-    assert not any(p.requires_grad for p in model.audio_encoder.model.feature_extractor.parameters())
+    assert not any(
+        p.requires_grad for p in model.audio_encoder.model.feature_extractor.parameters()
+    )
 
 
 def test_training_views_differ_and_eval_is_deterministic(batch):
@@ -82,8 +95,12 @@ def test_shared_prefix_runs_once_on_the_batch_and_suffix_on_both_views(batch):
     model.train()
     seen = {}
     encoder = model.audio_encoder.model
-    encoder.feature_extractor.register_forward_hook(lambda m, i, o: seen.setdefault("prefix", []).append(i[0].shape[0]))
-    encoder.encoder.register_forward_hook(lambda m, i, o: seen.setdefault("suffix", []).append(i[0].shape[0]))
+    encoder.feature_extractor.register_forward_hook(
+        lambda m, i, o: seen.setdefault("prefix", []).append(i[0].shape[0])
+    )
+    encoder.encoder.register_forward_hook(
+        lambda m, i, o: seen.setdefault("suffix", []).append(i[0].shape[0])
+    )
     model(**batch)
     assert seen == {"prefix": [4], "suffix": [8]}
 
@@ -117,10 +134,12 @@ def test_padding_does_not_change_pooled_embeddings(batch):
 def test_gradients_reach_both_encoders_and_heads(batch, mode):
     cfg, model = make(f"loss.mode={mode}", "loss.learnable_temperature=true")
     model.train()
-    parts = objective(model(**batch), torch.tensor([0, 1, 2, 3]), cfg.loss, model.temperature)
+    parts = objective(model(**batch), torch.tensor([0, 1, 2, 3]), LossWeights.from_config(cfg.loss))
     parts["total"].backward()
+
     def grad_norm(module):
         return sum(p.grad.abs().sum().item() for p in module.parameters() if p.grad is not None)
+
     assert grad_norm(model.audio_encoder.model.encoder) > 0
     assert grad_norm(model.text_encoder.model.encoder) > 0
     assert grad_norm(model.audio_proj) > 0 and grad_norm(model.text_proj) > 0
@@ -130,15 +149,72 @@ def test_gradients_reach_both_encoders_and_heads(batch, mode):
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
+def test_the_temperature_travels_in_the_output_from_its_parameter(batch):
+    # the config only initialises τ: the loss reads the model's parameter, carried in its output
+    cfg, model = make("loss.temperature=0.2", "loss.learnable_temperature=true")
+    model.train()
+    out = model(**batch)
+    assert out.temperature.item() == pytest.approx(0.2) and out.temperature.requires_grad
+    labels, weights = torch.tensor([0, 1, 2, 3]), LossWeights.from_config(cfg.loss)
+    with torch.no_grad():
+        model.log_temperature.fill_(math.log(0.05))  # the parameter moved; the config did not
+    torch.manual_seed(0)
+    moved = model(**batch)
+    assert moved.temperature.item() == pytest.approx(0.05) and cfg.loss.temperature == 0.2
+    hotter = objective(moved._replace(temperature=torch.tensor(0.2)), labels, weights)
+    assert objective(moved, labels, weights)["in"].item() != pytest.approx(hotter["in"].item())
+
+
+def test_one_training_step_is_the_epochs_step(batch):
+    # `train_step` (what the benchmarks time) and `train_epoch` (what training runs) take the same step
+    labelled = dict(batch, labels=torch.tensor([0, 1, 2, 3]))
+    params = []
+    for run in ("step", "epoch"):
+        cfg, model = make("loss.learnable_temperature=true")
+        optimizer = build_optimizer(model, cfg)
+        scheduler = build_scheduler(optimizer, cfg, steps=2)
+        torch.manual_seed(1)
+        if run == "step":
+            model.train()
+            for _ in range(2):
+                train_step(model, labelled, optimizer, scheduler, cfg, torch.device("cpu"))
+        else:
+            train_epoch(model, [labelled] * 2, optimizer, scheduler, cfg, torch.device("cpu"))
+        params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(params[0], params[1])
+    assert "labels" in labelled  # the caller's batch is not consumed
+
+
+def test_dropout_reaches_every_known_config_family_and_an_unknown_one_is_an_error():
+    bert = _dropout_overrides(BertConfig(), 0.3, 0.2)
+    assert bert == {"hidden_dropout_prob": 0.3, "attention_probs_dropout_prob": 0.2}
+    distil = _dropout_overrides(DistilBertConfig(), 0.3, 0.2)  # DistilBERT calls it `dropout`
+    assert distil == {"dropout": 0.3, "attention_dropout": 0.2}
+
+    class NoDropoutConfig:  # a family whose dropout fields this project does not know
+        attention_dropout = 0.1
+
+    with pytest.raises(
+        ValueError, match="NoDropoutConfig has no hidden dropout field .* model.dropout"
+    ):
+        _dropout_overrides(NoDropoutConfig(), 0.3, 0.2)
+
+
 def test_baseline_is_one_view_without_projection_heads(batch):
     cfg, model = make("loss.mode=baseline")
     model.train()
     seen = []
-    model.text_encoder.model.register_forward_hook(lambda m, i, o: seen.append(o.last_hidden_state.shape[0]))
+    model.text_encoder.model.register_forward_hook(
+        lambda m, i, o: seen.append(o.last_hidden_state.shape[0])
+    )
     out = model(**batch)
     assert out.audio is None and out.logits.shape == (4, 4) and seen == [4]
     assert not hasattr(model, "audio_proj")
-    assert set(objective(out, torch.tensor([0, 1, 2, 3]), cfg.loss, None)) == {"ce", "total"}
+    assert out.temperature is None
+    assert set(objective(out, torch.tensor([0, 1, 2, 3]), LossWeights.from_config(cfg.loss))) == {
+        "ce",
+        "total",
+    }
 
 
 def test_training_steps_lower_the_loss_on_a_fixed_batch(batch):
@@ -149,7 +225,7 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(batch):
     losses = []
     for _ in range(8):
         torch.manual_seed(len(losses))
-        loss = objective(model(**batch), labels, cfg.loss, model.temperature)["total"]
+        loss = objective(model(**batch), labels, LossWeights.from_config(cfg.loss))["total"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -162,8 +238,12 @@ def epochs(cfg, model, batch, count: int) -> list[float]:
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     labelled = dict(batch, labels=torch.tensor([0, 1, 2, 3]))
-    return [train_epoch(model, [labelled] * 2, optimizer, scheduler, cfg, torch.device("cpu"))["train_total"]
-            for _ in range(count)]
+    return [
+        train_epoch(model, [labelled] * 2, optimizer, scheduler, cfg, torch.device("cpu"))[
+            "train_total"
+        ]
+        for _ in range(count)
+    ]
 
 
 def test_bf16_training_on_cpu_learns_and_tracks_fp32(batch):
@@ -181,7 +261,9 @@ def test_learnable_temperature_is_clamped_after_every_step(batch):
     cfg, model = make("loss.learnable_temperature=true")
     with torch.no_grad():
         model.log_temperature.fill_(math.log(MIN_TEMPERATURE / 2))
-    epochs(cfg, model, batch, 1)  # two steps: clamped after the first, one small Adam step after the second
+    epochs(
+        cfg, model, batch, 1
+    )  # two steps: clamped after the first, one small Adam step after the second
     assert MIN_TEMPERATURE <= model.temperature.item() < 1.01 * MIN_TEMPERATURE
 
 

@@ -1,4 +1,5 @@
 """Ray Data pipeline: real Parquet shards → preprocessing → padded batches in a real 2-worker TorchTrainer."""
+
 import json
 
 import numpy as np
@@ -28,10 +29,22 @@ def shard_rows(tmp_path, rates):
         path = tmp_path / f"u{i}.wav"
         t = np.arange(int(1.5 * rate)) / rate
         sf.write(path, 0.5 * np.sin(2 * np.pi * 220 * t), rate, subtype="PCM_16")
-        rows.append({"utterance_id": f"Ses01F_impro01_F{i:03d}", "session": 1, "speaker": "Ses01F",
-                     "label": "neutral", "label_id": 0, "text": "word " * (5 + 10 * i),
-                     "wav_path": str(path), "duration": 1.5, "sample_rate": rate})
-    write_shards(pd.DataFrame(rows), str(tmp_path / "shards"), classes=["neutral", "happy", "angry", "sad"])
+        rows.append(
+            {
+                "utterance_id": f"Ses01F_impro01_F{i:03d}",
+                "session": 1,
+                "speaker": "Ses01F",
+                "label": "neutral",
+                "label_id": 0,
+                "text": "word " * (5 + 10 * i),
+                "wav_path": str(path),
+                "duration": 1.5,
+                "sample_rate": rate,
+            }
+        )
+    write_shards(
+        pd.DataFrame(rows), str(tmp_path / "shards"), classes=["neutral", "happy", "angry", "sad"]
+    )
     table = pq.read_table(min((tmp_path / "shards").glob("part-*.parquet")))
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
@@ -44,11 +57,15 @@ def test_preprocess_resamples_and_tokenizes(tmp_path):
     assert [len(w) for w in out["waveform"]] == [24000, 24000]  # 1.5 s at 16 kHz, not cropped yet
     # the 8 kHz file was resampled: a 220 Hz tone keeps 220 zero-crossing pairs per second at 16 kHz
     resampled = list(batch["sample_rate"]).index(8000)
-    crossings = np.sum(np.diff(np.sign(out["waveform"][resampled][4000:20000])) != 0)  # the middle second
+    crossings = np.sum(
+        np.diff(np.sign(out["waveform"][resampled][4000:20000])) != 0
+    )  # the middle second
     assert abs(crossings - 440) <= 4
     # [CLS] 5 words [SEP] for the 8 kHz row; the other row's 15 words are truncated
     assert len(out["input_ids"][resampled]) == 7 and len(out["input_ids"][1 - resampled]) == 12
-    assert out["label"].dtype == np.int64 and list(out["utterance_id"]) == list(batch["utterance_id"])
+    assert out["label"].dtype == np.int64 and list(out["utterance_id"]) == list(
+        batch["utterance_id"]
+    )
     # an empty block (what a filter can leave) passes through instead of failing the tokenizer
     empty = prep({name: column[:0] for name, column in batch.items()})
     assert len(empty["waveform"]) == len(empty["input_ids"]) == len(empty["label"]) == 0
@@ -61,16 +78,22 @@ def ragged(arrays):
 
 
 def rows(lengths, ids):
-    return {"waveform": ragged([np.arange(n, dtype=np.float32) for n in lengths]),
-            "input_ids": ragged([np.array([0, 7, 2]) for _ in lengths]),
-            "label": np.zeros(len(lengths), dtype=np.int64), "utterance_id": np.array(ids)}
+    return {
+        "waveform": ragged([np.arange(n, dtype=np.float32) for n in lengths]),
+        "input_ids": ragged([np.array([0, 7, 2]) for _ in lengths]),
+        "label": np.zeros(len(lengths), dtype=np.int64),
+        "utterance_id": np.array(ids),
+    }
 
 
 def test_pad_collate_pads_and_masks():
     collate = PadCollate(pad_token_id=1, max_samples=100)  # RoBERTa's pad id is 1, not 0
-    batch = {"waveform": ragged([np.ones(5, np.float32), np.ones(3, np.float32)]),
-             "input_ids": ragged([np.array([0, 7, 2]), np.array([0, 2])]),
-             "label": np.array([2, 3]), "utterance_id": np.array(["a", "b"])}
+    batch = {
+        "waveform": ragged([np.ones(5, np.float32), np.ones(3, np.float32)]),
+        "input_ids": ragged([np.array([0, 7, 2]), np.array([0, 2])]),
+        "label": np.array([2, 3]),
+        "utterance_id": np.array(["a", "b"]),
+    }
     out = collate(batch)
     assert out["waveforms"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     assert out["audio_lengths"].tolist() == [5, 3]
@@ -92,9 +115,15 @@ def test_crops_are_centred_in_evaluation_and_seeded_by_seed_epoch_and_utterance_
 
     epoch1 = starts((0, 1))
     assert len(set(epoch1.values())) > 4  # random windows
-    assert starts((0, 1), order=slice(None, None, -1)) == epoch1  # per utterance: batch order is irrelevant
-    assert starts((0, 1), order=slice(0, 3)) == {u: epoch1[u] for u in ids[:3]}  # and so is batch size
-    assert starts((0, 2)) != epoch1 and starts((1, 1)) != epoch1  # another epoch or seed: other crops
+    assert (
+        starts((0, 1), order=slice(None, None, -1)) == epoch1
+    )  # per utterance: batch order is irrelevant
+    assert starts((0, 1), order=slice(0, 3)) == {
+        u: epoch1[u] for u in ids[:3]
+    }  # and so is batch size
+    assert (
+        starts((0, 2)) != epoch1 and starts((1, 1)) != epoch1
+    )  # another epoch or seed: other crops
     short = PadCollate(0, max_samples=100, seed=(0, 1))(rows([60, 1000], ids[:2]))
     assert short["audio_lengths"].tolist() == [60, 100]
 
@@ -113,12 +142,16 @@ def test_training_split_is_shuffled_every_epoch_seeded_and_session_mixed(ray_loc
     assert first != second  # a new order every epoch
     again = split_dataset(cfg, demo_corpus.shards, fold.train.utterance_id.tolist(), train=True)
     assert epochs(again) == [first, second]  # seeded: the same orders in every run
-    other = split_dataset(load_config(None, ["train.seed=4"]), demo_corpus.shards,
-                          fold.train.utterance_id.tolist(), train=True)
+    other = split_dataset(
+        load_config(None, ["train.seed=4"]),
+        demo_corpus.shards,
+        fold.train.utterance_id.tolist(),
+        train=True,
+    )
     assert epochs(other, 1)[0] not in (first, second)
     assert {session[u] for u in fold.train.utterance_id} == {2, 3, 4, 5}
     for order in (first, second):  # batches of 16 mix sessions
-        batches = [order[i:i + 16] for i in range(0, len(order) - 15, 16)]
+        batches = [order[i : i + 16] for i in range(0, len(order) - 15, 16)]
         mixed = [len({session[u] for u in b}) >= 3 for b in batches]
         assert sum(mixed) >= 0.9 * len(batches), mixed
 
@@ -134,7 +167,9 @@ class IndexedCollate(PadCollate):
         self.index = {u: i for i, u in enumerate(ids)}
 
     def __call__(self, batch):
-        return super().__call__(batch) | {"row": torch.tensor([self.index[u] for u in batch["utterance_id"]])}
+        return super().__call__(batch) | {
+            "row": torch.tensor([self.index[u] for u in batch["utterance_id"]])
+        }
 
 
 def trace_rows(loop_config):
@@ -155,7 +190,9 @@ def trace_rows(loop_config):
 def test_two_worker_trainer_sees_every_sample_once_per_epoch(ray_local, demo_corpus, tmp_path):
     cfg = Config()
     ids = sorted(demo_corpus.fold(cfg.data).train.utterance_id)
-    ids = ids[: len(ids) // 2 * 2]  # Train splits equally across workers (an odd row would be dropped)
+    ids = ids[
+        : len(ids) // 2 * 2
+    ]  # Train splits equally across workers (an odd row would be dropped)
     trainer = TorchTrainer(
         trace_rows,
         train_loop_config={"pad_id": pad_token_id(cfg), "ids": ids, "out": str(tmp_path)},
@@ -171,5 +208,7 @@ def test_two_worker_trainer_sees_every_sample_once_per_epoch(ray_local, demo_cor
         assert len(seen[0]) == len(seen[1]) == len(ids) // 2
         assert sorted(seen[0] + seen[1]) == list(range(len(ids)))
     for rank in range(2):  # the per-epoch shuffle reaches the workers: other rows, in another order
-        epochs = [json.loads((tmp_path / f"rank{rank}-epoch{e}.json").read_text()) for e in range(2)]
+        epochs = [
+            json.loads((tmp_path / f"rank{rank}-epoch{e}.json").read_text()) for e in range(2)
+        ]
         assert epochs[0] != epochs[1]

@@ -1,4 +1,5 @@
 """Parquet shards: real wav files (soundfile) under tmp_path, real Parquet, no mocks."""
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,14 @@ CLASSES = ("neutral", "happy", "angry", "sad")
 RATE = 16_000
 
 
-def make_wav(path: Path, seconds: float, seed: int, channels: int = 1, subtype: str = "PCM_16",
-             rate: int = RATE) -> Path:
+def make_wav(
+    path: Path,
+    seconds: float,
+    seed: int,
+    channels: int = 1,
+    subtype: str = "PCM_16",
+    rate: int = RATE,
+) -> Path:
     rng = np.random.default_rng(seed)
     samples = rng.integers(-20_000, 20_000, size=(int(seconds * rate), channels), dtype=np.int16)
     sf.write(path, samples, rate, subtype=subtype)
@@ -40,10 +47,19 @@ def manifest(tmp_path: Path) -> pd.DataFrame:
         session, label = 1 + i % 2, CLASSES[i % 4]
         uid = f"Ses0{session}F_impro01_{'FM'[i % 2]}{i:03d}"
         seconds = 0.05 + 0.01 * i
-        rows.append({"utterance_id": uid, "session": session, "speaker": f"Ses0{session}{'FM'[i % 2]}",
-                     "label": label, "label_id": CLASSES.index(label), "text": f"sentence {i}",
-                     "wav_path": str(make_wav(wavs / f"{uid}.wav", seconds, seed=i)),
-                     "duration": seconds, "sample_rate": RATE})
+        rows.append(
+            {
+                "utterance_id": uid,
+                "session": session,
+                "speaker": f"Ses0{session}{'FM'[i % 2]}",
+                "label": label,
+                "label_id": CLASSES.index(label),
+                "text": f"sentence {i}",
+                "wav_path": str(make_wav(wavs / f"{uid}.wav", seconds, seed=i)),
+                "duration": seconds,
+                "sample_rate": RATE,
+            }
+        )
     return pd.DataFrame(rows).sample(frac=1, random_state=0).reset_index(drop=True)
 
 
@@ -54,11 +70,20 @@ def in_shard_order(manifest: pd.DataFrame) -> pd.DataFrame:
 
 
 def write(manifest: pd.DataFrame, out: Path | str, **kwargs) -> dict:
-    return write_shards(manifest, str(out), classes=CLASSES, rows_per_shard=kwargs.pop("rows_per_shard", 3), **kwargs)
+    return write_shards(
+        manifest,
+        str(out),
+        classes=CLASSES,
+        rows_per_shard=kwargs.pop("rows_per_shard", 3),
+        **kwargs,
+    )
 
 
 def read_rows(out: Path) -> pd.DataFrame:
-    return pd.concat([pq.read_table(p).to_pandas() for p in sorted(out.glob("part-*.parquet"))], ignore_index=True)
+    return pd.concat(
+        [pq.read_table(p).to_pandas() for p in sorted(out.glob("part-*.parquet"))],
+        ignore_index=True,
+    )
 
 
 def mtimes(out: Path) -> dict[str, int]:
@@ -68,8 +93,12 @@ def mtimes(out: Path) -> dict[str, int]:
 def test_wav_round_trip_is_byte_exact(manifest, tmp_path):
     out = tmp_path / "shards"
     doc = write(manifest, out)
-    assert sorted(p.name for p in out.iterdir()) == ["_manifest.json", "part-00000.parquet", "part-00001.parquet",
-                                                     "part-00002.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_manifest.json",
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
     assert [s["rows"] for s in doc["shards"]] == [3, 3, 1]
     for shard in out.glob("part-*.parquet"):
         assert pq.read_schema(shard).equals(SHARD_SCHEMA)
@@ -77,7 +106,10 @@ def test_wav_round_trip_is_byte_exact(manifest, tmp_path):
     expected = in_shard_order(manifest)
     assert rows.utterance_id.tolist() == expected.utterance_id.tolist()
     assert rows.utterance_id.tolist() != sorted(rows.utterance_id)  # never dialog (id) order
-    assert rows.label_id.tolist() == expected.label_id.tolist() and rows.text.tolist() == expected.text.tolist()
+    assert (
+        rows.label_id.tolist() == expected.label_id.tolist()
+        and rows.text.tolist() == expected.text.tolist()
+    )
     assert (rows.audio_format == "wav").all()
     for audio, wav in zip(rows.audio, expected.wav_path):
         assert audio == Path(wav).read_bytes()
@@ -104,7 +136,10 @@ def test_json_manifest_counts_and_hashes(manifest, tmp_path):
     assert doc["num_rows"] == 7 and doc["classes"] == list(CLASSES) and doc["audio_format"] == "wav"
     assert doc["counts"]["label"] == {"angry": 2, "happy": 2, "neutral": 2, "sad": 1}
     assert doc["counts"]["session"] == {"1": 4, "2": 3}
-    assert doc["counts"]["session_label"] == {"1": {"angry": 2, "neutral": 2}, "2": {"happy": 2, "sad": 1}}
+    assert doc["counts"]["session_label"] == {
+        "1": {"angry": 2, "neutral": 2},
+        "2": {"happy": 2, "sad": 1},
+    }
     assert doc["total_duration"] == pytest.approx(manifest.duration.sum())
     assert doc["schema"] == SHARD_SCHEMA.to_string()
     for shard in doc["shards"]:
@@ -122,8 +157,12 @@ def test_rerun_is_a_no_op_and_changed_input_rewrites(manifest, tmp_path):
     changed = manifest.assign(text=manifest.text + "!")
     second = write(changed, out, rows_per_shard=3)
     assert second["fingerprint"] != first["fingerprint"]
-    assert sorted(p.name for p in out.iterdir()) == ["_manifest.json", "part-00000.parquet", "part-00001.parquet",
-                                                     "part-00002.parquet"]  # part-00003 of the first run is gone
+    assert sorted(p.name for p in out.iterdir()) == [
+        "_manifest.json",
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]  # part-00003 of the first run is gone
     assert read_rows(out).text.str.endswith("!").all()
     assert read_shard_manifest(str(out), verify=True) == second
 
@@ -138,10 +177,15 @@ def test_multichannel_audio_is_downmixed_to_mono(manifest, tmp_path, channels, a
     mono = decode_audio(rows.audio[stereo.utterance_id], audio_format, RATE)
     frames = sf.read(stereo.wav_path, dtype="float32")[0]
     assert frames.shape[1] == channels and mono.shape == (frames.shape[0],)
-    np.testing.assert_allclose(mono, frames.mean(axis=1), atol=1 / 32768)  # pcm16 rounds to its grid
+    np.testing.assert_allclose(
+        mono, frames.mean(axis=1), atol=1 / 32768
+    )  # pcm16 rounds to its grid
     other = in_shard_order(manifest).iloc[3]
-    assert rows.audio[other.utterance_id] == (Path(other.wav_path).read_bytes() if audio_format == "wav"
-                                               else sf.read(other.wav_path, dtype="int16")[0].tobytes())
+    assert rows.audio[other.utterance_id] == (
+        Path(other.wav_path).read_bytes()
+        if audio_format == "wav"
+        else sf.read(other.wav_path, dtype="int16")[0].tobytes()
+    )
 
 
 @pytest.mark.parametrize("bad", ["garbage", "pcm24", "rate"])
@@ -152,8 +196,13 @@ def test_failure_mid_write_leaves_nothing(manifest, tmp_path, bad):
     if bad == "garbage":
         path.write_bytes(b"not a wav file at all" * 10)
     else:
-        make_wav(path, 0.05, seed=9, subtype="PCM_24" if bad == "pcm24" else "PCM_16",
-                 rate=8_000 if bad == "rate" else RATE)
+        make_wav(
+            path,
+            0.05,
+            seed=9,
+            subtype="PCM_24" if bad == "pcm24" else "PCM_16",
+            rate=8_000 if bad == "rate" else RATE,
+        )
     out = tmp_path / "shards"
     with pytest.raises(ShardError, match=last.utterance_id) as err:
         write(manifest, out, audio_format="pcm16")
@@ -196,14 +245,17 @@ def missing_value(m: pd.DataFrame) -> pd.DataFrame:
     return m.assign(text=m.text.where(m.index != 3, None))
 
 
-@pytest.mark.parametrize("corrupt, named", [
-    (drop_column, lambda m: "text"),
-    (duplicate_id, lambda m: m.utterance_id[2]),
-    (missing_wav, lambda m: "/nowhere/Ses09F_x.wav"),
-    (wrong_label_id, lambda m: m.utterance_id[1]),
-    (unknown_label, lambda m: m.utterance_id[1]),
-    (missing_value, lambda m: m.utterance_id[3]),
-])
+@pytest.mark.parametrize(
+    "corrupt, named",
+    [
+        (drop_column, lambda m: "text"),
+        (duplicate_id, lambda m: m.utterance_id[2]),
+        (missing_wav, lambda m: "/nowhere/Ses09F_x.wav"),
+        (wrong_label_id, lambda m: m.utterance_id[1]),
+        (unknown_label, lambda m: m.utterance_id[1]),
+        (missing_value, lambda m: m.utterance_id[3]),
+    ],
+)
 def test_invalid_input_writes_nothing(manifest, tmp_path, corrupt, named):
     out = tmp_path / "shards"
     with pytest.raises(ShardError, match=named(manifest)):
@@ -217,7 +269,10 @@ def test_file_uri_output_equals_plain_path(manifest, tmp_path):
     assert via_uri == plain  # same fingerprint, same shard bytes and hashes
     assert read_shard_manifest(str(tmp_path / "uri"), verify=True) == via_uri
     before = mtimes(tmp_path / "uri")
-    assert write(manifest, f"file://{tmp_path / 'uri'}") == via_uri and mtimes(tmp_path / "uri") == before
+    assert (
+        write(manifest, f"file://{tmp_path / 'uri'}") == via_uri
+        and mtimes(tmp_path / "uri") == before
+    )
 
 
 def test_read_shard_manifest_catches_missing_and_corrupt_shards(manifest, tmp_path):
@@ -235,7 +290,10 @@ def test_read_shard_manifest_catches_missing_and_corrupt_shards(manifest, tmp_pa
     shard.write_bytes(bytes(data[:100]))
     with pytest.raises(ShardError, match="part-00001.parquet"):
         read_shard_manifest(str(out))
-    assert write(manifest, out)["shards"][1]["sha256"] == hashlib.sha256(shard.read_bytes()).hexdigest()  # repaired
+    assert (
+        write(manifest, out)["shards"][1]["sha256"]
+        == hashlib.sha256(shard.read_bytes()).hexdigest()
+    )  # repaired
 
 
 def test_decode_audio_rejects_inconsistent_audio(tmp_path):
@@ -244,5 +302,5 @@ def test_decode_audio_rejects_inconsistent_audio(tmp_path):
         decode_audio(wav, "wav", 8_000)
     with pytest.raises(ShardError, match="odd"):
         decode_audio(b"\x00\x01\x02", "pcm16", RATE)
-    with pytest.raises(ValueError, match="audio_format"):
+    with pytest.raises(ShardError, match="unknown audio_format 'mp3'"):
         decode_audio(wav, "mp3", RATE)

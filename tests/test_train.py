@@ -1,4 +1,5 @@
 """Ray Train on the demo corpus: real local Ray, real TorchTrainer, tiny preset."""
+
 import json
 import math
 from pathlib import Path
@@ -7,6 +8,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
+from turbo_ray import train
 from turbo_ray.cli import main
 from turbo_ray.config import load_config
 from turbo_ray.data.iemocap import CLASS_SETS
@@ -15,8 +17,14 @@ from turbo_ray.loso import fold_datasets
 from turbo_ray.model import build_model
 from turbo_ray.train import build_optimizer, build_trainer, evaluate, fit_worker, load_model
 
-FAST = ["data.max_seconds=2.0", "data.batch_size=8", "train.epochs=3", "train.num_workers=2",
-        "train.num_to_keep=null", "model.head_hidden=64"]
+FAST = [
+    "data.max_seconds=2.0",
+    "data.batch_size=8",
+    "train.epochs=3",
+    "train.num_workers=2",
+    "train.num_to_keep=null",
+    "model.head_hidden=64",
+]
 
 
 def fit(cfg, corpus, name, **kwargs):
@@ -27,14 +35,25 @@ def fit(cfg, corpus, name, **kwargs):
 
 
 def test_optimizer_groups_lrs_and_weight_decay_and_is_fused():
-    cfg = load_config(None, ["train.lr=1e-3", "train.encoder_lr=1e-5", "train.weight_decay=0.05",
-                             "loss.learnable_temperature=true"])
+    cfg = load_config(
+        None,
+        [
+            "train.lr=1e-3",
+            "train.encoder_lr=1e-5",
+            "train.weight_decay=0.05",
+            "loss.learnable_temperature=true",
+        ],
+    )
     model = build_model(cfg, num_classes=4)
     optimizer = build_optimizer(model, cfg)
-    groups = {(g["lr"], g["weight_decay"]): {id(p) for p in g["params"]} for g in optimizer.param_groups}
+    groups = {
+        (g["lr"], g["weight_decay"]): {id(p) for p in g["params"]} for g in optimizer.param_groups
+    }
     assert len(groups) == 4
     fast, slow = groups[1e-3, 0.05] | groups[1e-3, 0.0], groups[1e-5, 0.05] | groups[1e-5, 0.0]
-    assert slow == {id(p) for p in model.text_encoder.parameters()}  # MiniLM is pretrained, tiny audio is not
+    assert slow == {
+        id(p) for p in model.text_encoder.parameters()
+    }  # MiniLM is pretrained, tiny audio is not
     assert {id(p) for p in model.audio_encoder.parameters() if p.requires_grad} <= fast
     assert len(fast) + len(slow) == sum(p.requires_grad for p in model.parameters())
     # decay on matrices only: biases, norms and the temperature are excluded (as in open_clip)
@@ -54,28 +73,85 @@ def fit_and_compare_replicas(loop_config):
     dist.all_gather(copies, flat)
     if ray.train.get_context().get_world_rank() == 0:
         diff = max((c - flat).abs().max().item() for c in copies)
-        (Path(loop_config["config"]["train"]["storage_path"]) / "replicas.json").write_text(json.dumps(diff))
+        (Path(loop_config["config"]["train"]["storage_path"]) / "replicas.json").write_text(
+            json.dumps(diff)
+        )
 
 
-def test_two_worker_run_survives_a_worker_failure_learns_and_restores(ray_local, demo_corpus, tmp_path):
+def fail_once_in_epoch(epoch: int, marker_dir: Path) -> None:
+    """Make this worker process's `train_epoch` raise in epoch `epoch` (counted from the checkpoint it
+    resumes from) on the last rank, once per test: `<marker_dir>/failed-once` records that it fired."""
+    ctx, checkpoint = ray.train.get_context(), ray.train.get_checkpoint()
+    done = 0
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            done = json.loads((Path(d) / "meta.json").read_text())["epoch"]
+    epochs, marker, real = (
+        iter(range(done + 1, 10**6)),
+        marker_dir / "failed-once",
+        train.train_epoch,
+    )
+
+    def train_epoch(*args, **kwargs):
+        if (
+            next(epochs) == epoch
+            and ctx.get_world_rank() == ctx.get_world_size() - 1
+            and not marker.exists()
+        ):
+            marker.touch()
+            raise RuntimeError(f"injected failure in epoch {epoch} (test hook)")
+        return real(*args, **kwargs)
+
+    train.train_epoch = (
+        train_epoch  # this worker process only: Train starts new ones after a failure
+    )
+
+
+def fail_in_epoch_2_then_compare_replicas(loop_config):
+    fail_once_in_epoch(2, Path(loop_config["config"]["train"]["storage_path"]))
+    fit_and_compare_replicas(loop_config)
+
+
+def test_two_worker_run_survives_a_worker_failure_learns_and_restores(
+    ray_local, demo_corpus, tmp_path
+):
     # one realistic run: a worker dies in epoch 2; Train restarts the group from the epoch-1 checkpoint.
     # Gradient accumulation over 3 batches, and each worker's epoch ends on a partial window of 2
-    cfg = load_config(None, FAST + [f"train.storage_path={tmp_path}", "train.max_failures=1",
-                                    "train.grad_accum=3", "data.batch_size=7"])
+    cfg = load_config(
+        None,
+        FAST
+        + [
+            f"train.storage_path={tmp_path}",
+            "train.max_failures=1",
+            "train.grad_accum=3",
+            "data.batch_size=7",
+        ],
+    )
     rows_per_worker = len(demo_corpus.fold(cfg.data).train) // 2
     assert math.ceil(rows_per_worker / 7) % 3 == 2
     marker = tmp_path / "failed-once"
-    result = fit(cfg, demo_corpus, "two-workers", inject_failure={"epoch": 2, "marker": str(marker)},
-                 loop=fit_and_compare_replicas)
+    result = fit(cfg, demo_corpus, "two-workers", loop=fail_in_epoch_2_then_compare_replicas)
     assert marker.exists(), "the injected failure did not fire"
     assert result.error is None
-    assert json.loads((tmp_path / "replicas.json").read_text()) == 0.0  # every step all-reduced, the last too
+    assert (
+        json.loads((tmp_path / "replicas.json").read_text()) == 0.0
+    )  # every step all-reduced, the last too
     history = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["epoch"])
     assert [m["epoch"] for m in history] == [1, 2, 3]  # no epoch repeated or skipped
-    metas = [json.loads((Path(c.path) / "meta.json").read_text()) for c, _ in result.best_checkpoints]
+    metas = [
+        json.loads((Path(c.path) / "meta.json").read_text()) for c, _ in result.best_checkpoints
+    ]
     assert sorted(m["epoch"] for m in metas) == [1, 2, 3]
     for m in history:
-        assert {"train_ce", "train_in", "train_cross", "train_total", "val_wa", "val_ua", "val_f1"} <= set(m)
+        assert {
+            "train_ce",
+            "train_in",
+            "train_cross",
+            "train_total",
+            "val_wa",
+            "val_ua",
+            "val_f1",
+        } <= set(m)
         assert m["val_n"] == len(demo_corpus.fold(cfg.data).val)  # rank 0 saw the whole val split
     assert history[-1]["train_total"] < history[0]["train_total"]
 
@@ -83,11 +159,17 @@ def test_two_worker_run_survives_a_worker_failure_learns_and_restores(ray_local,
     best_ckpt, best = max(result.best_checkpoints, key=lambda cm: cm[1]["val_ua"])
     model, meta = load_model(best_ckpt.path)
     assert meta["epoch"] == best["epoch"] and meta["classes"] == list(demo_corpus.classes)
-    state = torch.load(Path(best_ckpt.path) / "train_state.pt", weights_only=True)  # no pickled objects
+    state = torch.load(
+        Path(best_ckpt.path) / "train_state.pt", weights_only=True
+    )  # no pickled objects
     assert state["epoch"] == best["epoch"] and "optimizer" in state and "scheduler" in state
     val = fold_datasets(cfg, demo_corpus, demo_corpus.fold(cfg.data))["val"]
-    again = evaluate(model, val.iter_torch_batches(batch_size=8, collate_fn=collate_for(cfg)),
-                     len(demo_corpus.classes), torch.device("cpu"))
+    again = evaluate(
+        model,
+        val.iter_torch_batches(batch_size=8, collate_fn=collate_for(cfg)),
+        len(demo_corpus.classes),
+        torch.device("cpu"),
+    )
     assert again["confusion"] == best["val_confusion"] and again["ua"] == best["val_ua"]
 
     # the same run name again resumes from its last checkpoint: nothing is retrained
@@ -101,17 +183,34 @@ def test_same_seed_same_scores_over_every_class(ray_local, demo_corpus, tmp_path
     # `turbo-ray train` twice with one config and seed (2 DDP workers, shuffled data, random crops,
     # dropout): identical scores. With data.classes=all the classifier has a logit per label (11).
     cache = demo_corpus.root.parents[1]
-    args = ["train", "--folds", "1", "--num-workers", "2", f"data.cache_dir={cache}", "data.classes=all",
-            "data.demo_utterances_per_speaker=12", "data.max_seconds=1.0", "train.epochs=2",
-            "model.head_hidden=64"]
+    args = [
+        "train",
+        "--folds",
+        "1",
+        "--num-workers",
+        "2",
+        f"data.cache_dir={cache}",
+        "data.classes=all",
+        "data.demo_utterances_per_speaker=12",
+        "data.max_seconds=1.0",
+        "train.epochs=2",
+        "model.head_hidden=64",
+    ]
     runs = []
     for run in ("first", "second"):
         assert main([*args, "--output-dir", str(tmp_path / run)]) == 0
         runs.append(json.loads((tmp_path / run / "results.json").read_text()))
     printed = capsys.readouterr().out
-    assert "problem(s)" in printed or "no problems" in printed  # the corpus report, as `prepare` prints it
-    first, second = ([{k: fold[k] for k in ("wa", "ua", "f1", "confusion", "best_epoch")}
-                      for fold in run["folds"]] for run in runs)
+    assert (
+        "problem(s)" in printed or "no problems" in printed
+    )  # the corpus report, as `prepare` prints it
+    first, second = (
+        [
+            {k: fold[k] for k in ("wa", "ua", "f1", "confusion", "best_epoch")}
+            for fold in run["folds"]
+        ]
+        for run in runs
+    )
     assert first == second
     assert runs[0]["classes"] == list(CLASS_SETS["all"])
     assert len(first[0]["confusion"]) == len(CLASS_SETS["all"])

@@ -1,4 +1,5 @@
 """The main job (`turbo-ray tune`) end to end in real subprocesses: Optuna + ASHA, driver killed, --resume."""
+
 import json
 import os
 import signal
@@ -20,23 +21,37 @@ REPO = Path(__file__).parents[1]
 
 def test_packaged_search_space_loads():
     space = load_search_space(REPO / "experiments/configs/search_space.yaml")
-    assert {p.key for p in space.params} >= {"loss.temperature", "model.dropout", "loss.w_in", "loss.w_cross",
-                                              "train.lr"}
+    assert {p.key for p in space.params} >= {
+        "loss.temperature",
+        "model.dropout",
+        "loss.w_in",
+        "loss.w_cross",
+        "train.lr",
+    }
 
 
-@pytest.mark.parametrize("text, message", [
-    ("loss.temprature: {loguniform: [0.01, 0.5]}", "unknown config key 'loss.temprature'"),
-    ("loss.temperature: {lognormal: [0.01, 0.5]}", "unknown distribution 'lognormal'"),
-    ("loss.temperature: {loguniform: [0.5, 0.01]}", "low < high"),
-    ("loss.temperature: {loguniform: [0.0, 0.5]}", "0 < low < high"),
-    ("train.lr: {loguniform: [1e-4, 1e-3]}", "needs \\[low, high\\]"),  # YAML reads 1e-4 as a string
-    ("model.dropout: {uniform: [0.1, 1.5]}", "model.dropout must be in \\[0, 1\\)"),
-    ("loss.mode: {choice: [turbo, both]}", "loss.mode must be one of"),
-    ("loss.temperature: 0.1", "expected one distribution"),
-    ("train.lr: {uniform: [0.1, 0.2]}\nstart: [{loss.w_in: 0.5}]", "'loss.w_in', which is not searched"),
-    ("[1, 2]", "expected a non-empty mapping"),
-    ("a: [", "cannot read the search space"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("loss.temprature: {loguniform: [0.01, 0.5]}", "unknown config key 'loss.temprature'"),
+        ("loss.temperature: {lognormal: [0.01, 0.5]}", "unknown distribution 'lognormal'"),
+        ("loss.temperature: {loguniform: [0.5, 0.01]}", "low < high"),
+        ("loss.temperature: {loguniform: [0.0, 0.5]}", "0 < low < high"),
+        (
+            "train.lr: {loguniform: [1e-4, 1e-3]}",
+            "needs \\[low, high\\]",
+        ),  # YAML reads 1e-4 as a string
+        ("model.dropout: {uniform: [0.1, 1.5]}", "model.dropout must be in \\[0, 1\\)"),
+        ("loss.mode: {choice: [turbo, both]}", "loss.mode must be one of"),
+        ("loss.temperature: 0.1", "expected one distribution"),
+        (
+            "train.lr: {uniform: [0.1, 0.2]}\nstart: [{loss.w_in: 0.5}]",
+            "'loss.w_in', which is not searched",
+        ),
+        ("[1, 2]", "expected a non-empty mapping"),
+        ("a: [", "cannot read the search space"),
+    ],
+)
 def test_bad_search_space_is_named(tmp_path, text, message):
     path = tmp_path / "space.yaml"
     path.write_text(text)
@@ -53,13 +68,20 @@ def test_cli_reports_a_bad_search_space_before_starting_anything(tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
-
 def test_asha_is_per_fold_and_keeps_its_rungs_across_a_restart(tmp_path):
     state = tmp_path / "asha_state.pkl"
 
     def scheduler():
-        return FoldASHA(str(state), [1, 2], metric="best_val_ua", mode="max", time_attr="epoch", max_t=4,
-                        grace_period=1, reduction_factor=2)
+        return FoldASHA(
+            str(state),
+            [1, 2],
+            metric="best_val_ua",
+            mode="max",
+            time_attr="epoch",
+            max_t=4,
+            grace_period=1,
+            reduction_factor=2,
+        )
 
     def trial(name, fold):
         return Trial("trainable", config={FOLD: fold}, trial_id=name, stub=True)
@@ -68,10 +90,14 @@ def test_asha_is_per_fold_and_keeps_its_rungs_across_a_restart(tmp_path):
     a, b, c = trial("a", 1), trial("b", 1), trial("c", 2)
     for t in (a, b, c):
         first.on_trial_add(None, t)
-    assert first.on_trial_result(None, a, {"epoch": 1, "best_val_ua": 0.9}) == TrialScheduler.CONTINUE
+    assert (
+        first.on_trial_result(None, a, {"epoch": 1, "best_val_ua": 0.9}) == TrialScheduler.CONTINUE
+    )
     assert first.on_trial_result(None, b, {"epoch": 1, "best_val_ua": 0.3}) == TrialScheduler.STOP
     # fold 2 has its own rungs: its first trial is not measured against fold 1's
-    assert first.on_trial_result(None, c, {"epoch": 1, "best_val_ua": 0.2}) == TrialScheduler.CONTINUE
+    assert (
+        first.on_trial_result(None, c, {"epoch": 1, "best_val_ua": 0.2}) == TrialScheduler.CONTINUE
+    )
     # the driver dies; a new scheduler reloads fold 1's rung (0.9, 0.3) before its first decision
     d = trial("d", 1)
     again = scheduler()
@@ -79,38 +105,76 @@ def test_asha_is_per_fold_and_keeps_its_rungs_across_a_restart(tmp_path):
     assert again.on_trial_result(None, d, {"epoch": 1, "best_val_ua": 0.1}) == TrialScheduler.STOP
 
 
-def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(demo_corpus, tmp_path,
-                                                                               tmp_path_factory):
+def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
+    demo_corpus, tmp_path, tmp_path_factory
+):
     space = tmp_path / "space.yaml"
     space.write_text("train.lr: {loguniform: [1.0e-4, 3.0e-3]}\nstart: [{train.lr: 2.0e-3}]\n")
     out = tmp_path / "exp"
     cache = demo_corpus.root.parents[1]
-    command = [sys.executable, "-m", "turbo_ray.cli", "tune", "--output-dir", str(out), "--search-space", str(space),
-               "--num-samples", "1", "--folds", "5", "--workers-per-trial", "1",
-               f"data.cache_dir={cache}", "data.demo_utterances_per_speaker=12", "data.val_fraction=0.25",
-               "data.max_seconds=1.0", "data.batch_size=8", "train.epochs=2", "model.head_hidden=64"]
-    env = os.environ | {"RAY_TMPDIR": str(tmp_path_factory.getbasetemp() / "rt")}  # short: Ray's socket paths
+    command = [
+        sys.executable,
+        "-m",
+        "turbo_ray.cli",
+        "tune",
+        "--output-dir",
+        str(out),
+        "--search-space",
+        str(space),
+        "--num-samples",
+        "1",
+        "--folds",
+        "5",
+        "--workers-per-trial",
+        "1",
+        f"data.cache_dir={cache}",
+        "data.demo_utterances_per_speaker=12",
+        "data.val_fraction=0.25",
+        "data.max_seconds=1.0",
+        "data.batch_size=8",
+        "train.epochs=2",
+        "model.head_hidden=64",
+    ]
+    env = os.environ | {
+        "RAY_TMPDIR": str(tmp_path_factory.getbasetemp() / "rt")
+    }  # short: Ray's socket paths
     with open(tmp_path / "first.log", "w") as log:  # the driver keeps its own handle
-        driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        driver = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     deadline = time.time() + 420
-    while len(list((out / "trials").glob("trial-*"))) < 3:  # folds 1 and 2 searched, fold 3's started
-        assert time.time() < deadline and driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    while (
+        len(list((out / "trials").glob("trial-*"))) < 3
+    ):  # folds 1 and 2 searched, fold 3's started
+        assert time.time() < deadline and driver.poll() is None, (
+            tmp_path / "first.log"
+        ).read_text()[-3000:]
         time.sleep(1)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray die at once
     driver.wait()
     finished = sorted((out / "trials").glob("trial-*"), key=lambda p: p.stat().st_mtime)[:2]
-    before = {p.name: sorted(c.name for c in p.glob("checkpoint_*") if c.is_dir()) for p in finished}
+    before = {
+        p.name: sorted(c.name for c in p.glob("checkpoint_*") if c.is_dir()) for p in finished
+    }
     assert all(len(names) == 2 for names in before.values()), before
 
-    resumed = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-                             check=False)
+    resumed = subprocess.run(
+        [*command, "--resume"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "(resumed)" in resumed.stdout and "no problems" in resumed.stdout  # the corpus report
     assert "Nested leave-one-session-out (nested-loso)" in resumed.stdout
     # folds 1 and 2 were not searched again
-    assert {p.name: sorted(c.name for c in p.glob("checkpoint_*") if c.is_dir()) for p in finished} == before
+    assert {
+        p.name: sorted(c.name for c in p.glob("checkpoint_*") if c.is_dir()) for p in finished
+    } == before
 
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"] == "nested-loso"
@@ -121,19 +185,29 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
         assert {"trial", "val_ua", "wa", "ua", "f1", "confusion"} <= set(fold)
     trials = pd.read_csv(out / "trials.csv")
     assert sorted(trials.fold) == [1, 2, 3, 4, 5] and trials.error.isna().all()
-    for name in ("optimization_history.png", "ua_per_epoch.png", "confusion.png", "best_config_s3.yaml"):
+    for name in (
+        "optimization_history.png",
+        "ua_per_epoch.png",
+        "confusion.png",
+        "best_config_s3.yaml",
+    ):
         assert (out / name).stat().st_size > 0
 
     # what every trial trained and validated on: never its fold's test session, no validation speaker in training
     manifest = demo_corpus.manifest.set_index("utterance_id")
     # (a trial the killed driver had started but Tune had not yet saved is re-proposed under a new id:
     # its record stays, and is checked too)
-    records = [json.loads((run / "utterances.json").read_text()) for run in (out / "trials").glob("trial-*")]
+    records = [
+        json.loads((run / "utterances.json").read_text())
+        for run in (out / "trials").glob("trial-*")
+    ]
     assert {r["fold"] for r in records} == {1, 2, 3, 4, 5}
     for record in records:
         seen = manifest.loc[record["train"] + record["val"]]
         assert record["fold"] not in set(seen.session)
-        assert not set(manifest.loc[record["val"], "speaker"]) & set(manifest.loc[record["train"], "speaker"])
+        assert not set(manifest.loc[record["val"], "speaker"]) & set(
+            manifest.loc[record["train"], "speaker"]
+        )
 
     # each fold's TPE was told its trials' best epoch (the score that selects), not the last one
     searcher = FoldSearch([1, 2, 3, 4, 5], 1, "best_val_ua", [], 0)

@@ -1,65 +1,71 @@
 """`turbo-ray` command line: one subcommand per job (the experiments/ scripts call the same code)."""
+
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
 from turbo_ray.config import MODES, Config, ConfigError, load_config
+from turbo_ray.paths import RunPaths, latest_output_dir, new_output_dir
 
 if TYPE_CHECKING:
     from turbo_ray.data.corpus import Corpus
 
-CONFIG_FILE = "config.yaml"  # a folder holding it holds an experiment
-
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (sections data, model, loss, train, tune)")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="dotted overrides applied after the file, e.g. loss.temperature=0.1")
+    parser.add_argument(
+        "--config", help="YAML config file (sections data, model, loss, train, tune)"
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="dotted overrides applied after the file, e.g. loss.temperature=0.1",
+    )
 
 
 def add_run_args(parser: argparse.ArgumentParser, workers_flag: str = "--num-workers") -> None:
     add_config_args(parser)
-    parser.add_argument("--data-dir", help="IEMOCAP_full_release folder (default: the generated demo corpus)")
+    parser.add_argument(
+        "--data-dir", help="IEMOCAP_full_release folder (default: the generated demo corpus)"
+    )
     parser.add_argument("--preset", help="encoder preset: tiny (default), base, large")
-    parser.add_argument(workers_flag, dest="num_workers", type=int,
-                        help="Ray Train workers per run (DDP, one per GPU)")
+    parser.add_argument(
+        workers_flag,
+        dest="num_workers",
+        type=int,
+        help="Ray Train workers per run (DDP, one per GPU)",
+    )
     parser.add_argument("--use-gpu", action="store_true", help="one GPU per worker, bf16 autocast")
-    parser.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (implies --use-gpu if > 0)")
-    parser.add_argument("--address", help="join a running Ray cluster ('auto' on a `ray up` head node)")
+    parser.add_argument(
+        "--gpus-per-worker", type=float, help="GPUs per worker (implies --use-gpu if > 0)"
+    )
+    parser.add_argument(
+        "--address", help="join a running Ray cluster ('auto' on a `ray up` head node)"
+    )
     parser.add_argument("--output-dir", help="experiment folder (default: runs/<job>-<time>)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """File, then the dedicated flags, then the dotted overrides (last word wins)."""
     gpus = getattr(args, "gpus_per_worker", None)
-    flags = {"data.data_dir": getattr(args, "data_dir", None), "model.preset": getattr(args, "preset", None),
-             "train.num_workers": getattr(args, "num_workers", None),
-             "train.use_gpu": True if getattr(args, "use_gpu", False) or (gpus or 0) > 0 else None,
-             "train.gpus_per_worker": gpus,
-             "tune.search_space": getattr(args, "search_space", None),
-             "tune.num_samples": getattr(args, "num_samples", None),
-             "tune.max_concurrent_trials": getattr(args, "max_concurrent_trials", None),
-             "tune.folds": getattr(args, "tune_folds", None)}
+    flags = {
+        "data.data_dir": getattr(args, "data_dir", None),
+        "model.preset": getattr(args, "preset", None),
+        "train.num_workers": getattr(args, "num_workers", None),
+        "train.use_gpu": True if getattr(args, "use_gpu", False) or (gpus or 0) > 0 else None,
+        "train.gpus_per_worker": gpus,
+        "tune.search_space": getattr(args, "search_space", None),
+        "tune.num_samples": getattr(args, "num_samples", None),
+        "tune.max_concurrent_trials": getattr(args, "max_concurrent_trials", None),
+        "tune.folds": getattr(args, "tune_folds", None),
+    }
     from_flags = [f"{k}={v}" for k, v in flags.items() if v is not None]
     return load_config(args.config, from_flags + list(args.overrides))
-
-
-def output_dir(args: argparse.Namespace, job: str) -> Path:
-    return Path(args.output_dir or f"runs/{job}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-
-
-def run_storage(cfg: Config, out: Path) -> str:
-    """Where Ray writes checkpoints and Tune state: the output folder, or `<train.storage_path>/<its name>`
-    when that is a URI (s3://, gs://: what a multi-node cluster needs)."""
-    root = cfg.train.storage_path
-    return f"{root.rstrip('/')}/{out.name}" if "://" in root else str(out)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -76,14 +82,16 @@ def check_output_dir(out: Path, resume: bool) -> None:
     """The output folder must be free for a new experiment, or hold the one to resume."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output-dir {out} is a file, not a folder")
-    holds_experiment = (out / CONFIG_FILE).is_file()
+    holds_experiment = (out / RunPaths.CONFIG).is_file()
     if resume and not holds_experiment:
-        raise UsageError(f"--resume: {out} holds no experiment (no {CONFIG_FILE})")
+        raise UsageError(f"--resume: {out} holds no experiment (no {RunPaths.CONFIG})")
     if not resume and holds_experiment:
-        raise UsageError(f"{out} already holds an experiment: pass --resume, or another --output-dir")
+        raise UsageError(
+            f"{out} already holds an experiment: pass --resume, or another --output-dir"
+        )
 
 
-def start_job(cfg: Config, out: Path, address: str | None, resume: bool = False) -> Corpus:
+def start_job(cfg: Config, paths: RunPaths, address: str | None, resume: bool = False) -> Corpus:
     """Check the corpus (its problem report is printed) and its folds before Ray starts, as the caller
     checked the output folder; then save the job's config and start (or join) Ray."""
     from turbo_ray.data.corpus import prepare_corpus
@@ -93,9 +101,9 @@ def start_job(cfg: Config, out: Path, address: str | None, resume: bool = False)
     print_corpus(corpus)
     corpus.folds(cfg.data)  # every split non-empty
     if not resume:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    print(f"experiment {out}{'  (resumed)' if resume else ''}")
+        paths.out.mkdir(parents=True, exist_ok=True)
+        paths.config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    print(f"experiment {paths.out}{'  (resumed)' if resume else ''}")
     dashboard = init_ray(address)
     if dashboard:
         print(f"Ray dashboard: {dashboard}  (trials, workers, CPU/GPU and memory use)")
@@ -104,7 +112,9 @@ def start_job(cfg: Config, out: Path, address: str | None, resume: bool = False)
 
 def print_corpus(corpus: Corpus) -> None:
     label = "  (demo corpus: a fixture, not real speech)" if corpus.is_demo else ""
-    print(f"corpus {corpus.root}{label}: {len(corpus.manifest)} utterances in {len(corpus.classes)} classes")
+    print(
+        f"corpus {corpus.root}{label}: {len(corpus.manifest)} utterances in {len(corpus.classes)} classes"
+    )
     print(corpus.report.summary())
 
 
@@ -125,64 +135,57 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """One config over the LOSO folds, for each requested mode and seed; prints and writes the table."""
-    import pandas as pd
-
-    from turbo_ray.loso import PROTOCOL, format_table, run_loso, write_results
+    from turbo_ray.config import override
+    from turbo_ray.loso import PROTOCOL, format_table, run_modes, write_results
 
     cfg = config_from_args(args)
-    out = output_dir(args, "train")
+    paths = RunPaths.of(Path(args.output_dir or new_output_dir("train")), cfg.train.storage_path)
     modes, seeds = args.mode.split(","), [int(s) for s in args.seeds.split(",")]
     if bad := [m for m in modes if m not in MODES]:
         raise ConfigError(f"--mode {bad} not in {MODES}")
-    check_output_dir(out, resume=False)
-    cfg.train.storage_path = f"{run_storage(cfg, out)}/checkpoints"
-    corpus = start_job(cfg, out, args.address)
-
-    frames = []
-    for mode in modes:
-        for seed in seeds:
-            run_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, mode=mode),
-                                          train=dataclasses.replace(cfg.train, seed=seed))
-            frames.append(run_loso(run_cfg, corpus, args.folds, name=f"{mode}-seed{seed}").assign(
-                mode=mode, seed=seed))
-    results = pd.concat(frames, ignore_index=True)
-    by = ["mode"] if len(modes) > 1 or len(seeds) > 1 else None
-    label = "demo corpus (a fixture, not real speech)" if corpus.is_demo else str(corpus.root)
-    print("\n" + format_table(results, f"Test scores of the best-val epoch, {label}", by))
-    for path in write_results(results, out, list(corpus.classes), cfg, PROTOCOL, by):
+    check_output_dir(paths.out, resume=False)
+    cfg = override(cfg, {"train.storage_path": paths.checkpoints})
+    corpus = start_job(cfg, paths, args.address)
+    results, by = run_modes(cfg, corpus, modes, seeds, args.folds)
+    print("\n" + format_table(results, f"Test scores of the best-val epoch, {corpus.label}", by))
+    for path in write_results(results, paths.out, list(corpus.classes), cfg, PROTOCOL, by):
         print(f"wrote {path}")
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """The main job: nested leave-one-session-out search and test (see turbo_ray/experiment.py)."""
-    import pandas as pd
-
-    from turbo_ray.experiment import PROTOCOL, run_nested
+    from turbo_ray.experiment import PROTOCOL, run_nested, selection_table
     from turbo_ray.loso import format_table, write_results
     from turbo_ray.runtime import require_driver_resource
     from turbo_ray.tune import load_search_space
 
-    out = resume_dir(args) if args.resume else output_dir(args, "tune")
+    out = resume_dir(args) if args.resume else Path(args.output_dir or new_output_dir("tune"))
     check_output_dir(out, args.resume)
-    cfg = load_config(out / CONFIG_FILE) if args.resume else config_from_args(args)  # resume: the job's own
+    cfg = (
+        load_config(out / RunPaths.CONFIG) if args.resume else config_from_args(args)
+    )  # resume: its own
+    paths = RunPaths.of(out, cfg.train.storage_path)
     space = load_search_space(cfg.tune.search_space)
-    corpus = start_job(cfg, out, args.address, resume=args.resume)
+    corpus = start_job(cfg, paths, args.address, resume=args.resume)
     require_driver_resource()
-    label = "demo corpus (a fixture, not real speech)" if corpus.is_demo else str(corpus.root)
-    print(f"nested leave-one-session-out over {cfg.tune.folds} folds: per fold, {cfg.tune.num_samples} "
-          f"trials (TPE + ASHA on each trial's best {cfg.tune.metric}) on the other sessions only")
+    print(
+        f"nested leave-one-session-out over {cfg.tune.folds} folds: per fold, {cfg.tune.num_samples} "
+        f"trials (TPE + ASHA on each trial's best {cfg.tune.metric}) on the other sessions only"
+    )
 
-    results, paths = run_nested(cfg, corpus, space, out, run_storage(cfg, out), resume=args.resume)
-    paths += write_results(results, out, list(corpus.classes), cfg, PROTOCOL)
-    chosen = pd.DataFrame([{"test_session": row.test_session, "trial": row.trial, "epoch": row.best_epoch,
-                            cfg.tune.metric: f"{100 * row[cfg.tune.metric]:.2f}",
-                            **{k: _short(v) for k, v in row.params.items()}} for _, row in results.iterrows()])
-    print("\nSelected per fold on its validation speakers (its test session never seen):\n"
-          + chosen.to_string(index=False))
-    print("\n" + format_table(results, f"Nested leave-one-session-out ({PROTOCOL}): test scores of each "
-                                        f"fold's selected checkpoint, {label}"))
-    print("\n" + "\n".join(f"wrote {p}" for p in paths))
+    results, written = run_nested(cfg, corpus, space, paths, resume=args.resume)
+    written += write_results(results, paths.out, list(corpus.classes), cfg, PROTOCOL)
+    print("\n" + selection_table(results, cfg))
+    print(
+        "\n"
+        + format_table(
+            results,
+            f"Nested leave-one-session-out ({PROTOCOL}): test scores of each "
+            f"fold's selected checkpoint, {corpus.label}",
+        )
+    )
+    print("\n" + "\n".join(f"wrote {p}" for p in written))
     return 0
 
 
@@ -190,14 +193,9 @@ def resume_dir(args: argparse.Namespace) -> Path:
     """--output-dir, or the newest runs/tune-* folder."""
     if args.output_dir:
         return Path(args.output_dir).resolve()
-    candidates = sorted(Path("runs").glob(f"tune-*/{CONFIG_FILE}"))
-    if not candidates:
+    if (latest := latest_output_dir("tune")) is None:
         raise UsageError("--resume: no runs/tune-* experiment here; pass --output-dir DIR")
-    return candidates[-1].parent.resolve()
-
-
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return latest
 
 
 def cmd_check_cluster(args: argparse.Namespace) -> int:
@@ -220,10 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("prepare", help="parse IEMOCAP (or the demo corpus) and write Parquet shards")
+    p = sub.add_parser(
+        "prepare", help="parse IEMOCAP (or the demo corpus) and write Parquet shards"
+    )
     add_config_args(p)
-    p.add_argument("--data-dir", help="IEMOCAP_full_release folder (default: the generated demo corpus)")
-    p.add_argument("--out", help="shards location: a local path or a URI such as s3://bucket/prefix")
+    p.add_argument(
+        "--data-dir", help="IEMOCAP_full_release folder (default: the generated demo corpus)"
+    )
+    p.add_argument(
+        "--out", help="shards location: a local path or a URI such as s3://bucket/prefix"
+    )
     p.add_argument("--strict", action="store_true", help="any corpus problem is an error")
     p.set_defaults(func=cmd_prepare)
 
@@ -234,16 +238,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("tune", help="the main job: Optuna + ASHA search, then the best config over LOSO folds")
+    p = sub.add_parser(
+        "tune", help="the main job: Optuna + ASHA search, then the best config over LOSO folds"
+    )
     add_run_args(p, workers_flag="--workers-per-trial")
-    p.add_argument("--search-space", help="YAML of dotted key → distribution "
-                                          "(default: experiments/configs/search_space.yaml)")
+    p.add_argument(
+        "--search-space",
+        help="YAML of dotted key → distribution (default: experiments/configs/search_space.yaml)",
+    )
     p.add_argument("--num-samples", type=int, help="trials per outer fold")
     p.add_argument("--max-concurrent-trials", type=int, help="trials running at once")
-    p.add_argument("--folds", dest="tune_folds", type=int,
-                   help="outer LOSO folds: test sessions 1..N, each with its own search (default 5)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted experiment in --output-dir (default: the newest runs/tune-*)")
+    p.add_argument(
+        "--folds",
+        dest="tune_folds",
+        type=int,
+        help="outer LOSO folds: test sessions 1..N, each with its own search (default 5)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted experiment in --output-dir (default: the newest runs/tune-*)",
+    )
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("check-cluster", help="validate a `ray up` cluster.yaml offline")

@@ -1,11 +1,13 @@
 """One typed config for every layer: dataclasses, loaded from YAML plus dotted CLI overrides.
 
-    cfg = load_config("experiments/configs/demo.yaml", ["loss.temperature=0.1", "train.epochs=3"])
+    cfg = load_config("experiments/configs/iemocap.yaml", ["loss.temperature=0.1", "train.epochs=3"])
 
-Unknown sections or keys are an error that names them; values are checked against the field types.
+Unknown sections or keys are an error that names them; values are checked against the field types,
+and everything else a config can get wrong is checked here too (`validate`), before any job starts.
 The defaults are the embedded demo (demo corpus, tiny preset, minutes on 2 cores); real runs start from
 experiments/configs/iemocap.yaml.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +23,12 @@ import yaml
 MODES = ("baseline", "in", "cross", "turbo")
 CROSS_PAIRS = ("11", "22", "12", "21")
 PRECISIONS = ("auto", "fp32", "bf16")
-SELECTION_METRICS = ("val_ua", "val_wa", "val_f1")  # validation scores only: test data never selects
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement group strategies
+SELECTION_METRICS = (
+    "val_ua",
+    "val_wa",
+    "val_f1",
+)  # validation scores only: test data never selects
 
 
 class ConfigError(ValueError):
@@ -30,79 +37,91 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    data_dir: str | None = None          # IEMOCAP_full_release; None = the generated demo corpus
+    data_dir: str | None = None  # IEMOCAP_full_release; None = the generated demo corpus
     cache_dir: str = "~/.cache/turbo_ray"  # demo corpus and prepared shards
     demo_utterances_per_speaker: int = 10  # size of the generated demo corpus (10 speakers)
-    shards_dir: str | None = None        # local path or URI; None = <cache_dir>/shards/<corpus fingerprint>
-    classes: str = "4class"               # "4class" (neutral, happy+excited, angry, sad) or "all"
-    audio_format: str = "wav"             # in the shards: "wav" file bytes or decoded "pcm16"
+    shards_dir: str | None = (
+        None  # local path or URI; None = <cache_dir>/shards/<corpus fingerprint>
+    )
+    classes: str = "4class"  # "4class" (neutral, happy+excited, angry, sad) or "all"
+    audio_format: str = "wav"  # in the shards: "wav" file bytes or decoded "pcm16"
     sample_rate: int = 16_000
-    max_seconds: float = 2.0              # random crop in training, centre crop in evaluation
+    max_seconds: float = 2.0  # random crop in training, centre crop in evaluation
     max_text_tokens: int = 64
-    batch_size: int = 8                   # per worker
-    preprocess_tasks: int = 2             # concurrent decode/tokenize tasks per dataset (raise for many GPUs)
-    read_tasks: int = 1                   # concurrent Parquet reads (raise for remote storage and many GPUs)
+    batch_size: int = 8  # per worker
+    preprocess_tasks: int = 2  # concurrent decode/tokenize tasks per dataset (raise for many GPUs)
+    read_tasks: int = 1  # concurrent Parquet reads (raise for remote storage and many GPUs)
     val_fraction: float = 0.1
-    val_split: str = "speaker"            # "speaker": whole speakers (none of them in training); "random"
-    test_session: int = 1                 # the LOSO fold of a single run (tests, benchmarks)
+    val_split: str = "speaker"  # "speaker": whole speakers (none of them in training); "random"
+    test_session: int = 1  # the LOSO fold of a single run (tests, benchmarks)
     seed: int = 0
 
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"                  # tiny | base | large (README: presets)
-    audio_encoder: str | None = None      # name or local dir; overrides the preset
+    preset: str = "tiny"  # tiny | base | large (README: presets)
+    audio_encoder: str | None = None  # name or local dir; overrides the preset
     text_encoder: str | None = None
-    dropout: float = 0.1                  # hidden dropout in both encoders: the source of the two views
+    dropout: float = 0.1  # hidden dropout in both encoders: the source of the two views
     attention_dropout: float = 0.1
-    freeze_feature_encoder: bool = True   # the conv feature encoder of wav2vec2-style models
-    proj_dim: int = 128                   # contrastive projection size
-    head_hidden: int = 256                # fusion classifier hidden size
+    freeze_feature_encoder: bool = True  # the conv feature encoder of wav2vec2-style models
+    proj_dim: int = 128  # contrastive projection size
+    head_hidden: int = 256  # fusion classifier hidden size
     head_dropout: float = 0.1
 
 
 @dataclass
 class LossConfig:
-    mode: str = "turbo"                   # baseline | in | cross | turbo
+    mode: str = "turbo"  # baseline | in | cross | turbo
     temperature: float = 0.07
-    learnable_temperature: bool = False   # CLIP-style learnable log-temperature
+    learnable_temperature: bool = False  # CLIP-style learnable log-temperature
     w_in: float = 1.0
     w_cross: float = 1.0
     cross_pairs: list[str] = field(default_factory=lambda: list(CROSS_PAIRS))
-    gather: bool = True                   # negatives from the global batch under DDP
+    gather: bool = True  # negatives from the global batch under DDP
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 3
-    lr: float = 1e-3                      # new heads (projection, classifier) and random-init encoders
-    encoder_lr: float = 5e-5              # pretrained encoders
+    lr: float = 1e-3  # new heads (projection, classifier) and random-init encoders
+    encoder_lr: float = 5e-5  # pretrained encoders
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
-    grad_accum: int = 1                   # micro-batches per optimizer step
-    precision: str = "auto"               # fp32 | bf16 (autocast, on CPU too; losses stay fp32) | auto: bf16 on GPU
+    grad_accum: int = 1  # micro-batches per optimizer step
+    precision: str = (
+        "auto"  # fp32 | bf16 (autocast, on CPU too; losses stay fp32) | auto: bf16 on GPU
+    )
     num_workers: int = 2
     use_gpu: bool = False
-    gpus_per_worker: float = 1.0          # with use_gpu; fractions share a GPU between workers
+    gpus_per_worker: float = 1.0  # with use_gpu; fractions share a GPU between workers
     cpus_per_worker: float = 1.0
-    placement_strategy: str = "PACK"      # Ray placement of the workers: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
+    placement_strategy: str = (
+        "PACK"  # Ray placement of the workers: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
+    )
     seed: int = 0
-    storage_path: str = "runs"            # checkpoints; the CLI uses its output folder unless this is a URI (s3://…)
+    storage_path: str = (
+        "runs"  # checkpoints; the CLI uses its output folder unless this is a URI (s3://…)
+    )
     name: str | None = None
     max_failures: int = 0
-    num_to_keep: int | None = 2           # checkpoints kept (best by val UA); None keeps all
+    num_to_keep: int | None = 2  # checkpoints kept (best by val UA); None keeps all
 
 
 @dataclass
 class TuneConfig:
-    search_space: str = "experiments/configs/search_space.yaml"  # dotted key → distribution (tune.py)
-    num_samples: int = 2                  # trials per outer fold
-    max_concurrent_trials: int = 1        # over all folds' searches
+    search_space: str = (
+        "experiments/configs/search_space.yaml"  # dotted key → distribution (tune.py)
+    )
+    num_samples: int = 2  # trials per outer fold
+    max_concurrent_trials: int = 1  # over all folds' searches
     grace_period: int = 1
     reduction_factor: int = 2
-    metric: str = "val_ua"                # selects epochs, trials and configs (val_ua | val_wa | val_f1); maximised
-    folds: int = 5                        # outer LOSO folds (test sessions 1..folds), each searched on its own
+    metric: str = (
+        "val_ua"  # selects epochs, trials and configs (val_ua | val_wa | val_f1); maximised
+    )
+    folds: int = 5  # outer LOSO folds (test sessions 1..folds), each searched on its own
 
 
 @dataclass
@@ -125,33 +144,62 @@ class Config:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
-    if cfg.loss.mode not in MODES:
-        raise ConfigError(f"loss.mode must be one of {MODES}, got {cfg.loss.mode!r}")
+    """Every check that types alone cannot express, each a ConfigError naming its key. The registries
+    (presets, class sets, audio formats, validation splits) are owned by the modules that use them."""
+    from turbo_ray.data.iemocap import CLASS_SETS, VAL_SPLITS
+    from turbo_ray.data.shards import AUDIO_FORMATS
+    from turbo_ray.presets import PRESETS
+
+    one_of = {
+        "model.preset": PRESETS,
+        "data.classes": CLASS_SETS,
+        "data.audio_format": AUDIO_FORMATS,
+        "data.val_split": VAL_SPLITS,
+        "loss.mode": MODES,
+        "train.precision": PRECISIONS,
+        "train.placement_strategy": PLACEMENTS,
+        "tune.metric": SELECTION_METRICS,
+    }
+    for key, allowed in one_of.items():
+        if _get(cfg, key) not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {_get(cfg, key)!r}")
     bad = [p for p in cfg.loss.cross_pairs if p not in CROSS_PAIRS]
     if bad or not cfg.loss.cross_pairs:
-        raise ConfigError(f"loss.cross_pairs must be a non-empty subset of {CROSS_PAIRS}, got {cfg.loss.cross_pairs}")
+        raise ConfigError(
+            f"loss.cross_pairs must be a non-empty subset of {CROSS_PAIRS}, "
+            f"got {cfg.loss.cross_pairs}"
+        )
     if cfg.loss.temperature <= 0:
         raise ConfigError(f"loss.temperature must be > 0, got {cfg.loss.temperature}")
-    for name in ("dropout", "attention_dropout", "head_dropout"):
-        if not 0.0 <= getattr(cfg.model, name) < 1.0:
-            raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(cfg.model, name)}")
-    if cfg.train.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
-        raise ConfigError(f"train.placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, "
-                          f"got {cfg.train.placement_strategy!r}")
-    for key in ("data.preprocess_tasks", "data.read_tasks", "data.batch_size", "train.epochs",
-                "train.grad_accum", "train.num_workers", "tune.num_samples", "tune.folds"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {getattr(getattr(cfg, section), name)}")
-    if cfg.tune.metric not in SELECTION_METRICS:
-        raise ConfigError(f"tune.metric must be one of {SELECTION_METRICS}, got {cfg.tune.metric!r}")
-    if cfg.train.precision not in PRECISIONS:
-        raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {cfg.train.precision!r}")
+    for key in (
+        "model.dropout",
+        "model.attention_dropout",
+        "model.head_dropout",
+        "data.val_fraction",
+    ):
+        if not 0.0 <= _get(cfg, key) < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1), got {_get(cfg, key)}")
+    for key in (
+        "data.preprocess_tasks",
+        "data.read_tasks",
+        "data.batch_size",
+        "train.epochs",
+        "train.grad_accum",
+        "train.num_workers",
+        "tune.num_samples",
+        "tune.folds",
+    ):
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
     if not 1 <= cfg.data.test_session <= 5:
-        raise ConfigError(f"data.test_session must be an IEMOCAP session, 1 to 5, got {cfg.data.test_session}")
-    if cfg.data.val_split not in ("random", "speaker"):
-        raise ConfigError(f"data.val_split must be 'random' or 'speaker', got {cfg.data.val_split!r}")
+        raise ConfigError(
+            f"data.test_session must be an IEMOCAP session, 1 to 5, got {cfg.data.test_session}"
+        )
+
+
+def _get(cfg: Config, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
@@ -197,7 +245,9 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         known = ", ".join(sorted(names))
-        raise ConfigError(f"unknown config key {where + unknown[0]!r} (known in this section: {known})")
+        raise ConfigError(
+            f"unknown config key {where + unknown[0]!r} (known in this section: {known})"
+        )
     kwargs = {}
     for name, value in raw.items():
         hint = hints[name]

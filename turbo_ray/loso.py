@@ -1,15 +1,15 @@
 """Leave-one-session-out evaluation of one given config: a TorchTrainer per fold, tested with the
 checkpoint of its best validation epoch (protocol "loso"); result tables shared with the nested search."""
+
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from turbo_ray.config import Config
+from turbo_ray.config import Config, override
 from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.iemocap import Fold
 from turbo_ray.data.pipeline import split_dataset
@@ -22,25 +22,52 @@ PROTOCOL = "loso"  # one given config, no search: only the best epoch is selecte
 
 def fold_datasets(cfg: Config, corpus: Corpus, fold: Fold, with_test: bool = True) -> dict:
     splits = {"train": fold.train, "val": fold.val} | ({"test": fold.test} if with_test else {})
-    return {name: split_dataset(cfg, corpus.shards, df.utterance_id.tolist(), train=name == "train")
-            for name, df in splits.items()}
+    return {
+        name: split_dataset(cfg, corpus.shards, df.utterance_id.tolist(), train=name == "train")
+        for name, df in splits.items()
+    }
 
 
 def run_fold(cfg: Config, corpus: Corpus, fold: Fold, name: str) -> dict:
     """Train on one fold (resuming `name` if it exists) and return the best-val epoch's test scores."""
-    trainer = build_trainer(cfg, fold_datasets(cfg, corpus, fold), corpus.classes, len(fold.train), name)
+    trainer = build_trainer(
+        cfg, fold_datasets(cfg, corpus, fold), corpus.classes, len(fold.train), name
+    )
     result = trainer.fit()
     _, best = best_checkpoint(result, cfg.tune.metric)
-    return {"test_session": fold.test_session, "best_epoch": best["epoch"], "val_ua": best["val_ua"],
-            **{k: best[f"test_{k}"] for k in SCORES}, "n_test": best["test_n"],
-            "confusion": best["test_confusion"], "checkpoint_run": str(result.path)}
+    return {
+        "test_session": fold.test_session,
+        "best_epoch": best["epoch"],
+        cfg.tune.metric: best[cfg.tune.metric],
+        **{k: best[f"test_{k}"] for k in SCORES},
+        "n_test": best["test_n"],
+        "confusion": best["test_confusion"],
+        "checkpoint_run": str(result.path),
+    }
 
 
 def run_loso(cfg: Config, corpus: Corpus, folds: int = 5, name: str = "loso") -> pd.DataFrame:
     """The first `folds` LOSO folds (test sessions 1, 2, …), one row per fold."""
-    rows = [run_fold(cfg, corpus, fold, f"{name}-s{fold.test_session}")
-            for fold in corpus.folds(cfg.data)[:folds]]
+    rows = [
+        run_fold(cfg, corpus, fold, f"{name}-s{fold.test_session}")
+        for fold in corpus.folds(cfg.data)[:folds]
+    ]
     return pd.DataFrame(rows)
+
+
+def run_modes(
+    cfg: Config, corpus: Corpus, modes: list[str], seeds: list[int], folds: int = 5
+) -> tuple[pd.DataFrame, list[str] | None]:
+    """`run_loso` for each loss mode and training seed; returns the rows (with `mode` and `seed`
+    columns) and the columns to group the table by (None for a single run)."""
+    frames = []
+    for mode in modes:
+        for seed in seeds:
+            run_cfg = override(cfg, {"loss.mode": mode, "train.seed": seed})
+            rows = run_loso(run_cfg, corpus, folds, name=f"{mode}-seed{seed}")
+            frames.append(rows.assign(mode=mode, seed=seed))
+    by = ["mode"] if len(modes) > 1 or len(seeds) > 1 else None
+    return pd.concat(frames, ignore_index=True), by
 
 
 def with_mean_std(results: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
@@ -50,7 +77,10 @@ def with_mean_std(results: pd.DataFrame, by: list[str] | None = None) -> pd.Data
     for key, group in groups:
         stats = group[list(SCORES)].agg(["mean", "std"]).fillna(0.0)
         extra = dict(zip(by, key if isinstance(key, tuple) else (key,))) if by else {}
-        frames += [group, pd.DataFrame([{**extra, "test_session": s, **stats.loc[s]} for s in ("mean", "std")])]
+        frames += [
+            group,
+            pd.DataFrame([{**extra, "test_session": s, **stats.loc[s]} for s in ("mean", "std")]),
+        ]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -63,16 +93,30 @@ def format_table(results: pd.DataFrame, title: str, by: list[str] | None = None)
     return f"{title}\n(WA = accuracy, UA = mean per-class recall, F1 = macro-F1; in %)\n{body}"
 
 
-def write_results(results: pd.DataFrame, out_dir: Path, classes: list[str], cfg: Config, protocol: str,
-                  by: list[str] | None = None) -> list[Path]:
+def write_results(
+    results: pd.DataFrame,
+    out_dir: Path,
+    classes: list[str],
+    cfg: Config,
+    protocol: str,
+    by: list[str] | None = None,
+) -> list[Path]:
     """results.csv, results.json (the protocol, the config, per-fold rows) and a summed confusion-matrix
     PNG."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = with_mean_std(results, by)
     paths = [out_dir / "results.csv", out_dir / "results.json", out_dir / "confusion.png"]
     table.drop(columns=["confusion"], errors="ignore").to_csv(paths[0], index=False)
-    paths[1].write_text(json.dumps({"protocol": protocol, "config": dataclasses.asdict(cfg),
-                                    "classes": list(classes),
-                                    "folds": json.loads(results.to_json(orient="records"))}, indent=1))
+    paths[1].write_text(
+        json.dumps(
+            {
+                "protocol": protocol,
+                "config": cfg.to_dict(),
+                "classes": list(classes),
+                "folds": json.loads(results.to_json(orient="records")),
+            },
+            indent=1,
+        )
+    )
     plot_confusion(np.sum([np.array(c) for c in results.confusion], axis=0), classes, paths[2])
     return paths

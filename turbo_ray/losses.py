@@ -10,15 +10,17 @@ including a learnable temperature's, which every rank sees whole).
 Every loss here is computed in float32 with autocast off, whatever the encoders ran in: with τ = 0.02
 the logits reach ±50, where bfloat16's spacing is 0.25.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from turbo_ray.config import LossConfig
+from turbo_ray.config import CROSS_PAIRS, LossConfig
 from turbo_ray.model.turbo import TurboOutput
 
 
@@ -36,21 +38,44 @@ def info_nce(u: torch.Tensor, v: torch.Tensor, temperature: float | torch.Tensor
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-def turbo_loss(a1: torch.Tensor, a2: torch.Tensor, t1: torch.Tensor, t2: torch.Tensor,
-               temperature: float | torch.Tensor, w_in: float, w_cross: float,
-               cross_pairs: Sequence[str] = ("11", "22", "12", "21")) -> dict[str, torch.Tensor]:
+def turbo_loss(
+    a1: torch.Tensor,
+    a2: torch.Tensor,
+    t1: torch.Tensor,
+    t2: torch.Tensor,
+    temperature: float | torch.Tensor,
+    w_in: float,
+    w_cross: float,
+    cross_pairs: Sequence[str] = CROSS_PAIRS,
+) -> dict[str, torch.Tensor]:
     """In-modal (a1↔a2, t1↔t2, averaged) and cross-modal (audio view i ↔ text view j over
     `cross_pairs`, averaged) InfoNCE; "total" = w_in·in + w_cross·cross (cross-entropy not included)."""
     audio, text = {"1": a1, "2": a2}, {"1": t1, "2": t2}
     l_in = 0.5 * (info_nce(a1, a2, temperature) + info_nce(t1, t2, temperature))
-    l_cross = torch.stack([info_nce(audio[p[0]], text[p[1]], temperature) for p in cross_pairs]).mean()
+    l_cross = torch.stack(
+        [info_nce(audio[p[0]], text[p[1]], temperature) for p in cross_pairs]
+    ).mean()
     return {"in": l_in, "cross": l_cross, "total": w_in * l_in + w_cross * l_cross}
 
 
-def mode_weights(cfg: LossConfig) -> tuple[float, float]:
-    """(w_in, w_cross) after the ablation mode switches terms off."""
-    return (cfg.w_in if cfg.mode in ("in", "turbo") else 0.0,
-            cfg.w_cross if cfg.mode in ("cross", "turbo") else 0.0)
+@dataclass(frozen=True)
+class LossWeights:
+    """How the objective combines its terms (the temperature comes with the model's output)."""
+
+    w_in: float = 1.0
+    w_cross: float = 1.0
+    cross_pairs: tuple[str, ...] = CROSS_PAIRS
+    gather: bool = True  # negatives from the global batch under DDP
+
+    @classmethod
+    def from_config(cls, cfg: LossConfig) -> LossWeights:
+        """The config's weights after its ablation mode switches terms off."""
+        return cls(
+            w_in=cfg.w_in if cfg.mode in ("in", "turbo") else 0.0,
+            w_cross=cfg.w_cross if cfg.mode in ("cross", "turbo") else 0.0,
+            cross_pairs=tuple(cfg.cross_pairs),
+            gather=cfg.gather,
+        )
 
 
 def _world_size() -> int:
@@ -80,8 +105,9 @@ def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     return x.detach() + (x - x.detach()) * factor
 
 
-def objective(out: TurboOutput, labels: torch.Tensor, cfg: LossConfig,
-              temperature: torch.Tensor) -> dict[str, torch.Tensor]:
+def objective(
+    out: TurboOutput, labels: torch.Tensor, weights: LossWeights
+) -> dict[str, torch.Tensor]:
     """L = CE (averaged over views) + λ_in·L_in + λ_cross·L_cross, with each part for logging."""
     views = out.logits.shape[0] // labels.shape[0]
     with torch.autocast(out.logits.device.type, enabled=False):
@@ -89,8 +115,16 @@ def objective(out: TurboOutput, labels: torch.Tensor, cfg: LossConfig,
     if out.audio is None:
         return {"ce": ce, "total": ce}
     audio, text = out.audio, out.text
-    if cfg.gather:
+    if weights.gather:
         audio, text = gather_batch(audio, dim=1), gather_batch(text, dim=1)
-    w_in, w_cross = mode_weights(cfg)
-    parts = turbo_loss(audio[0], audio[1], text[0], text[1], temperature, w_in, w_cross, cfg.cross_pairs)
+    parts = turbo_loss(
+        audio[0],
+        audio[1],
+        text[0],
+        text[1],
+        out.temperature,
+        weights.w_in,
+        weights.w_cross,
+        weights.cross_pairs,
+    )
     return {"ce": ce, "in": parts["in"], "cross": parts["cross"], "total": ce + parts["total"]}

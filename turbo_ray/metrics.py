@@ -1,4 +1,5 @@
 """Classification metrics of the IEMOCAP protocol: WA (accuracy), UA (mean per-class recall), macro-F1."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,7 +25,9 @@ def unweighted_accuracy(y_true, y_pred, num_classes: int | None = None) -> float
     cm = confusion_matrix(y_true, y_pred, num_classes)
     support = cm.sum(1)
     present = support > 0
-    return float((cm.diagonal()[present] / support[present]).mean()) if present.any() else float("nan")
+    return (
+        float((cm.diagonal()[present] / support[present]).mean()) if present.any() else float("nan")
+    )
 
 
 def macro_f1(y_true, y_pred, num_classes: int | None = None) -> float:
@@ -37,5 +40,8 @@ def macro_f1(y_true, y_pred, num_classes: int | None = None) -> float:
 
 
 def classification_report(y_true, y_pred, num_classes: int) -> dict[str, float]:
-    return {"wa": weighted_accuracy(y_true, y_pred), "ua": unweighted_accuracy(y_true, y_pred, num_classes),
-            "f1": macro_f1(y_true, y_pred, num_classes)}
+    return {
+        "wa": weighted_accuracy(y_true, y_pred),
+        "ua": unweighted_accuracy(y_true, y_pred, num_classes),
+        "f1": macro_f1(y_true, y_pred, num_classes),
+    }

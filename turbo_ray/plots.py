@@ -1,4 +1,5 @@
 """The PNG figures of a job: confusion matrix, search history, parameter importances, UA curves."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,10 +19,24 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.imshow(recall, cmap="Blues", vmin=0, vmax=1)
     for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, f"{count}\n{recall[i, j]:.0%}", ha="center", va="center",
-                color="white" if recall[i, j] > 0.5 else "black", fontsize=8)
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes,
-           xlabel="predicted", ylabel="true", title="test confusion (all folds)")
+        ax.text(
+            j,
+            i,
+            f"{count}\n{recall[i, j]:.0%}",
+            ha="center",
+            va="center",
+            color="white" if recall[i, j] > 0.5 else "black",
+            fontsize=8,
+        )
+    ax.set(
+        xticks=range(len(classes)),
+        yticks=range(len(classes)),
+        xticklabels=classes,
+        yticklabels=classes,
+        xlabel="predicted",
+        ylabel="true",
+        title="test confusion (all folds)",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -29,7 +44,9 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
 
 def _fold_panels(folds: list, title: str):
     """A row of panels, one per outer fold, sharing the y axis."""
-    fig, axes = plt.subplots(1, len(folds), figsize=(1 + 3.2 * len(folds), 3.5), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(folds), figsize=(1 + 3.2 * len(folds), 3.5), sharey=True, squeeze=False
+    )
     for ax, fold in zip(axes[0], folds):
         ax.set_title(f"fold {fold} (test session {fold})", fontsize=9)
     fig.suptitle(title)
@@ -47,8 +64,13 @@ def plot_search_history(trials: pd.DataFrame, metric: str, path: Path) -> None:
         early = own["stopped_early"].to_numpy(dtype=bool)
         ax.scatter(x[~early], score[~early], label="ran to the end")
         ax.scatter(x[early], score[early], marker="x", label="stopped by ASHA")
-        ax.step(x, np.fmax.accumulate(np.nan_to_num(score, nan=-np.inf)), where="post", color="k",
-                label="best so far")
+        ax.step(
+            x,
+            np.fmax.accumulate(np.nan_to_num(score, nan=-np.inf)),
+            where="post",
+            color="k",
+            label="best so far",
+        )
         ax.set(xlabel="trial")
     axes[0].set(ylabel=metric)
     axes[0].legend(fontsize=7)

@@ -1,4 +1,5 @@
 """Starting or joining Ray the way every job here needs it."""
+
 from __future__ import annotations
 
 import os
@@ -7,15 +8,18 @@ import ray
 
 from turbo_ray.data.pipeline import configure_ray_data
 
-DRIVER_RESOURCE = "train_driver"  # a trial (Tune driver of one TorchTrainer) takes a sliver of this, no CPU
+DRIVER_RESOURCE = (
+    "train_driver"  # a trial (Tune driver of one TorchTrainer) takes a sliver of this, no CPU
+)
 # Ray kills idle worker processes beyond one per CPU within a second, so every Ray Data execution (each
 # evaluation, each epoch after one) cold-started its processes (Python, torch, tokenizer: ~10 s on 2
 # cores). Keeping a few per CPU warm costs memory only while they idle (BENCHMARKS.md).
 WARM_WORKERS_PER_CPU = 4
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None,
-             object_store_mb: int = 1024) -> str | None:
+def init_ray(
+    address: str | None = None, num_cpus: int | None = None, object_store_mb: int = 1024
+) -> str | None:
     """Join the cluster at `address` ("auto", "ray://…") or start a local one with the dashboard on
     127.0.0.1 and the trial-driver resource. Returns the dashboard URL, if any. A process already
     connected to Ray (a notebook, a test) keeps its connection."""
@@ -44,6 +48,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
 def require_driver_resource() -> None:
     """Tune trials wait forever for a resource no node has: fail now, saying how to declare it."""
     if ray.cluster_resources().get(DRIVER_RESOURCE, 0) <= 0:
-        raise RuntimeError(f"this Ray cluster has no {DRIVER_RESOURCE!r} resource, which each Tune trial "
-                           f"needs (it runs no compute); declare it on the head node, e.g. "
-                           f"`resources: {{{DRIVER_RESOURCE}: 64}}` in cluster.yaml (see cluster.yaml)")
+        raise RuntimeError(
+            f"this Ray cluster has no {DRIVER_RESOURCE!r} resource, which each Tune trial "
+            f"needs (it runs no compute); declare it on the head node, e.g. "
+            f"`resources: {{{DRIVER_RESOURCE}: 64}}` in cluster.yaml (see cluster.yaml)"
+        )

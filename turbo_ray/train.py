@@ -1,10 +1,15 @@
-"""Ray Train: the per-worker Turbo training loop and the TorchTrainer that runs it.
+"""Ray Train: the Turbo training step and epoch, the per-worker loop and the TorchTrainer that runs it.
 
-Each epoch: train on this worker's shard (DDP), then rank 0 evaluates the whole validation split (and
-the test split when given: it is reported, never used for selection) and writes a checkpoint. A run
-restarted by Ray (FailureConfig) or started again under the same name resumes from its last
-checkpoint, so no epoch is repeated or skipped.
+    parts = train_step(model, batch, optimizer, scheduler, cfg, device)        # one optimizer step
+    metrics = train_epoch(model, batches, optimizer, scheduler, cfg, device)   # + grad_accum, DDP sync
+    result = build_trainer(cfg, datasets, classes, train_rows, name).fit()     # fit_worker per worker
+
+The benchmarks time these same functions. Each epoch: train on this worker's shard (DDP), then rank 0
+evaluates the whole validation split (and the test split when given: it is reported, never used for
+selection) and writes a checkpoint. A run restarted by Ray (FailureConfig) or started again under the
+same name resumes from its last checkpoint, so no epoch is repeated or skipped.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,9 +37,10 @@ from ray.train.torch import TorchTrainer
 
 from turbo_ray.config import Config
 from turbo_ray.data.pipeline import collate_for
-from turbo_ray.losses import objective
+from turbo_ray.losses import LossWeights, objective
 from turbo_ray.metrics import classification_report, confusion_matrix
 from turbo_ray.model import TurboModel, build_model
+from turbo_ray.paths import storage_uri
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
 
@@ -42,17 +48,26 @@ MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
 def build_optimizer(model: TurboModel, cfg: Config) -> torch.optim.AdamW:
     """AdamW: pretrained encoders at `encoder_lr`, new heads and randomly initialised encoders at `lr`;
     weight decay on matrices only (biases, norms and the temperature are excluded, as in open_clip).
-
-    Fused: one kernel over all parameters (CPU and GPU), ~7× faster than the per-tensor loop on CPU
-    for the tiny preset's 23 M parameters (BENCHMARKS.md).
-    """
-    slow = {id(p) for enc in (model.audio_encoder, model.text_encoder) if enc.pretrained
-            for p in enc.parameters()}
+    Fused: one kernel over all parameters, on CPU and GPU (BENCHMARKS.md has the speed-up)."""
+    slow = {
+        id(p)
+        for enc in (model.audio_encoder, model.text_encoder)
+        if enc.pretrained
+        for p in enc.parameters()
+    }
     groups = []
     for lr, pretrained in ((cfg.train.lr, False), (cfg.train.encoder_lr, True)):
-        params = [p for p in model.parameters() if p.requires_grad and (id(p) in slow) == pretrained]
-        groups += [{"params": [p for p in params if p.ndim >= 2], "lr": lr, "weight_decay": cfg.train.weight_decay},
-                   {"params": [p for p in params if p.ndim < 2], "lr": lr, "weight_decay": 0.0}]
+        params = [
+            p for p in model.parameters() if p.requires_grad and (id(p) in slow) == pretrained
+        ]
+        groups += [
+            {
+                "params": [p for p in params if p.ndim >= 2],
+                "lr": lr,
+                "weight_decay": cfg.train.weight_decay,
+            },
+            {"params": [p for p in params if p.ndim < 2], "lr": lr, "weight_decay": 0.0},
+        ]
     return torch.optim.AdamW([g for g in groups if g["params"]], fused=True)
 
 
@@ -64,6 +79,7 @@ def warmup_linear(total_steps: int, warmup_ratio: float):
         if step < warmup:
             return (step + 1) / warmup
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
     return factor
 
 
@@ -71,45 +87,64 @@ def _unwrap(model: torch.nn.Module) -> TurboModel:
     return model.module if hasattr(model, "module") else model
 
 
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
 @torch.no_grad()
-def evaluate(model: TurboModel, batches, num_classes: int, device: torch.device,
-             precision: str = "fp32") -> dict[str, Any]:
+def evaluate(
+    model: TurboModel, batches, num_classes: int, device: torch.device, precision: str = "fp32"
+) -> dict[str, Any]:
     """One deterministic pass (dropout off): WA, UA, macro-F1 and the confusion matrix."""
     model.eval()
     y_true, y_pred = [], []
     for batch in batches:
-        batch = _to(batch, device)
-        labels = batch.pop("labels")
+        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
         with forward_precision(precision, device):
-            logits = model(**batch).logits
+            logits = model(**inputs).logits
         y_pred.append(logits.float().argmax(-1).cpu())
-        y_true.append(labels.cpu())
+        y_true.append(batch["labels"].cpu())
     y_true, y_pred = torch.cat(y_true).numpy(), torch.cat(y_pred).numpy()
     report = classification_report(y_true, y_pred, num_classes)
-    return report | {"confusion": confusion_matrix(y_true, y_pred, num_classes).tolist(), "n": len(y_true)}
+    return report | {
+        "confusion": confusion_matrix(y_true, y_pred, num_classes).tolist(),
+        "n": len(y_true),
+    }
 
 
-def save_checkpoint(directory: Path, model: TurboModel, optimizer, scheduler, epoch: int, best: float,
-                    cfg: Config, classes: list[str], metrics: dict) -> None:
+def save_checkpoint(
+    directory: Path,
+    model: TurboModel,
+    optimizer,
+    scheduler,
+    epoch: int,
+    best: float,
+    cfg: Config,
+    classes: list[str],
+    metrics: dict,
+) -> None:
     """Weights and optimizer state as plain tensors (loadable with `torch.load(weights_only=True)`);
     `best`: the best selection score up to this epoch."""
     torch.save(model.state_dict(), directory / MODEL_FILE)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                "best": best}, directory / STATE_FILE)
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "best": best,
+        },
+        directory / STATE_FILE,
+    )
     meta = {"epoch": epoch, "config": cfg.to_dict(), "classes": classes, "metrics": metrics}
     (directory / META_FILE).write_text(json.dumps(meta, indent=1))
 
 
-def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> tuple[TurboModel, dict]:
+def load_model(
+    checkpoint_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[TurboModel, dict]:
     """Rebuild the model of a checkpoint and load its weights; returns (model, meta)."""
     directory = Path(checkpoint_dir)
     meta = json.loads((directory / META_FILE).read_text())
     model = build_model(Config.from_dict(meta["config"]), len(meta["classes"]))
-    model.load_state_dict(torch.load(directory / MODEL_FILE, map_location=device, weights_only=True))
+    model.load_state_dict(
+        torch.load(directory / MODEL_FILE, map_location=device, weights_only=True)
+    )
     return model.to(device).eval(), meta
 
 
@@ -120,71 +155,101 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 def fit_worker(loop_config: dict) -> TurboModel:
     """Train this worker's replica epoch by epoch, resuming from the last checkpoint; returns the model.
-    `loop_config`: config (dict), classes, train_rows, eval_splits, and an optional `inject_failure`
-    {epoch, marker} used by the fault-tolerance tests only."""
-    cfg = Config.from_dict(loop_config["config"])
-    classes = loop_config["classes"]
+    `loop_config`: config (dict), classes, train_rows, eval_splits (see `build_trainer`)."""
+    cfg, classes = Config.from_dict(loop_config["config"]), loop_config["classes"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model, state, last = build_model(cfg, len(classes)), None, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            model.load_state_dict(torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True))
-            state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-            last = json.loads((Path(d) / META_FILE).read_text())["metrics"]
-    model = ray.train.torch.prepare_model(model)  # on the device now: optimizer state is loaded onto it
+    model, state, last = _restore(build_model(cfg, len(classes)), ray.train.get_checkpoint())
+    model = ray.train.torch.prepare_model(
+        model
+    )  # on the device now: optimizer state is loaded onto it
     core = _unwrap(model)
     optimizer = build_optimizer(core, cfg)
-    steps = steps_per_epoch(loop_config["train_rows"], world, cfg.data.batch_size, cfg.train.grad_accum)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_linear(cfg.train.epochs * steps, cfg.train.warmup_ratio))
+    steps = steps_per_epoch(
+        loop_config["train_rows"], world, cfg.data.batch_size, cfg.train.grad_accum
+    )
+    scheduler = build_scheduler(optimizer, cfg, steps)
     done, best = 0, float("-inf")  # epochs completed (numbered from 1); best selection score so far
     if state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         done, best = state["epoch"], state["best"]
 
-    selection = cfg.tune.metric
     train_shard = ray.train.get_dataset_shard("train")
-    eval_names = [n for n in ("val", "test") if n in loop_config["eval_splits"]]
     for epoch in range(done + 1, cfg.train.epochs + 1):
-        failure = loop_config.get("inject_failure")
-        if failure and epoch == failure["epoch"] and rank == world - 1 and not Path(failure["marker"]).exists():
-            Path(failure["marker"]).touch()
-            raise RuntimeError(f"injected failure at epoch {epoch} (test hook)")
         torch.manual_seed(_seed(cfg.train.seed, rank, epoch))  # dropout masks: per rank and epoch
-        batches = train_shard.iter_torch_batches(batch_size=cfg.data.batch_size,
-                                                 collate_fn=collate_for(cfg, epoch))
+        batches = train_shard.iter_torch_batches(
+            batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg, epoch)
+        )
         metrics = {"epoch": epoch} | train_epoch(model, batches, optimizer, scheduler, cfg, device)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
-            if rank == 0:
-                started = time.perf_counter()
-                for name in eval_names:
-                    batches = ray.train.get_dataset_shard(name).iter_torch_batches(
-                        batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg))
-                    result = evaluate(core, batches, len(classes), device, cfg.train.precision)
-                    metrics |= {f"{name}_{k}": v for k, v in result.items()}
-                metrics["time_eval_s"] = time.perf_counter() - started
-                if selection in metrics:
-                    best = max(best, metrics[selection])
-                    metrics[f"best_{selection}"] = best  # what Tune's searcher and scheduler see
-                save_checkpoint(Path(tmp), core, optimizer, scheduler, epoch, best, cfg, classes, metrics)
+            if rank == 0:  # evaluates every split whole, so no sample is dropped or repeated
+                metrics |= validate_epoch(
+                    core, loop_config["eval_splits"], cfg, len(classes), device
+                )
+                score = cfg.tune.metric
+                if score in metrics:
+                    best = max(best, metrics[score])
+                    metrics[f"best_{score}"] = best  # what Tune's searcher and scheduler see
+                save_checkpoint(
+                    Path(tmp), core, optimizer, scheduler, epoch, best, cfg, classes, metrics
+                )
                 checkpoint = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
-    if done == cfg.train.epochs and last:  # resumed with nothing left: a Tune trial restored after its
-        ray.train.report(last)  # run finished but before Tune recorded it still gets its final result
+    if (
+        done == cfg.train.epochs and last
+    ):  # resumed with nothing left: a Tune trial restored after its
+        ray.train.report(
+            last
+        )  # run finished but before Tune recorded it still gets its final result
     return core
+
+
+def _restore(
+    model: TurboModel, checkpoint: Checkpoint | None
+) -> tuple[TurboModel, dict | None, dict | None]:
+    """Load a Train checkpoint's weights into `model`; returns (model, training state, last metrics)."""
+    if checkpoint is None:
+        return model, None, None
+    with checkpoint.as_directory() as d:
+        model.load_state_dict(
+            torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
+        )
+        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
+        last = json.loads((Path(d) / META_FILE).read_text())["metrics"]
+    return model, state, last
+
+
+def validate_epoch(
+    model: TurboModel, splits: list[str], cfg: Config, num_classes: int, device: torch.device
+) -> dict[str, Any]:
+    """`evaluate` on each named evaluation split ("val", and "test" where a run reports it, never to
+    select), as `<split>_<score>` metrics."""
+    started, metrics = time.perf_counter(), {}
+    for name in splits:
+        batches = ray.train.get_dataset_shard(name).iter_torch_batches(
+            batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg)
+        )
+        result = evaluate(model, batches, num_classes, device, cfg.train.precision)
+        metrics |= {f"{name}_{k}": v for k, v in result.items()}
+    return metrics | {"time_eval_s": time.perf_counter() - started}
 
 
 def steps_per_epoch(train_rows: int, world: int, batch_size: int, grad_accum: int) -> int:
     """Optimizer steps per epoch: each worker gets train_rows // world rows (an equal split)."""
     batches = math.ceil(train_rows // world / batch_size)
     return math.ceil(batches / grad_accum)
+
+
+def build_scheduler(optimizer, cfg: Config, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then decay over the run's `train.epochs` × `steps` optimizer steps."""
+    total = cfg.train.epochs * steps
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_linear(total, cfg.train.warmup_ratio)
+    )
 
 
 def _seed(*values: int) -> int:
@@ -198,36 +263,84 @@ def forward_precision(precision: str, device: torch.device):
     return nullcontext()
 
 
-def train_epoch(model: torch.nn.Module, batches, optimizer, scheduler, cfg: Config,
-                device: torch.device) -> dict[str, float]:
+def forward_backward(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    weights: LossWeights,
+    precision: str,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """One micro-batch: forward in the run's precision, the objective in fp32, backward (outside
+    autocast, as PyTorch advises). Gradients accumulate; the caller steps. Returns the loss parts."""
+    inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
+    with forward_precision(precision, device):
+        out = model(**inputs)
+    parts = objective(out, batch["labels"].to(device, non_blocking=True), weights)
+    parts["total"].backward()
+    return parts
+
+
+def optimizer_step(
+    model: torch.nn.Module, optimizer, scheduler, grad_clip: float, window: int
+) -> None:
+    """Average the summed gradients of a window of `window` micro-batches, clip, step, and keep a
+    learnable temperature in range."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    for grad in grads if window > 1 else ():
+        grad.div_(window)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    _unwrap(model).clamp_temperature()
+
+
+def train_step(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    optimizer,
+    scheduler,
+    cfg: Config,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """One optimizer step on one batch: the step `train_epoch` takes when `train.grad_accum` is 1."""
+    parts = forward_backward(
+        model, batch, LossWeights.from_config(cfg.loss), cfg.train.precision, device
+    )
+    optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip, window=1)
+    return parts
+
+
+def train_epoch(
+    model: torch.nn.Module, batches, optimizer, scheduler, cfg: Config, device: torch.device
+) -> dict[str, float]:
     """One pass over this worker's batches: an optimizer step after every `grad_accum` batches and after
     the last one, each on gradients averaged over its window and all-reduced over the workers.
     Returns the mean loss parts (over all workers' steps) and timings."""
     model.train()
-    core, ddp = _unwrap(model), model is not _unwrap(model)
+    ddp, weights = model is not _unwrap(model), LossWeights.from_config(cfg.loss)
     sums, steps, window, waited = {}, 0, 0, 0.0
     started = ready = time.perf_counter()
     for batch, last in _with_last(batches):
         waited += time.perf_counter() - ready  # the data feed kept this worker waiting
-        batch = _to(batch, device)
-        labels = batch.pop("labels")
         window += 1
         boundary = last or window == cfg.train.grad_accum
         with nullcontext() if boundary or not ddp else model.no_sync():
-            with forward_precision(cfg.train.precision, device):
-                out = model(**batch)
-            parts = objective(out, labels, cfg.loss, core.temperature if core.contrastive else None)
-            parts["total"].backward()  # outside autocast, as PyTorch advises
+            parts = forward_backward(model, batch, weights, cfg.train.precision, device)
         if boundary:
-            _optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip, window)
-            core.clamp_temperature()
+            optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip, window)
             window = 0
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v.item()
         steps += 1
         ready = time.perf_counter()
-    return {"lr": scheduler.get_last_lr()[0], "time_train_s": time.perf_counter() - started,
-            "time_data_wait_s": waited} | {f"train_{k}": v for k, v in _mean_over_ranks(sums, steps, device).items()}
+    means = _mean_over_ranks(sums, steps, device)
+    return {
+        "lr": scheduler.get_last_lr()[0],
+        "time_train_s": time.perf_counter() - started,
+        "time_data_wait_s": waited,
+    } | {f"train_{k}": v for k, v in means.items()}
 
 
 _END = object()
@@ -243,18 +356,6 @@ def _with_last(items):
         previous = current
 
 
-def _optimizer_step(model, optimizer, scheduler, grad_clip: float, window: int) -> None:
-    """Average the window's summed gradients, clip, step."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    for grad in grads if window > 1 else ():
-        grad.div_(window)
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
 def _mean_over_ranks(sums: dict[str, float], steps: int, device: torch.device) -> dict[str, float]:
     """Per-step means of the loss parts over all ranks' steps (the same value on every rank)."""
     keys = sorted(sums)
@@ -264,37 +365,50 @@ def _mean_over_ranks(sums: dict[str, float], steps: int, device: torch.device) -
     return {k: float(v) / max(1.0, float(values[-1])) for k, v in zip(keys, values[:-1])}
 
 
-def build_trainer(cfg: Config, datasets: dict[str, Any], classes: list[str], train_rows: int, name: str,
-                  callbacks: list | None = None, inject_failure: dict | None = None,
-                  loop: Callable[[dict], None] = train_loop_per_worker) -> TorchTrainer:
+def build_trainer(
+    cfg: Config,
+    datasets: dict[str, Any],
+    classes: list[str],
+    train_rows: int,
+    name: str,
+    callbacks: list | None = None,
+    loop: Callable[[dict], None] = train_loop_per_worker,
+) -> TorchTrainer:
     """A TorchTrainer for one Turbo run: only "train" is split across workers; "val"/"test" are read
     whole by rank 0 so that evaluation never drops or repeats a sample. `loop`: the worker function
-    (a wrapper around `fit_worker`, for tests that inspect every replica)."""
-    resources = {"CPU": cfg.train.cpus_per_worker} | ({"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {})
-    loop_config = {"config": cfg.to_dict(), "classes": list(classes), "train_rows": int(train_rows),
-                   "eval_splits": sorted(set(datasets) - {"train"}), "inject_failure": inject_failure}
+    (tests pass a wrapper of `fit_worker` that inspects the replicas or injects a failure)."""
+    resources = {"CPU": cfg.train.cpus_per_worker} | (
+        {"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {}
+    )
+    loop_config = {
+        "config": cfg.to_dict(),
+        "classes": list(classes),
+        "train_rows": int(train_rows),
+        "eval_splits": [n for n in ("val", "test") if n in datasets],
+    }
     return TorchTrainer(
         loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                     resources_per_worker=resources,
-                                     placement_strategy=cfg.train.placement_strategy),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=cfg.train.placement_strategy,
+        ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
-            name=name, storage_path=storage_uri(cfg.train.storage_path), callbacks=callbacks,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.num_to_keep,
-                                               checkpoint_score_attribute=cfg.tune.metric if "val" in datasets
-                                               else None,
-                                               checkpoint_score_order="max"),
+            name=name,
+            storage_path=storage_uri(cfg.train.storage_path),
+            callbacks=callbacks,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.num_to_keep,
+                checkpoint_score_attribute=cfg.tune.metric if "val" in datasets else None,
+                checkpoint_score_order="max",
+            ),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )
-
-
-def storage_uri(path: str) -> str:
-    """Ray wants absolute local paths; URIs (s3://, gs://, …) pass through."""
-    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def best_checkpoint(result, metric: str) -> tuple[Checkpoint, dict[str, Any]]:
@@ -302,5 +416,7 @@ def best_checkpoint(result, metric: str) -> tuple[Checkpoint, dict[str, Any]]:
     ties go to the earlier epoch."""
     scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
     if not scored:
-        raise RuntimeError(f"run {result.path} reported no validation metrics (error: {result.error})")
+        raise RuntimeError(
+            f"run {result.path} reported no validation metrics (error: {result.error})"
+        )
     return max(scored, key=lambda cm: (cm[1][metric], -cm[1]["epoch"]))

@@ -2,7 +2,7 @@
 one TorchTrainer on its fold's training sessions.
 
     space = load_search_space("experiments/configs/search_space.yaml")
-    grid = run_search(cfg, folds, space, corpus, out_dir, storage)   # resume=True continues a killed one
+    grid = run_search(cfg, folds, space, corpus, paths)     # resume=True continues a killed one
     best = best_trials(grid, cfg)                                    # {fold: the trial its search selects}
 
 A search space is a YAML mapping of dotted config keys to one distribution each, and optionally
@@ -13,6 +13,7 @@ A search space is a YAML mapping of dotted config keys to one distribution each,
     loss.cross_pairs: {choice: [["11", "22"], ["11", "22", "12", "21"]]}
     start: [{loss.temperature: 0.07, model.dropout: 0.1}]
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,14 +39,18 @@ from turbo_ray.config import Config, ConfigError, override
 from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.iemocap import Fold
 from turbo_ray.data.pipeline import configure_ray_data, split_dataset
+from turbo_ray.paths import RunPaths
 from turbo_ray.plots import plot_curves, plot_importances, plot_search_history
 from turbo_ray.runtime import DRIVER_RESOURCE
-from turbo_ray.train import build_trainer, storage_uri
+from turbo_ray.train import build_trainer
 
-SEARCH_DIR, TRIALS_DIR = "search", "trials"  # under the job's storage: Tune's state, the trials' Train runs
 FOLD = "fold"  # the trial-config key of a trial's outer fold (= its test session)
-RANK = "fold_trial"  # and of its launch order within the fold (0, 1, …): ties go to the earlier trial
-UTTERANCES_FILE = "utterances.json"  # beside a trial's checkpoints: the ids it trained and validated on
+RANK = (
+    "fold_trial"  # and of its launch order within the fold (0, 1, …): ties go to the earlier trial
+)
+UTTERANCES_FILE = (
+    "utterances.json"  # beside a trial's checkpoints: the ids it trained and validated on
+)
 
 
 class SearchSpaceError(ConfigError):
@@ -54,8 +59,8 @@ class SearchSpaceError(ConfigError):
 
 @dataclass(frozen=True)
 class Param:
-    key: str        # dotted config key, e.g. "loss.temperature"
-    kind: str       # loguniform | uniform | choice
+    key: str  # dotted config key, e.g. "loss.temperature"
+    kind: str  # loguniform | uniform | choice
     args: tuple
 
     def domain(self):
@@ -74,7 +79,9 @@ class Param:
 @dataclass(frozen=True)
 class SearchSpace:
     params: list[Param]
-    start: list[dict]  # points evaluated first (Optuna's points_to_evaluate); may set a subset of keys
+    start: list[
+        dict
+    ]  # points evaluated first (Optuna's points_to_evaluate); may set a subset of keys
 
 
 def load_search_space(path: str | Path) -> SearchSpace:
@@ -86,17 +93,23 @@ def load_search_space(path: str | Path) -> SearchSpace:
     except (OSError, yaml.YAMLError) as err:
         raise SearchSpaceError(f"{path}: cannot read the search space: {err}") from err
     if not isinstance(raw, dict) or not set(raw) - {"start"}:
-        raise SearchSpaceError(f"{path}: expected a non-empty mapping of config keys to distributions")
+        raise SearchSpaceError(
+            f"{path}: expected a non-empty mapping of config keys to distributions"
+        )
     start = raw.pop("start", [])
     params = [_param(path, str(key), spec) for key, spec in raw.items()]
     for p in params:
-        for value in (p.args if p.kind == "choice" else p.args[:2]):
+        for value in p.args if p.kind == "choice" else p.args[:2]:
             _check(path, {p.key: value})
     if not isinstance(start, list) or not all(isinstance(point, dict) for point in start):
-        raise SearchSpaceError(f"{path}: start must be a list of {{key: value}} mappings, got {start!r}")
+        raise SearchSpaceError(
+            f"{path}: start must be a list of {{key: value}} mappings, got {start!r}"
+        )
     for point in start:
         if unknown := sorted(set(point) - set(raw)):
-            raise SearchSpaceError(f"{path}: start point {point} sets {unknown[0]!r}, which is not searched")
+            raise SearchSpaceError(
+                f"{path}: start point {point} sets {unknown[0]!r}, which is not searched"
+            )
         _check(path, point)
     return SearchSpace(params, start)
 
@@ -111,20 +124,29 @@ def _check(path: Path, values: dict) -> None:
 def _param(path: Path, key: str, spec: Any) -> Param:
     where = f"{path}: {key}"
     if not isinstance(spec, dict) or len(spec) != 1:
-        raise SearchSpaceError(f"{where}: expected one distribution, e.g. {{loguniform: [0.01, 0.5]}}, got {spec!r}")
-    (kind, args), = spec.items()
+        raise SearchSpaceError(
+            f"{where}: expected one distribution, e.g. {{loguniform: [0.01, 0.5]}}, got {spec!r}"
+        )
+    ((kind, args),) = spec.items()
     if kind == "choice":
         if not isinstance(args, list) or not args:
             raise SearchSpaceError(f"{where}: choice needs a non-empty list, got {args!r}")
         return Param(key, kind, tuple(args))
     if kind not in ("uniform", "loguniform"):
-        raise SearchSpaceError(f"{where}: unknown distribution {kind!r} (use uniform, loguniform or choice)")
-    if (not isinstance(args, list) or len(args) != 2
-            or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
+        raise SearchSpaceError(
+            f"{where}: unknown distribution {kind!r} (use uniform, loguniform or choice)"
+        )
+    if (
+        not isinstance(args, list)
+        or len(args) != 2
+        or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+    ):
         raise SearchSpaceError(f"{where}: {kind} needs [low, high], got {args!r}")
     low, high = map(float, args)
     if not low < high or (kind == "loguniform" and low <= 0):
-        raise SearchSpaceError(f"{where}: need {'0 < ' if kind == 'loguniform' else ''}low < high, got {args!r}")
+        raise SearchSpaceError(
+            f"{where}: need {'0 < ' if kind == 'loguniform' else ''}low < high, got {args!r}"
+        )
     return Param(key, kind, (low, high))
 
 
@@ -138,15 +160,26 @@ class FoldSearch(Searcher):
     OptunaSearch proposes its parameters; its config carries `fold` (the test session it must never
     see) and `fold_trial` (its launch order in the fold). Results reach only that fold's searcher."""
 
-    def __init__(self, folds: list[int], trials_per_fold: int, metric: str, start: list[dict], seed: int):
+    def __init__(
+        self, folds: list[int], trials_per_fold: int, metric: str, start: list[dict], seed: int
+    ):
         super().__init__(metric=metric, mode="max")
         self.trials_per_fold = trials_per_fold
-        self.searchers = {k: OptunaSearch(metric=metric, mode="max", seed=seed + k,  # its own proposals
-                                          points_to_evaluate=copy.deepcopy(start) or None) for k in folds}
+        self.searchers = {
+            k: OptunaSearch(
+                metric=metric,
+                mode="max",
+                seed=seed + k,  # its own proposals
+                points_to_evaluate=copy.deepcopy(start) or None,
+            )
+            for k in folds
+        }
         self.fold_of: dict[str, int] = {}
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        done = [s.set_search_properties(metric, mode, config, **spec) for s in self.searchers.values()]
+        done = [
+            s.set_search_properties(metric, mode, config, **spec) for s in self.searchers.values()
+        ]
         return all(done)  # every fold's searcher told, not only up to the first refusal
 
     def suggest(self, trial_id: str) -> dict | str | None:
@@ -164,7 +197,9 @@ class FoldSearch(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.searchers[self.fold_of[trial_id]].on_trial_result(trial_id, result)
 
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
         self.searchers[self.fold_of[trial_id]].on_trial_complete(trial_id, result, error)
 
     def save(self, checkpoint_path: str) -> None:
@@ -205,7 +240,9 @@ class FoldASHA(FIFOScheduler):
                 self.ashas[k].__dict__.update(state)
         self._loaded = True
         decision = getattr(self.ashas[trial.config[FOLD]], event)(*args)
-        Path(f"{self.state_file}.tmp").write_bytes(pickle.dumps({k: a.__dict__ for k, a in self.ashas.items()}))
+        Path(f"{self.state_file}.tmp").write_bytes(
+            pickle.dumps({k: a.__dict__ for k, a in self.ashas.items()})
+        )
         os.replace(f"{self.state_file}.tmp", self.state_file)
         return decision
 
@@ -232,39 +269,59 @@ def _trial(params: dict, *, base: dict, shards: str, splits: dict, classes: list
     configure_ray_data()  # this runs in the trial's own process
     fold = params[FOLD]
     cfg = override(Config.from_dict(base), searched(params))
-    split_ids, name = splits[fold], f"trial-{ray.tune.get_context().get_trial_id()}"
+    split_ids, name = splits[fold], RunPaths.trial_name(ray.tune.get_context().get_trial_id())
     fs, run_dir = pafs.FileSystem.from_uri(f"{cfg.train.storage_path}/{name}")
     fs.create_dir(run_dir)
     with fs.open_output_stream(f"{run_dir}/{UTTERANCES_FILE}") as f:
         f.write(json.dumps({"fold": fold, **split_ids}).encode())
-    datasets = {split: split_dataset(cfg, shards, ids, train=split == "train") for split, ids in split_ids.items()}
-    trainer = build_trainer(cfg, datasets, classes, len(split_ids["train"]), name,
-                            callbacks=[TuneReportCallback()])
+    datasets = {
+        split: split_dataset(cfg, shards, ids, train=split == "train")
+        for split, ids in split_ids.items()
+    }
+    trainer = build_trainer(
+        cfg, datasets, classes, len(split_ids["train"]), name, callbacks=[TuneReportCallback()]
+    )
     trainer.fit()
 
 
-def run_search(cfg: Config, folds: list[Fold], space: SearchSpace, corpus: Corpus, out_dir: Path,
-               storage: str, resume: bool = False) -> ray.tune.ResultGrid:
+def run_search(
+    cfg: Config,
+    folds: list[Fold],
+    space: SearchSpace,
+    corpus: Corpus,
+    paths: RunPaths,
+    resume: bool = False,
+) -> ray.tune.ResultGrid:
     """One Tune experiment holding an independent search per fold (`FoldSearch`, `FoldASHA`): each
     fold's trials train and validate on the other sessions only. TPE and ASHA are told each trial's
     best validation score so far (`best_<tune.metric>`: the score that selects). Trials' Train runs go
-    under `storage/trials`, Tune's state under `storage/search` (`storage`: a local path or a URI every
-    node can reach), ASHA's state in `out_dir`. `resume` continues an interrupted search."""
-    storage = storage_uri(storage)
-    base = override(cfg, {"train.storage_path": f"{storage}/{TRIALS_DIR}"})
-    splits = {f.test_session: {"train": f.train.utterance_id.tolist(), "val": f.val.utterance_id.tolist()}
-              for f in folds}
+    to `paths.trials`, Tune's state to `paths.search`, ASHA's to `paths.asha_state`. `resume`
+    continues an interrupted search."""
+    base = override(cfg, {"train.storage_path": paths.trials})
+    splits = {
+        f.test_session: {"train": f.train.utterance_id.tolist(), "val": f.val.utterance_id.tolist()}
+        for f in folds
+    }
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(_trial, base=base.to_dict(), shards=corpus.shards, splits=splits,
-                                 classes=list(corpus.classes)),
-        {DRIVER_RESOURCE: 0.01})  # the trial only drives its TorchTrainer: no CPU of its own
-    path = f"{storage}/{SEARCH_DIR}"
+        ray.tune.with_parameters(
+            _trial,
+            base=base.to_dict(),
+            shards=corpus.shards,
+            splits=splits,
+            classes=list(corpus.classes),
+        ),
+        {DRIVER_RESOURCE: 0.01},
+    )  # the trial only drives its TorchTrainer: no CPU of its own
     if resume:
-        if not Tuner.can_restore(path):
-            raise FileNotFoundError(f"--resume: no search to resume in {path}")
-        return Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True).fit()
-    if Tuner.can_restore(path):
-        raise FileExistsError(f"{path} already holds a search: pass --resume, or another --output-dir")
+        if not Tuner.can_restore(paths.search):
+            raise FileNotFoundError(f"--resume: no search to resume in {paths.search}")
+        return Tuner.restore(
+            paths.search, trainable, resume_unfinished=True, resume_errored=True
+        ).fit()
+    if Tuner.can_restore(paths.search):
+        raise FileExistsError(
+            f"{paths.search} already holds a search: pass --resume, or another --output-dir"
+        )
     t, sessions = cfg.tune, list(splits)
     score = f"best_{t.metric}"  # a trial's best epoch so far: the score that selects its config
     tuner = Tuner(
@@ -272,12 +329,20 @@ def run_search(cfg: Config, folds: list[Fold], space: SearchSpace, corpus: Corpu
         param_space={p.key: p.domain() for p in space.params},
         tune_config=TuneConfig(
             search_alg=FoldSearch(sessions, t.num_samples, score, space.start, cfg.train.seed),
-            scheduler=FoldASHA(str(out_dir / "asha_state.pkl"), sessions, metric=score, mode="max",
-                               time_attr="epoch", max_t=cfg.train.epochs, grace_period=t.grace_period,
-                               reduction_factor=t.reduction_factor),
-            num_samples=t.num_samples * len(sessions), max_concurrent_trials=t.max_concurrent_trials,
+            scheduler=FoldASHA(
+                str(paths.asha_state),
+                sessions,
+                metric=score,
+                mode="max",
+                time_attr="epoch",
+                max_t=cfg.train.epochs,
+                grace_period=t.grace_period,
+                reduction_factor=t.reduction_factor,
+            ),
+            num_samples=t.num_samples * len(sessions),
+            max_concurrent_trials=t.max_concurrent_trials,
         ),
-        run_config=ray.tune.RunConfig(name=SEARCH_DIR, storage_path=storage),
+        run_config=ray.tune.RunConfig(name=RunPaths.SEARCH, storage_path=paths.storage),
     )
     return tuner.fit()
 
@@ -290,12 +355,19 @@ def trial_table(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config) -> p
         history = result.metrics_dataframe
         scores = history[metric] if history is not None and metric in history else pd.Series()
         epochs = int(history["epoch"].max()) if len(scores) else 0
-        rows.append({"fold": result.config[FOLD], RANK: result.config[RANK], "trial": trial_id(result),
-                     **{p.key: result.config.get(p.key) for p in space.params},
-                     "epochs": epochs, f"best_{metric}": _best(history, metric) if len(scores) else float("nan"),
-                     f"last_{metric}": scores.iloc[-1] if len(scores) else float("nan"),
-                     "stopped_early": 0 < epochs < cfg.train.epochs and result.error is None,
-                     "error": type(result.error).__name__ if result.error else ""})
+        rows.append(
+            {
+                "fold": result.config[FOLD],
+                RANK: result.config[RANK],
+                "trial": trial_id(result),
+                **{p.key: result.config.get(p.key) for p in space.params},
+                "epochs": epochs,
+                f"best_{metric}": _best(history, metric) if len(scores) else float("nan"),
+                f"last_{metric}": scores.iloc[-1] if len(scores) else float("nan"),
+                "stopped_early": 0 < epochs < cfg.train.epochs and result.error is None,
+                "error": type(result.error).__name__ if result.error else "",
+            }
+        )
     return pd.DataFrame(rows).sort_values(["fold", RANK], ignore_index=True)
 
 
@@ -311,7 +383,7 @@ def searched(config: dict) -> dict:
 
 
 def trial_id(result: ray.tune.Result) -> str:
-    """Tune's id of the trial; its Train run is `trials/trial-<id>`."""
+    """Tune's id of the trial; its Train run is `RunPaths.trial_run(id)`."""
     return (result.metrics or {}).get("trial_id", "")
 
 
@@ -319,7 +391,9 @@ def best_trials(grid: ray.tune.ResultGrid, cfg: Config) -> dict[int, ray.tune.Re
     """Per fold, the trial with the best epoch (ASHA-stopped trials included; ties go to the earlier
     trial): only validation scores of that fold's own search decide."""
     metric, best = cfg.tune.metric, {}
-    for result in sorted(grid, key=lambda r: r.config[RANK]):  # launch order: ties go to the earlier
+    for result in sorted(
+        grid, key=lambda r: r.config[RANK]
+    ):  # launch order: ties go to the earlier
         history = result.metrics_dataframe
         if history is None or metric not in history:
             continue
@@ -328,7 +402,9 @@ def best_trials(grid: ray.tune.ResultGrid, cfg: Config) -> dict[int, ray.tune.Re
             best[fold] = result
     if missing := sorted({r.config[FOLD] for r in grid} - set(best)):
         errors = [r.error for r in grid if r.error and r.config[FOLD] in missing]
-        raise RuntimeError(f"no trial of fold(s) {missing} reported {metric}; first error: {errors[:1]}")
+        raise RuntimeError(
+            f"no trial of fold(s) {missing} reported {metric}; first error: {errors[:1]}"
+        )
     return best
 
 
@@ -345,31 +421,50 @@ def param_importances(trials: pd.DataFrame, space: SearchSpace, metric: str) -> 
     study = optuna.create_study(direction="maximize")
     distributions = {p.key: p.optuna_distribution() for p in space.params}
     for (_, row), value in zip(done.iterrows(), score):
-        study.add_trial(optuna.trial.create_trial(
-            params={p.key: _hashable(row[p.key]) for p in space.params}, distributions=distributions,
-            value=float(value)))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={p.key: _hashable(row[p.key]) for p in space.params},
+                distributions=distributions,
+                value=float(value),
+            )
+        )
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     return optuna.importance.get_param_importances(study, evaluator=evaluator)
 
 
-def write_search_outputs(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config,
-                         out_dir: Path) -> list[Path]:
+def write_search_outputs(
+    grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config, out_dir: Path
+) -> list[Path]:
     """trials.csv, each fold's selected config (`best_config_s<k>.yaml`) and the search plots (a panel
     per fold); returns the paths written."""
     metric = cfg.tune.metric
     trials = trial_table(grid, space, cfg)
-    paths = [out_dir / name for name in ("trials.csv", "optimization_history.png", "ua_per_epoch.png")]
+    paths = [
+        out_dir / name for name in ("trials.csv", "optimization_history.png", "ua_per_epoch.png")
+    ]
     trials.to_csv(paths[0], index=False)
     plot_search_history(trials, metric, paths[1])
-    plot_curves({fold: {trial_id(r): r.metrics_dataframe
-                        for r in sorted(grid, key=lambda r: r.config[RANK]) if r.config[FOLD] == fold
-                        and r.metrics_dataframe is not None and metric in r.metrics_dataframe}
-                 for fold in sorted(trials.fold.unique())}, metric, paths[2])
+    plot_curves(
+        {
+            fold: {
+                trial_id(r): r.metrics_dataframe
+                for r in sorted(grid, key=lambda r: r.config[RANK])
+                if r.config[FOLD] == fold
+                and r.metrics_dataframe is not None
+                and metric in r.metrics_dataframe
+            }
+            for fold in sorted(trials.fold.unique())
+        },
+        metric,
+        paths[2],
+    )
     for fold, result in sorted(best_trials(grid, cfg).items()):
         path = out_dir / f"best_config_s{fold}.yaml"
-        header = (f"# fold {fold} (test session {fold}): trial {trial_id(result)}, best {metric} "
-                  f"{_best(result.metrics_dataframe, metric):.4f}, chosen on sessions other than {fold}\n"
-                  f"# re-run: turbo-ray train --config {path}\n")
+        header = (
+            f"# fold {fold} (test session {fold}): trial {trial_id(result)}, best {metric} "
+            f"{_best(result.metrics_dataframe, metric):.4f}, chosen on sessions other than {fold}\n"
+            f"# re-run: turbo-ray train --config {path}\n"
+        )
         config = override(cfg, searched(result.config))
         path.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
         paths.append(path)

@@ -1,8 +1,9 @@
 """The corpus a run uses: an IEMOCAP release or the generated demo corpus, parsed and sharded once.
 
-    corpus = prepare_corpus(cfg.data)              # manifest + Parquet shards (cached, idempotent)
-    fold = corpus.fold(cfg.data)                   # train / val / test of the configured LOSO fold
+corpus = prepare_corpus(cfg.data)              # manifest + Parquet shards (cached, idempotent)
+fold = corpus.fold(cfg.data)                   # train / val / test of the configured LOSO fold
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,16 +23,22 @@ from turbo_ray.data.iemocap import (
     loso_folds,
 )
 from turbo_ray.data.shards import write_shards
+from turbo_ray.paths import demo_corpus_dir, shards_location
 
 
 @dataclass(frozen=True)
 class Corpus:
-    root: Path                # the IEMOCAP_full_release folder (real or demo)
-    manifest: pd.DataFrame    # one row per usable utterance
+    root: Path  # the IEMOCAP_full_release folder (real or demo)
+    manifest: pd.DataFrame  # one row per usable utterance
     report: CorpusReport
-    shards: str               # local path or URI of the Parquet shards
+    shards: str  # local path or URI of the Parquet shards
     classes: tuple[str, ...]
     is_demo: bool
+
+    @property
+    def label(self) -> str:
+        """How result tables name the corpus."""
+        return "demo corpus (a fixture, not real speech)" if self.is_demo else str(self.root)
 
     def folds(self, cfg: DataConfig) -> list[Fold]:
         """The LOSO folds; every split must hold utterances (training and selection need them)."""
@@ -39,9 +46,11 @@ class Corpus:
         for fold in folds:
             for name in ("train", "val", "test"):
                 if getattr(fold, name).empty:
-                    raise CorpusError(f"the fold testing session {fold.test_session} has an empty {name} split "
-                                     f"({len(self.manifest)} utterances in {self.root}): raise data.val_fraction "
-                                     f"(now {cfg.val_fraction}) or use a bigger corpus")
+                    raise CorpusError(
+                        f"the fold testing session {fold.test_session} has an empty {name} split "
+                        f"({len(self.manifest)} utterances in {self.root}): raise data.val_fraction "
+                        f"(now {cfg.val_fraction}) or use a bigger corpus"
+                    )
         return folds
 
     def fold(self, cfg: DataConfig) -> Fold:
@@ -56,8 +65,10 @@ def corpus_root(cfg: DataConfig) -> tuple[Path, bool]:
     """(IEMOCAP_full_release folder, is_demo): the configured release, or the demo corpus, built once."""
     if cfg.data_dir:
         return Path(cfg.data_dir).expanduser().resolve(), False
-    demo = Path(cfg.cache_dir).expanduser() / f"demo-{cfg.demo_utterances_per_speaker}"
-    return make_demo_corpus(demo, utterances_per_speaker=cfg.demo_utterances_per_speaker), True
+    demo = make_demo_corpus(
+        demo_corpus_dir(cfg), utterances_per_speaker=cfg.demo_utterances_per_speaker
+    )
+    return demo, True
 
 
 def prepare_corpus(cfg: DataConfig, strict: bool = False) -> Corpus:
@@ -67,9 +78,11 @@ def prepare_corpus(cfg: DataConfig, strict: bool = False) -> Corpus:
     classes = CLASS_SETS[cfg.classes]
     if manifest.empty:
         problems = manifest.attrs["report"].summary().splitlines()[0]
-        raise CorpusError(f"{root}: no usable utterance in the class set {cfg.classes!r} ({problems}; "
-                          f"`turbo-ray prepare --data-dir {root}` lists them)")
+        raise CorpusError(
+            f"{root}: no usable utterance in the class set {cfg.classes!r} ({problems}; "
+            f"`turbo-ray prepare --data-dir {root}` lists them)"
+        )
     key = hashlib.sha256(f"{root}|{cfg.classes}|{cfg.audio_format}".encode()).hexdigest()[:12]
-    shards = cfg.shards_dir or str(Path(cfg.cache_dir).expanduser() / "shards" / key)
+    shards = shards_location(cfg, key)
     write_shards(manifest, shards, audio_format=cfg.audio_format, classes=classes)
     return Corpus(root, manifest, manifest.attrs.get("report"), shards, classes, is_demo)

@@ -11,6 +11,7 @@ The text carries valence: per-emotion sentence templates, angry and sad sharing 
 and about a quarter of every class an ambiguous sentence. Neither modality alone separates the four
 classes. `.demo_corpus.json` (written last) records the parameters and the label counts per session.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,25 @@ SAMPLE_RATE = 16_000
 MIN_SECONDS, MAX_SECONDS = 1.0, 3.5
 APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \x00\x02\x80\xff" + bytes(60)
 HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
-SCRIPTS = {1: "F_script01_2", 2: "M_script02_1", 3: "F_script01_1", 4: "M_script03_2", 5: "M_script01_1b"}
+SCRIPTS = {
+    1: "F_script01_2",
+    2: "M_script02_1",
+    3: "F_script01_1",
+    4: "M_script03_2",
+    5: "M_script01_1b",
+}
 DIALOGS_PER_SESSION = 4
 SPEAKER_F0 = {"F": 200.0, "M": 115.0}
-FOUR_CLASS_CYCLE = ("neu", "hap", "ang", "sad", "neu", "exc", "ang", "sad")  # happy alternates hap / exc
+FOUR_CLASS_CYCLE = (
+    "neu",
+    "hap",
+    "ang",
+    "sad",
+    "neu",
+    "exc",
+    "ang",
+    "sad",
+)  # happy alternates hap / exc
 OTHER_CYCLE = ("fru", "xxx")
 
 SLOTS = {
@@ -49,18 +65,48 @@ SLOTS = {
     "thing": ("day", "surprise", "idea", "gift"),
 }
 SENTENCES = {
-    "happy": ("this is {good} news", "I am so happy for {them}", "we did it, this is {good}",
-              "I love it, thank you so much", "what a {good} {thing}"),
-    "angry": ("I am sick of this", "how dare {who} say that to me", "stop lying to me",
-              "get out of here right now", "I have had enough of your excuses"),
-    "sad": ("I miss {them} so much", "I feel so alone", "nothing will ever be the same",
-            "I wish {who} were still here", "I can't stop crying"),
-    "negative": ("this is {bad}", "I can't believe {who} did that", "everything went wrong again",
-                 "why does this always happen to me"),
-    "neutral": ("{event} is {time}", "I will call you {time}", "the {object} is on the table",
-                "can you pass me the {object}", "{who} said {event} was moved"),
-    "ambiguous": ("I don't know what to say", "okay", "let me think about it", "well that is what {who} told me",
-                  "we will see {time}", "are you serious"),
+    "happy": (
+        "this is {good} news",
+        "I am so happy for {them}",
+        "we did it, this is {good}",
+        "I love it, thank you so much",
+        "what a {good} {thing}",
+    ),
+    "angry": (
+        "I am sick of this",
+        "how dare {who} say that to me",
+        "stop lying to me",
+        "get out of here right now",
+        "I have had enough of your excuses",
+    ),
+    "sad": (
+        "I miss {them} so much",
+        "I feel so alone",
+        "nothing will ever be the same",
+        "I wish {who} were still here",
+        "I can't stop crying",
+    ),
+    "negative": (
+        "this is {bad}",
+        "I can't believe {who} did that",
+        "everything went wrong again",
+        "why does this always happen to me",
+    ),
+    "neutral": (
+        "{event} is {time}",
+        "I will call you {time}",
+        "the {object} is on the table",
+        "can you pass me the {object}",
+        "{who} said {event} was moved",
+    ),
+    "ambiguous": (
+        "I don't know what to say",
+        "okay",
+        "let me think about it",
+        "well that is what {who} told me",
+        "we will see {time}",
+        "are you serious",
+    ),
 }
 VOWELS = {  # relative gains of harmonics 1..8: a crude vowel colour per syllable
     "a": (1.0, 0.9, 1.0, 0.8, 0.5, 0.3, 0.2, 0.1),
@@ -77,27 +123,73 @@ HARMONICS = np.arange(1, 9)
 class Style:
     """How an emotion is spoken (audio: arousal), rated (valence, activation, dominance) and worded (text)."""
 
-    pitch: float        # semitones above the speaker's f0
+    pitch: float  # semitones above the speaker's f0
     pitch_range: float  # semitones of syllable accents
     gain_db: float
-    rate: float         # syllables per second
-    tilt: float         # harmonic roll-off exponent: lower is brighter
+    rate: float  # syllables per second
+    tilt: float  # harmonic roll-off exponent: lower is brighter
     vad: tuple[float, float, float]
-    category: str       # the annotators' word in the C- lines
+    category: str  # the annotators' word in the C- lines
     pools: tuple[tuple[str, float], ...]  # sentence pools and their shares
 
 
 STYLES = {
-    "neu": Style(0.0, 3.0, -8.0, 3.8, 1.4, (3.0, 2.5, 2.5), "Neutral", (("neutral", 0.75), ("ambiguous", 0.25))),
-    "hap": Style(5.0, 7.0, 0.0, 5.0, 1.0, (4.0, 3.5, 3.0), "Happiness", (("happy", 0.75), ("ambiguous", 0.25))),
-    "exc": Style(5.5, 7.0, 0.5, 5.1, 1.0, (4.0, 4.0, 3.5), "Excited", (("happy", 0.75), ("ambiguous", 0.25))),
-    "ang": Style(4.5, 6.0, 1.0, 5.2, 0.9, (1.8, 4.0, 4.0), "Anger",
-                 (("angry", 0.35), ("negative", 0.40), ("ambiguous", 0.25))),
-    "sad": Style(-2.0, 2.0, -11.0, 3.0, 1.6, (1.8, 2.0, 2.0), "Sadness",
-                 (("sad", 0.35), ("negative", 0.40), ("ambiguous", 0.25))),
-    "fru": Style(2.5, 4.5, -3.0, 4.5, 1.1, (2.0, 3.2, 3.2), "Frustration",
-                 (("negative", 0.5), ("angry", 0.2), ("ambiguous", 0.3))),
-    "xxx": Style(1.0, 4.0, -5.0, 4.2, 1.3, (2.8, 3.0, 3.0), "Other", (("ambiguous", 0.5), ("neutral", 0.5))),
+    "neu": Style(
+        0.0,
+        3.0,
+        -8.0,
+        3.8,
+        1.4,
+        (3.0, 2.5, 2.5),
+        "Neutral",
+        (("neutral", 0.75), ("ambiguous", 0.25)),
+    ),
+    "hap": Style(
+        5.0,
+        7.0,
+        0.0,
+        5.0,
+        1.0,
+        (4.0, 3.5, 3.0),
+        "Happiness",
+        (("happy", 0.75), ("ambiguous", 0.25)),
+    ),
+    "exc": Style(
+        5.5, 7.0, 0.5, 5.1, 1.0, (4.0, 4.0, 3.5), "Excited", (("happy", 0.75), ("ambiguous", 0.25))
+    ),
+    "ang": Style(
+        4.5,
+        6.0,
+        1.0,
+        5.2,
+        0.9,
+        (1.8, 4.0, 4.0),
+        "Anger",
+        (("angry", 0.35), ("negative", 0.40), ("ambiguous", 0.25)),
+    ),
+    "sad": Style(
+        -2.0,
+        2.0,
+        -11.0,
+        3.0,
+        1.6,
+        (1.8, 2.0, 2.0),
+        "Sadness",
+        (("sad", 0.35), ("negative", 0.40), ("ambiguous", 0.25)),
+    ),
+    "fru": Style(
+        2.5,
+        4.5,
+        -3.0,
+        4.5,
+        1.1,
+        (2.0, 3.2, 3.2),
+        "Frustration",
+        (("negative", 0.5), ("angry", 0.2), ("ambiguous", 0.3)),
+    ),
+    "xxx": Style(
+        1.0, 4.0, -5.0, 4.2, 1.3, (2.8, 3.0, 3.0), "Other", (("ambiguous", 0.5), ("neutral", 0.5))
+    ),
 }
 CATEGORIES = tuple(s.category for s in STYLES.values())
 
@@ -115,15 +207,23 @@ class _Turn:
 def dialogs(session: int) -> list[str]:
     """The session's dialogs: an F improvisation, an M improvisation in a/b parts, and a script."""
     s = f"Ses0{session}"
-    return [f"{s}F_impro0{session}", f"{s}M_impro0{session + 3}a", f"{s}M_impro0{session + 3}b", s + SCRIPTS[session]]
+    return [
+        f"{s}F_impro0{session}",
+        f"{s}M_impro0{session + 3}a",
+        f"{s}M_impro0{session + 3}b",
+        s + SCRIPTS[session],
+    ]
 
 
 def _sentence(style: Style, rng: np.random.Generator) -> str:
     """A sentence from one of the style's pools, its slots filled; now and then a [BREATHING] tag, as in the release."""
     pools, shares = zip(*style.pools)
     templates = SENTENCES[pools[rng.choice(len(pools), p=shares)]]
-    text = re.sub(r"\{(\w+)\}", lambda m: SLOTS[m[1]][rng.integers(len(SLOTS[m[1]]))],
-                  templates[rng.integers(len(templates))])
+    text = re.sub(
+        r"\{(\w+)\}",
+        lambda m: SLOTS[m[1]][rng.integers(len(SLOTS[m[1]]))],
+        templates[rng.integers(len(templates))],
+    )
     text = text[0].upper() + text[1:] + "."
     return text + " [BREATHING]" if rng.random() < 0.1 else text
 
@@ -153,23 +253,27 @@ def synthesise(text: str, style: Style, f0: float, rng: np.random.Generator) -> 
     lead += rng.uniform(0, 1) * (total - lead - trail - speech * scale)
     n = int(total * SAMPLE_RATE)
 
-    starts = ((lead + np.concatenate([[0.0], np.cumsum(lengths + gaps)[:-1]])) * SAMPLE_RATE).astype(int)
+    starts = (
+        (lead + np.concatenate([[0.0], np.cumsum(lengths + gaps)[:-1]])) * SAMPLE_RATE
+    ).astype(int)
     sizes = (lengths * SAMPLE_RATE).astype(int)
     envelope, vowel_at = np.zeros(n), np.zeros(n, dtype=int)
     peaks = rng.uniform(0.7, 1.0, len(vowels))
     for start, size, peak, vowel in zip(starts, sizes, peaks, vowels):
-        envelope[start:start + size] = peak * np.sin(np.pi * np.arange(size) / size) ** 0.6
-        vowel_at[start:start + size] = vowel
+        envelope[start : start + size] = peak * np.sin(np.pi * np.arange(size) / size) ** 0.6
+        vowel_at[start : start + size] = vowel
 
     t = np.arange(n)
     centres = starts + sizes // 2
-    accents = style.pitch_range * rng.uniform(-0.5, 0.5, len(vowels)) - 2.0 * centres / n  # accents + declination
+    accents = (
+        style.pitch_range * rng.uniform(-0.5, 0.5, len(vowels)) - 2.0 * centres / n
+    )  # accents + declination
     knots = np.arange(0, n + 160, 160)  # f0 jitter: smooth noise, one value per 10 ms
     jitter = np.interp(t, knots, rng.normal(0, 0.3, len(knots)))
     semitones = style.pitch + rng.normal(0, 1.2) + np.interp(t, centres, accents) + jitter
     phase = 2 * np.pi * np.cumsum(f0 * 2 ** (semitones / 12)) / SAMPLE_RATE
 
-    gains = np.array([VOWELS[v] for v in VOWEL_ORDER]) * HARMONICS ** -style.tilt
+    gains = np.array([VOWELS[v] for v in VOWEL_ORDER]) * HARMONICS**-style.tilt
     gains /= gains.sum(axis=1, keepdims=True)
     colour = gains.T[:, vowel_at]  # (harmonic, sample)
     previous, harmonic, twice_cos = np.zeros(n), np.sin(phase), 2 * np.cos(phase)
@@ -190,10 +294,13 @@ def _label_plan(utterances: int, offset: int, rng: np.random.Generator) -> list[
     return [plan[i] for i in rng.permutation(len(plan))]
 
 
-def _dialog_turns(dialog: str, plans: dict[str, list[str]], f0s: dict[str, float],
-                  rng: np.random.Generator) -> list[_Turn]:
+def _dialog_turns(
+    dialog: str, plans: dict[str, list[str]], f0s: dict[str, float], rng: np.random.Generator
+) -> list[_Turn]:
     """The dialog's turns in time order: both actors interleaved, numbered per actor from 000."""
-    order = np.array([g for g, plan in plans.items() for _ in plan])[rng.permutation(sum(map(len, plans.values())))]
+    order = np.array([g for g, plan in plans.items() for _ in plan])[
+        rng.permutation(sum(map(len, plans.values())))
+    ]
     turns, count, clock = [], dict.fromkeys(plans, 0), rng.uniform(1.0, 3.0)
     for gender in order:
         label = plans[gender][count[gender]]
@@ -213,12 +320,19 @@ def _evaluation_block(turn: _Turn, rng: np.random.Generator) -> str:
     if turn.label == "xxx":  # no majority
         words = [CATEGORIES[i] for i in rng.choice(len(CATEGORIES), 3, replace=False)]
     else:
-        words = [style.category if rng.random() < 0.8 else CATEGORIES[rng.integers(len(CATEGORIES))] for _ in range(3)]
+        words = [
+            style.category if rng.random() < 0.8 else CATEGORIES[rng.integers(len(CATEGORIES))]
+            for _ in range(3)
+        ]
     ratings = np.clip(np.rint(np.array(style.vad) + rng.normal(0, 0.7, (3, 3))), 1, 5).astype(int)
     v, a, d = ratings.mean(axis=0)
-    lines = [f"[{turn.start:.4f} - {turn.end:.4f}]\t{turn.utterance_id}\t{turn.label}\t[{v:.4f}, {a:.4f}, {d:.4f}]"]
+    lines = [
+        f"[{turn.start:.4f} - {turn.end:.4f}]\t{turn.utterance_id}\t{turn.label}\t[{v:.4f}, {a:.4f}, {d:.4f}]"
+    ]
     lines += [f"C-E{i + 1}:\t{word};\t()" for i, word in enumerate(words)]
-    lines += [f"A-E{i + 1}:\tval {r[0]}; act {r[1]}; dom  {r[2]};\t()" for i, r in enumerate(ratings)]
+    lines += [
+        f"A-E{i + 1}:\tval {r[0]}; act {r[1]}; dom  {r[2]};\t()" for i, r in enumerate(ratings)
+    ]
     return "\n".join(lines) + "\n\n"
 
 
@@ -231,13 +345,20 @@ def _transcription(dialog: str, turns: list[_Turn], xx_speaker: str | None) -> s
     return "\n".join(lines) + "\n"
 
 
-def _write_session(release: Path, session: int, speakers_utterances: int, rng: np.random.Generator) -> dict[str, int]:
+def _write_session(
+    release: Path, session: int, speakers_utterances: int, rng: np.random.Generator
+) -> dict[str, int]:
     """One session's EmoEvaluation, transcriptions and wavs (with the odd cases); its raw label counts."""
     names = dialogs(session)
-    plans = {g: _label_plan(speakers_utterances, offset, rng) for g, offset in (("F", 0), ("M", 2))}  # M balances F
+    plans = {
+        g: _label_plan(speakers_utterances, offset, rng) for g, offset in (("F", 0), ("M", 2))
+    }  # M balances F
     f0s = {g: SPEAKER_F0[g] * 2 ** (rng.normal(0, 1.5) / 12) for g in ("F", "M")}
     base = release / f"Session{session}"
-    evaluation, transcriptions = base / "dialog" / "EmoEvaluation", base / "dialog" / "transcriptions"
+    evaluation, transcriptions = (
+        base / "dialog" / "EmoEvaluation",
+        base / "dialog" / "transcriptions",
+    )
     for folder in (evaluation, transcriptions):
         folder.mkdir(parents=True)
     counts: dict[str, int] = {}
@@ -252,12 +373,16 @@ def _write_session(release: Path, session: int, speakers_utterances: int, rng: n
         wav_dir = base / "sentences" / "wav" / dialog
         wav_dir.mkdir(parents=True)
         for turn in turns:
-            sf.write(wav_dir / f"{turn.utterance_id}.wav", turn.audio, SAMPLE_RATE, subtype="PCM_16")
+            sf.write(
+                wav_dir / f"{turn.utterance_id}.wav", turn.audio, SAMPLE_RATE, subtype="PCM_16"
+            )
             counts[turn.label] = counts.get(turn.label, 0) + 1
         if session == 1 and index == 0:  # files the loader must skip
             (evaluation / f"._{dialog}.txt").write_bytes(APPLEDOUBLE)
             (wav_dir / f"._{turns[0].utterance_id}.wav").write_bytes(APPLEDOUBLE)
-            (evaluation / "Categorical").mkdir()  # a decoy: read, it would duplicate every id of the dialog
+            (
+                evaluation / "Categorical"
+            ).mkdir()  # a decoy: read, it would duplicate every id of the dialog
             (evaluation / "Categorical" / f"{dialog}_e1_cat.txt").write_text(emo, encoding="utf-8")
     return dict(sorted(counts.items()))
 
@@ -278,22 +403,39 @@ def make_demo_corpus(root: str | Path, seed: int = 0, utterances_per_speaker: in
     build leaves nothing half-written; a demo corpus built with other parameters is replaced.
     """
     if utterances_per_speaker < DIALOGS_PER_SESSION:
-        raise ValueError(f"utterances_per_speaker must be at least {DIALOGS_PER_SESSION} (one per dialog)")
+        raise ValueError(
+            f"utterances_per_speaker must be at least {DIALOGS_PER_SESSION} (one per dialog)"
+        )
     root = Path(root).expanduser().absolute()
     release = root / RELEASE_NAME
-    params = {"format": FORMAT_VERSION, "seed": seed, "utterances_per_speaker": utterances_per_speaker}
+    params = {
+        "format": FORMAT_VERSION,
+        "seed": seed,
+        "utterances_per_speaker": utterances_per_speaker,
+    }
     if _is_built(release, params):
         return release
     if release.exists() and not (release / MARKER).is_file():
-        raise FileExistsError(f"{release} exists and is not a generated demo corpus: refusing to replace it")
+        raise FileExistsError(
+            f"{release} exists and is not a generated demo corpus: refusing to replace it"
+        )
     root.mkdir(parents=True, exist_ok=True)
     building = root / f".{RELEASE_NAME}.building-{uuid.uuid4().hex[:8]}"
     try:
         rng = np.random.default_rng(seed)
-        labels = {str(s): _write_session(building, s, utterances_per_speaker, rng) for s in range(1, 6)}
-        summary = {**params, "sample_rate": SAMPLE_RATE, "utterances": 10 * utterances_per_speaker,
-                   "labels_per_session": labels, "note": "generated fixture and demo, not real speech"}
-        (building / MARKER).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        labels = {
+            str(s): _write_session(building, s, utterances_per_speaker, rng) for s in range(1, 6)
+        }
+        summary = {
+            **params,
+            "sample_rate": SAMPLE_RATE,
+            "utterances": 10 * utterances_per_speaker,
+            "labels_per_session": labels,
+            "note": "generated fixture and demo, not real speech",
+        }
+        (building / MARKER).write_text(
+            json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
         if release.exists():
             shutil.rmtree(release)
         os.replace(building, release)

@@ -6,6 +6,7 @@
 The layout and the parsing rules are those of the release (README: Data). Anything that does not fit them is reported
 (`CorpusReport`) and the utterance left out: a wrong or missing label is never guessed.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,20 +22,58 @@ import soundfile as sf
 RELEASE_NAME = "IEMOCAP_full_release"
 SESSIONS = tuple(f"Session{n}" for n in range(1, 6))
 RAW_LABELS = ("neu", "hap", "exc", "ang", "sad", "fru", "fea", "sur", "dis", "oth", "xxx")
-LONG_NAMES = dict(zip(RAW_LABELS, ("neutral", "happy", "excited", "angry", "sad", "frustrated", "fearful",
-                                   "surprised", "disgusted", "other", "no_agreement")))
+LONG_NAMES = dict(
+    zip(
+        RAW_LABELS,
+        (
+            "neutral",
+            "happy",
+            "excited",
+            "angry",
+            "sad",
+            "frustrated",
+            "fearful",
+            "surprised",
+            "disgusted",
+            "other",
+            "no_agreement",
+        ),
+    )
+)
 CLASS_SETS: dict[str, tuple[str, ...]] = {
     "4class": ("neutral", "happy", "angry", "sad"),
     "all": tuple(LONG_NAMES.values()),
 }
 MERGED = {"4class": {"exc": "happy"}}  # raw label -> class, where it differs from the long name
-COLUMNS = ("utterance_id", "session", "dialog", "speaker", "gender", "label", "label_id", "label_raw", "text",
-           "wav_path", "start", "end", "valence", "activation", "dominance", "duration", "sample_rate")
-DTYPES = {"session": "int64", "label_id": "int64", "sample_rate": "int64",
-          **dict.fromkeys(("start", "end", "valence", "activation", "dominance", "duration"), "float64")}
+COLUMNS = (
+    "utterance_id",
+    "session",
+    "dialog",
+    "speaker",
+    "gender",
+    "label",
+    "label_id",
+    "label_raw",
+    "text",
+    "wav_path",
+    "start",
+    "end",
+    "valence",
+    "activation",
+    "dominance",
+    "duration",
+    "sample_rate",
+)
+DTYPES = {
+    "session": "int64",
+    "label_id": "int64",
+    "sample_rate": "int64",
+    **dict.fromkeys(("start", "end", "valence", "activation", "dominance", "duration"), "float64"),
+}
 
 SUMMARY_LINE = re.compile(
-    r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(\S+)\t([a-z]{3})\t\[(\d\.\d{4}), (\d\.\d{4}), (\d\.\d{4})\]$")
+    r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(\S+)\t([a-z]{3})\t\[(\d\.\d{4}), (\d\.\d{4}), (\d\.\d{4})\]$"
+)
 INFO_FIELDS = ("excluded", "downmixed")  # CorpusReport fields that are information, not problems
 UTTERANCE_ID = re.compile(r"^Ses0[1-5][FM]_(impro0[1-8][ab]?|script0[1-3]_[1-3]b?)_[FM]\d{3}$")
 
@@ -53,16 +92,27 @@ class CorpusReport:
     missing_transcription: list[str] = field(default_factory=list)
     unknown_label: list[str] = field(default_factory=list)
     malformed_lines: list[str] = field(default_factory=list)
-    undecodable_text: list[str] = field(default_factory=list)  # "path:line": not UTF-8 (kept, bytes replaced)
+    undecodable_text: list[str] = field(
+        default_factory=list
+    )  # "path:line": not UTF-8 (kept, bytes replaced)
     duplicate_ids: list[str] = field(default_factory=list)
-    duplicate_wavs: list[str] = field(default_factory=list)  # "id: path, path": left out, never guessed
-    excluded: dict[str, int] = field(default_factory=dict)  # raw label -> utterances outside the class set (info)
-    downmixed: list[str] = field(default_factory=list)  # multi-channel wavs, down-mixed to mono in the shards (info)
+    duplicate_wavs: list[str] = field(
+        default_factory=list
+    )  # "id: path, path": left out, never guessed
+    excluded: dict[str, int] = field(
+        default_factory=dict
+    )  # raw label -> utterances outside the class set (info)
+    downmixed: list[str] = field(
+        default_factory=list
+    )  # multi-channel wavs, down-mixed to mono in the shards (info)
 
     def problems(self) -> dict[str, list[str]]:
         """The non-empty problem lists, by name."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in INFO_FIELDS and getattr(self, f.name)}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in INFO_FIELDS and getattr(self, f.name)
+        }
 
     def summary(self, limit: int = 10) -> str:
         """Counts, and the first `limit` entries of each problem."""
@@ -77,8 +127,10 @@ class CorpusReport:
             counts = ", ".join(f"{raw} {n}" for raw, n in sorted(self.excluded.items()))
             lines.append(f"  outside the class set (left out, not a problem): {counts}")
         if self.downmixed:
-            lines.append(f"  multi-channel wavs down-mixed to mono: {len(self.downmixed)}: "
-                         f"{', '.join(self.downmixed[:limit])}{' …' if len(self.downmixed) > limit else ''}")
+            lines.append(
+                f"  multi-channel wavs down-mixed to mono: {len(self.downmixed)}: "
+                f"{', '.join(self.downmixed[:limit])}{' …' if len(self.downmixed) > limit else ''}"
+            )
         return "\n".join(lines)
 
 
@@ -108,7 +160,9 @@ def release_dir(root: str | Path) -> Path:
     for candidate in (root, root / RELEASE_NAME):
         if any((candidate / session).is_dir() for session in SESSIONS):
             return candidate
-    raise CorpusError(f"{root} is not an {RELEASE_NAME} folder: expected Session1..Session5 folders in it")
+    raise CorpusError(
+        f"{root} is not an {RELEASE_NAME} folder: expected Session1..Session5 folders in it"
+    )
 
 
 def class_name(raw: str, classes: str) -> str | None:
@@ -121,8 +175,12 @@ def _visible(folder: Path, suffix: str = "") -> list[Path]:
     """Sorted entries of `folder` (files with `suffix`, or folders if no suffix), skipping names that start with "."."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")
-                  and (p.is_file() and p.suffix == suffix if suffix else p.is_dir()))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if not p.name.startswith(".")
+        and (p.is_file() and p.suffix == suffix if suffix else p.is_dir())
+    )
 
 
 def _lines(path: Path, report: CorpusReport) -> Iterator[tuple[int, str]]:
@@ -151,11 +209,15 @@ def _parse_labels(files: list[Path], report: CorpusReport) -> tuple[dict[str, _L
                 continue
             if match[3] in labels:
                 duplicates.add(match[3])
-            labels[match[3]] = _Label(float(match[1]), float(match[2]), match[4], *map(float, match.group(5, 6, 7)))
+            labels[match[3]] = _Label(
+                float(match[1]), float(match[2]), match[4], *map(float, match.group(5, 6, 7))
+            )
     return labels, duplicates
 
 
-def _parse_transcriptions(files: list[Path], report: CorpusReport) -> tuple[dict[str, str], set[str]]:
+def _parse_transcriptions(
+    files: list[Path], report: CorpusReport
+) -> tuple[dict[str, str], set[str]]:
     """Text by utterance id, and the ids given two different texts."""
     texts: dict[str, str] = {}
     conflicting: set[str] = set()
@@ -183,24 +245,31 @@ def _wav_info(path: Path) -> tuple[int, int, int] | None:
 
 def scan_corpus(root: str | Path, classes: str = "4class") -> tuple[pd.DataFrame, CorpusReport]:
     """The manifest of the usable utterances whose label is in `classes`, and the report of everything else."""
-    if classes not in CLASS_SETS:
-        raise ValueError(f"unknown class set {classes!r}: choose one of {sorted(CLASS_SETS)}")
     release = release_dir(root)
     sessions = [release / s for s in SESSIONS if (release / s).is_dir()]
     report = CorpusReport()
     labels, duplicate_labels = _parse_labels(
-        [f for s in sessions for f in _visible(s / "dialog" / "EmoEvaluation", ".txt")], report)
+        [f for s in sessions for f in _visible(s / "dialog" / "EmoEvaluation", ".txt")], report
+    )
     texts, duplicate_texts = _parse_transcriptions(
-        [f for s in sessions for f in _visible(s / "dialog" / "transcriptions", ".txt")], report)
+        [f for s in sessions for f in _visible(s / "dialog" / "transcriptions", ".txt")], report
+    )
     wav_paths: dict[str, list[Path]] = {}
-    for w in (w for s in sessions for d in _visible(s / "sentences" / "wav") for w in _visible(d, ".wav")):
+    for w in (
+        w for s in sessions for d in _visible(s / "sentences" / "wav") for w in _visible(d, ".wav")
+    ):
         wav_paths.setdefault(w.stem, []).append(w)
     wavs = {utt: paths[0] for utt, paths in wav_paths.items() if len(paths) == 1}
-    report.duplicate_wavs = [f"{utt}: {', '.join(map(str, paths))}"
-                             for utt, paths in sorted(wav_paths.items()) if len(paths) > 1]
+    report.duplicate_wavs = [
+        f"{utt}: {', '.join(map(str, paths))}"
+        for utt, paths in sorted(wav_paths.items())
+        if len(paths) > 1
+    ]
     duplicates = duplicate_labels | duplicate_texts | (set(wav_paths) - set(wavs))
     report.duplicate_ids = sorted(duplicate_labels | duplicate_texts)
-    report.unknown_label = sorted(u for u, lab in labels.items() if lab.raw not in RAW_LABELS and u not in duplicates)
+    report.unknown_label = sorted(
+        u for u, lab in labels.items() if lab.raw not in RAW_LABELS and u not in duplicates
+    )
     report.wav_without_label = sorted(set(wav_paths) - set(labels))
 
     rows, excluded = [], Counter()
@@ -222,9 +291,27 @@ def scan_corpus(root: str | Path, classes: str = "4class") -> tuple[pd.DataFrame
         (frames, sample_rate, channels), (dialog, turn) = info, utt.rsplit("_", 1)
         if channels > 1:
             report.downmixed.append(utt)
-        rows.append((utt, int(utt[3:5]), dialog, utt[:5] + turn[0], turn[0], name, CLASS_SETS[classes].index(name),
-                     label.raw, texts[utt], str(wav), label.start, label.end, label.valence, label.activation,
-                     label.dominance, frames / sample_rate, sample_rate))
+        rows.append(
+            (
+                utt,
+                int(utt[3:5]),
+                dialog,
+                utt[:5] + turn[0],
+                turn[0],
+                name,
+                CLASS_SETS[classes].index(name),
+                label.raw,
+                texts[utt],
+                str(wav),
+                label.start,
+                label.end,
+                label.valence,
+                label.activation,
+                label.dominance,
+                frames / sample_rate,
+                sample_rate,
+            )
+        )
     report.excluded = dict(sorted(excluded.items()))
     manifest = pd.DataFrame(rows, columns=list(COLUMNS)).astype(DTYPES)
     return manifest, report
@@ -250,18 +337,20 @@ def _random_val(rest: pd.DataFrame, fraction: float, rng: np.random.Generator) -
 def _speaker_val(rest: pd.DataFrame, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Mask of a validation set of whole speakers: `fraction` of the speakers (at least one, never all)."""
     speakers = np.array(sorted(rest["speaker"].unique()))
-    count = min(max(1, int(fraction * len(speakers) + 0.5)), len(speakers) - 1) if fraction > 0 else 0
+    count = (
+        min(max(1, int(fraction * len(speakers) + 0.5)), len(speakers) - 1) if fraction > 0 else 0
+    )
     return rest["speaker"].isin(rng.choice(speakers, count, replace=False)).to_numpy()
 
 
-def loso_folds(manifest: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0,
-               val_split: str = "random") -> list[Fold]:
+VAL_SPLITS = {"random": _random_val, "speaker": _speaker_val}  # data.val_split → how val is carved
+
+
+def loso_folds(
+    manifest: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0, val_split: str = "random"
+) -> list[Fold]:
     """One fold per session present (sorted): test = that session; val carved from the other sessions, seeded."""
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    carve = {"random": _random_val, "speaker": _speaker_val}.get(val_split)
-    if carve is None:
-        raise ValueError(f"val_split must be 'random' or 'speaker', got {val_split!r}")
+    carve = VAL_SPLITS[val_split]
     sessions = sorted(int(s) for s in manifest["session"].unique())
     if len(sessions) < 2:
         raise ValueError(f"leave-one-session-out needs at least two sessions, got {sessions}")
@@ -270,6 +359,12 @@ def loso_folds(manifest: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0,
         is_test = (manifest["session"] == session).to_numpy()
         rest = manifest[~is_test]
         is_val = carve(rest, val_fraction, np.random.default_rng([seed, session]))
-        folds.append(Fold(session, rest[~is_val].reset_index(drop=True), rest[is_val].reset_index(drop=True),
-                          manifest[is_test].reset_index(drop=True)))
+        folds.append(
+            Fold(
+                session,
+                rest[~is_val].reset_index(drop=True),
+                rest[is_val].reset_index(drop=True),
+                manifest[is_test].reset_index(drop=True),
+            )
+        )
     return folds

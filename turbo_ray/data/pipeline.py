@@ -8,6 +8,7 @@ Preprocessing runs as Ray tasks on small batches (decoded audio is far larger th
 worker processes are reused, so the tokenizer loads once per process, not per batch or epoch.
 Cropping and padding happen per batch in the training worker.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,7 +26,7 @@ from ray.data.expressions import col
 
 from turbo_ray.config import Config
 from turbo_ray.data.shards import decode_audio
-from turbo_ray.model.encoders import encoder_names
+from turbo_ray.presets import encoder_names
 
 COLUMNS = ["utterance_id", "label_id", "text", "audio", "audio_format", "sample_rate"]
 PREPROCESS_BATCH = 16
@@ -34,8 +35,12 @@ PREPROCESS_BATCH = 16
 def configure_ray_data() -> None:
     """Ray Data settings for every process that builds datasets (the driver, each trial)."""
     ctx = ray.data.DataContext.get_current()
-    ctx.use_datasource_v2 = False  # the V2 read path wants one whole free CPU, which Train has taken
-    ctx.execution_options.preserve_order = True  # blocks in a fixed order: the same rows per worker, per run
+    ctx.use_datasource_v2 = (
+        False  # the V2 read path wants one whole free CPU, which Train has taken
+    )
+    ctx.execution_options.preserve_order = (
+        True  # blocks in a fixed order: the same rows per worker, per run
+    )
     ctx.enable_progress_bars = False
     ctx.target_max_block_size = 32 * 1024**2
 
@@ -76,11 +81,20 @@ class Preprocess:
         return wave.astype(np.float32, copy=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        waves = [self._waveform(a, f, int(r))
-                 for a, f, r in zip(batch["audio"], batch["audio_format"], batch["sample_rate"])]
-        texts = list(batch["text"])  # may be empty (a filter can leave empty blocks); tokenizers reject []
-        tokens = (_tokenizer(self.tokenizer)(texts, truncation=True, max_length=self.max_tokens)["input_ids"]
-                  if texts else [])
+        waves = [
+            self._waveform(a, f, int(r))
+            for a, f, r in zip(batch["audio"], batch["audio_format"], batch["sample_rate"])
+        ]
+        texts = list(
+            batch["text"]
+        )  # may be empty (a filter can leave empty blocks); tokenizers reject []
+        tokens = (
+            _tokenizer(self.tokenizer)(texts, truncation=True, max_length=self.max_tokens)[
+                "input_ids"
+            ]
+            if texts
+            else []
+        )
         return {
             "utterance_id": batch["utterance_id"],
             "label": batch["label_id"].astype(np.int64),
@@ -114,12 +128,14 @@ class PadCollate(NumpyBatchCollateFn):
         else:
             rng = np.random.default_rng([*self.seed, zlib.crc32(utterance_id.encode())])
             start = int(rng.integers(0, excess + 1))
-        return wave[start:start + self.max_samples]
+        return wave[start : start + self.max_samples]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         pad = torch.nn.utils.rnn.pad_sequence
-        waves = [torch.tensor(self.crop(w, u))  # copies: Arrow buffers are read-only
-                 for w, u in zip(batch["waveform"], batch["utterance_id"])]
+        waves = [
+            torch.tensor(self.crop(w, u))  # copies: Arrow buffers are read-only
+            for w, u in zip(batch["waveform"], batch["utterance_id"])
+        ]
         ids = [torch.tensor(t) for t in batch["input_ids"]]
         input_ids = pad(ids, batch_first=True, padding_value=self.pad_token_id)
         lengths = torch.tensor([len(t) for t in ids])
@@ -139,19 +155,27 @@ def collate_for(cfg: Config, epoch: int | None = None) -> PadCollate:
     return PadCollate(pad_token_id(cfg), int(cfg.data.max_seconds * cfg.data.sample_rate), seed)
 
 
-def split_dataset(cfg: Config, shards: str, utterance_ids: Sequence[str], train: bool) -> ray.data.Dataset:
+def split_dataset(
+    cfg: Config, shards: str, utterance_ids: Sequence[str], train: bool
+) -> ray.data.Dataset:
     """The rows of `utterance_ids` (Ray pushes projection and filter into the Parquet read), preprocessed
     lazily. The training split is shuffled whole, in a new order every epoch, seeded by (train.seed,
     epoch): Ray Data reseeds a `RandomSeedConfig` with its execution index, one execution per epoch.
     The shuffle moves the stored rows (compressed audio bytes), before decoding. Evaluation splits keep
     the shards' order."""
     d = cfg.data
-    rows = (ray.data.read_parquet(shards, num_cpus=0.25, concurrency=d.read_tasks)
-            .select_columns(COLUMNS)
-            .filter(expr=col("utterance_id").is_in(list(utterance_ids))))
+    rows = (
+        ray.data.read_parquet(shards, num_cpus=0.25, concurrency=d.read_tasks)
+        .select_columns(COLUMNS)
+        .filter(expr=col("utterance_id").is_in(list(utterance_ids)))
+    )
     if train:
-        rows = rows.random_shuffle(seed=RandomSeedConfig(cfg.train.seed, reseed_after_execution=True),
-                                   num_cpus=0.25)
-    return rows.map_batches(Preprocess(tokenizer_name(cfg), d.sample_rate, d.max_text_tokens),
-                            batch_size=PREPROCESS_BATCH, num_cpus=0.25,
-                            compute=ray.data.TaskPoolStrategy(size=d.preprocess_tasks))
+        rows = rows.random_shuffle(
+            seed=RandomSeedConfig(cfg.train.seed, reseed_after_execution=True), num_cpus=0.25
+        )
+    return rows.map_batches(
+        Preprocess(tokenizer_name(cfg), d.sample_rate, d.max_text_tokens),
+        batch_size=PREPROCESS_BATCH,
+        num_cpus=0.25,
+        compute=ray.data.TaskPoolStrategy(size=d.preprocess_tasks),
+    )

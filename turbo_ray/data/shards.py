@@ -9,6 +9,7 @@ Layout: `out/part-00000.parquet`, `out/part-00001.parquet`, …, then `out/_mani
 Every file is written under a hidden temporary name (readers such as Ray Data skip names starting with
 `.` or `_`) and renamed into place only once all shards are complete; an error removes this run's files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,21 +26,32 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import soundfile as sf
 
-SHARD_SCHEMA = pa.schema([
-    ("utterance_id", pa.string()),
-    ("session", pa.int8()),
-    ("speaker", pa.string()),
-    ("label_id", pa.int16()),
-    ("label", pa.string()),
-    ("text", pa.string()),
-    ("audio", pa.binary()),
-    ("audio_format", pa.string()),
-    ("sample_rate", pa.int32()),
-    ("duration", pa.float32()),
-])
+SHARD_SCHEMA = pa.schema(
+    [
+        ("utterance_id", pa.string()),
+        ("session", pa.int8()),
+        ("speaker", pa.string()),
+        ("label_id", pa.int16()),
+        ("label", pa.string()),
+        ("text", pa.string()),
+        ("audio", pa.binary()),
+        ("audio_format", pa.string()),
+        ("sample_rate", pa.int32()),
+        ("duration", pa.float32()),
+    ]
+)
 AUDIO_FORMATS = ("wav", "pcm16")
-REQUIRED_COLUMNS = ("utterance_id", "session", "speaker", "label", "label_id", "text",
-                    "wav_path", "duration", "sample_rate")
+REQUIRED_COLUMNS = (
+    "utterance_id",
+    "session",
+    "speaker",
+    "label",
+    "label_id",
+    "text",
+    "wav_path",
+    "duration",
+    "sample_rate",
+)
 MANIFEST = "_manifest.json"
 FORMAT_VERSION = 2  # 2: rows in hashed order, multi-channel audio down-mixed
 
@@ -48,8 +60,13 @@ class ShardError(RuntimeError):
     """Invalid input, unreadable audio, or missing / incomplete / corrupt shards (the message names which)."""
 
 
-def write_shards(manifest: pd.DataFrame, out: str, audio_format: str = "wav", rows_per_shard: int = 64,
-                 classes: Sequence[str] | None = None) -> dict:
+def write_shards(
+    manifest: pd.DataFrame,
+    out: str,
+    audio_format: str = "wav",
+    rows_per_shard: int = 64,
+    classes: Sequence[str] | None = None,
+) -> dict:
     """Write the manifest's utterances to Parquet shards under `out`; return the JSON manifest.
 
     Rows go in a fixed pseudo-random order (by a hash of the utterance id), so every shard mixes
@@ -59,8 +76,6 @@ def write_shards(manifest: pd.DataFrame, out: str, audio_format: str = "wav", ro
     All inputs are validated before anything is written. If `out` already holds a complete output of the
     same input (same fingerprint) it is returned untouched; otherwise it is replaced, stale shards removed.
     """
-    if audio_format not in AUDIO_FORMATS:
-        raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}")
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
     rows = _validate(manifest, classes)
@@ -72,7 +87,9 @@ def write_shards(manifest: pd.DataFrame, out: str, audio_format: str = "wav", ro
         return existing
 
     fs.create_dir(root, recursive=True)
-    token = f"tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # the pid alone can repeat across cluster nodes
+    token = (
+        f"tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # the pid alone can repeat across cluster nodes
+    )
     temps: list[str] = []
     placed: list[str] = []
     shards: list[dict] = []
@@ -80,16 +97,30 @@ def write_shards(manifest: pd.DataFrame, out: str, audio_format: str = "wav", ro
         for start in range(0, len(rows), rows_per_shard):
             name = f"part-{len(shards):05d}.parquet"
             temps.append(f"{root}/.{name}.{token}")
-            shards.append(_write_shard(fs, temps[-1], name, rows.iloc[start:start + rows_per_shard], audio_format))
-        _delete(fs, [f"{root}/{MANIFEST}"])  # from here until the new manifest lands, `out` reads as incomplete
+            shards.append(
+                _write_shard(
+                    fs, temps[-1], name, rows.iloc[start : start + rows_per_shard], audio_format
+                )
+            )
+        _delete(
+            fs, [f"{root}/{MANIFEST}"]
+        )  # from here until the new manifest lands, `out` reads as incomplete
         for temp, shard in zip(temps, shards):
             fs.move(temp, f"{root}/{shard['file']}")
             placed.append(f"{root}/{shard['file']}")
         _delete(fs, _stale_shards(fs, root, keep=len(shards)))
-        doc = {"format_version": FORMAT_VERSION, "fingerprint": fingerprint, "audio_format": audio_format,
-               "rows_per_shard": rows_per_shard, "classes": list(classes) if classes is not None else None,
-               "num_rows": len(rows), "counts": _counts(rows), "total_duration": float(rows.duration.sum()),
-               "shards": shards, "schema": SHARD_SCHEMA.to_string()}
+        doc = {
+            "format_version": FORMAT_VERSION,
+            "fingerprint": fingerprint,
+            "audio_format": audio_format,
+            "rows_per_shard": rows_per_shard,
+            "classes": list(classes) if classes is not None else None,
+            "num_rows": len(rows),
+            "counts": _counts(rows),
+            "total_duration": float(rows.duration.sum()),
+            "shards": shards,
+            "schema": SHARD_SCHEMA.to_string(),
+        }
         temps.append(f"{root}/.{MANIFEST}.{token}")
         _write_bytes(fs, temps[-1], json.dumps(doc, indent=1).encode())
         fs.move(temps[-1], f"{root}/{MANIFEST}")
@@ -112,11 +143,15 @@ def read_shard_manifest(out: str, verify: bool = False) -> dict:
         except json.JSONDecodeError as e:
             raise ShardError(f"{path}: not valid JSON ({e})") from e
     if doc.get("format_version") != FORMAT_VERSION:
-        raise ShardError(f"{path}: format_version {doc.get('format_version')!r}, expected {FORMAT_VERSION}")
+        raise ShardError(
+            f"{path}: format_version {doc.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
     paths = [f"{root}/{shard['file']}" for shard in doc["shards"]]
     for shard, path, info in zip(doc["shards"], paths, fs.get_file_info(paths)):
         if info.type != pafs.FileType.File or info.size != shard["bytes"]:
-            raise ShardError(f"shard {path} is missing or has the wrong size (expected {shard['bytes']} bytes)")
+            raise ShardError(
+                f"shard {path} is missing or has the wrong size (expected {shard['bytes']} bytes)"
+            )
         if verify and _sha256(fs, path) != shard["sha256"]:
             raise ShardError(f"shard {path} is corrupt: its sha256 differs from {MANIFEST}")
     return doc
@@ -137,7 +172,7 @@ def decode_audio(audio: bytes, audio_format: str, sample_rate: int) -> np.ndarra
         if len(audio) % 2:
             raise ShardError(f"pcm16 audio has an odd number of bytes ({len(audio)})")
         return np.frombuffer(audio, dtype="<i2").astype(np.float32) / 32768
-    raise ValueError(f"audio_format must be one of {AUDIO_FORMATS}, got {audio_format!r}")
+    raise ShardError(f"unknown audio_format {audio_format!r} in a shard (known: {AUDIO_FORMATS})")
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -149,7 +184,9 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def _some(names: Sequence[str], limit: int = 5) -> str:
-    return ", ".join(map(str, names[:limit])) + (f" … (+{len(names) - limit} more)" if len(names) > limit else "")
+    return ", ".join(map(str, names[:limit])) + (
+        f" … (+{len(names) - limit} more)" if len(names) > limit else ""
+    )
 
 
 def _reject(bad: pd.Series, rows: pd.DataFrame, what: str) -> None:
@@ -166,13 +203,23 @@ def _validate(manifest: pd.DataFrame, classes: Sequence[str] | None) -> pd.DataF
     if manifest.empty:
         raise ShardError("the manifest has no rows")
     rows = manifest[list(REQUIRED_COLUMNS)]
-    rows = rows.sort_values("utterance_id", key=lambda ids: ids.map(_row_key)).reset_index(drop=True)
+    rows = rows.sort_values("utterance_id", key=lambda ids: ids.map(_row_key)).reset_index(
+        drop=True
+    )
     _reject(rows.isna().any(axis=1), rows, "have missing values")
     _reject(rows.utterance_id.duplicated(keep=False), rows, "have duplicate ids")
     if classes is not None:
         expected = rows.label.map({c: i for i, c in enumerate(classes)})
-        _reject(expected != rows.label_id, rows, f"have a label_id other than {list(classes)}.index(label)")
-    _reject(rows.groupby("label").label_id.transform("nunique") > 1, rows, "share a label with other label_ids")
+        _reject(
+            expected != rows.label_id,
+            rows,
+            f"have a label_id other than {list(classes)}.index(label)",
+        )
+    _reject(
+        rows.groupby("label").label_id.transform("nunique") > 1,
+        rows,
+        "share a label with other label_ids",
+    )
     return rows
 
 
@@ -188,10 +235,20 @@ def _stat_wavs(paths: list[str]) -> list[pafs.FileInfo]:
     return infos
 
 
-def _fingerprint(rows: pd.DataFrame, wav_infos: list[pafs.FileInfo], audio_format: str, rows_per_shard: int,
-                 classes: Sequence[str] | None) -> str:
+def _fingerprint(
+    rows: pd.DataFrame,
+    wav_infos: list[pafs.FileInfo],
+    audio_format: str,
+    rows_per_shard: int,
+    classes: Sequence[str] | None,
+) -> str:
     """sha256 over every stored field, the wav files' sizes and mtimes, and the write options."""
-    options = [FORMAT_VERSION, audio_format, rows_per_shard, list(classes) if classes is not None else None]
+    options = [
+        FORMAT_VERSION,
+        audio_format,
+        rows_per_shard,
+        list(classes) if classes is not None else None,
+    ]
     digest = hashlib.sha256(json.dumps(options).encode())
     digest.update(rows.to_json(orient="values").encode())
     digest.update(json.dumps([[info.size, info.mtime_ns] for info in wav_infos]).encode())
@@ -206,13 +263,17 @@ def _complete_manifest(out: str) -> dict | None:
         return None
 
 
-def _read_audio(data: bytes, sample_rate: int, dtype: str, where: str, pcm16_only: bool = False) -> np.ndarray:
+def _read_audio(
+    data: bytes, sample_rate: int, dtype: str, where: str, pcm16_only: bool = False
+) -> np.ndarray:
     """Decode audio file bytes at `sample_rate` (16-bit PCM with `pcm16_only`) to (frames, channels)."""
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             if f.samplerate != sample_rate or (pcm16_only and f.subtype != "PCM_16"):
-                raise ShardError(f"{where}: expected {'16-bit PCM ' if pcm16_only else ''}audio at {sample_rate} Hz, "
-                                 f"got {f.subtype} at {f.samplerate} Hz")
+                raise ShardError(
+                    f"{where}: expected {'16-bit PCM ' if pcm16_only else ''}audio at {sample_rate} Hz, "
+                    f"got {f.subtype} at {f.samplerate} Hz"
+                )
             return f.read(dtype=dtype, always_2d=True)
     except sf.SoundFileError as e:
         raise ShardError(f"{where}: unreadable audio ({e})") from e
@@ -240,7 +301,9 @@ def _audio_cell(row: tuple, audio_format: str) -> bytes:
     return out.getvalue()
 
 
-def _write_shard(fs: pafs.FileSystem, path: str, name: str, rows: pd.DataFrame, audio_format: str) -> dict:
+def _write_shard(
+    fs: pafs.FileSystem, path: str, name: str, rows: pd.DataFrame, audio_format: str
+) -> dict:
     """Write one shard to `path`; its manifest entry."""
     columns = {c: rows[c].tolist() for c in SHARD_SCHEMA.names if c in rows.columns}
     columns["audio"] = [_audio_cell(row, audio_format) for row in rows.itertuples(index=False)]
@@ -249,7 +312,12 @@ def _write_shard(fs: pafs.FileSystem, path: str, name: str, rows: pd.DataFrame, 
     pq.write_table(pa.table(columns, schema=SHARD_SCHEMA), sink)
     data = sink.getvalue()
     _write_bytes(fs, path, data)
-    return {"file": name, "rows": len(rows), "bytes": data.size, "sha256": hashlib.sha256(data).hexdigest()}
+    return {
+        "file": name,
+        "rows": len(rows),
+        "bytes": data.size,
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
 def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
@@ -268,17 +336,24 @@ def _sha256(fs: pafs.FileSystem, path: str) -> str:
 def _stale_shards(fs: pafs.FileSystem, root: str, keep: int) -> list[str]:
     """`part-*.parquet` files other than part-00000 … part-{keep-1}: shards of an earlier, larger output."""
     current = {f"part-{i:05d}.parquet" for i in range(keep)}
-    return [info.path for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-            if info.base_name.startswith("part-") and info.base_name.endswith(".parquet")
-            and info.base_name not in current]
+    return [
+        info.path
+        for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        if info.base_name.startswith("part-")
+        and info.base_name.endswith(".parquet")
+        and info.base_name not in current
+    ]
 
 
 def _counts(rows: pd.DataFrame) -> dict:
     def count(values: pd.Series) -> dict[str, int]:
         return {str(k): int(v) for k, v in values.value_counts().sort_index().items()}
 
-    return {"label": count(rows.label), "session": count(rows.session),
-            "session_label": {str(s): count(group.label) for s, group in rows.groupby("session")}}
+    return {
+        "label": count(rows.label),
+        "session": count(rows.session),
+        "session_label": {str(s): count(group.label) for s, group in rows.groupby("session")},
+    }
 
 
 def _delete(fs: pafs.FileSystem, paths: list[str]) -> None:

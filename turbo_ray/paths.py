@@ -1,0 +1,91 @@
+"""Where every file goes: the one place that decides a job's folder, its Ray storage, the shards.
+
+    paths = RunPaths.of(Path("runs/tune-20261128-101500"), cfg.train.storage_path)
+    paths.config, paths.checkpoints, paths.search, paths.trial_run(trial_id), paths.asha_state
+
+A job has a local output folder (`out`: its config, results, plots) and a Ray storage (`storage`:
+checkpoints and Tune state) that is the same folder, or `<train.storage_path>/<folder name>` when
+`train.storage_path` is a URI (s3://, gs://) that every node of a cluster can reach.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from turbo_ray.config import DataConfig
+
+RUNS = Path("runs")  # new output folders go here: runs/<job>-<time>
+
+
+def storage_uri(path: str) -> str:
+    """Ray wants absolute local paths; URIs (s3://, gs://, …) pass through."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def new_output_dir(job: str) -> Path:
+    return (RUNS / f"{job}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+
+
+def latest_output_dir(job: str) -> Path | None:
+    """The newest runs/<job>-* folder that holds an experiment."""
+    found = sorted(RUNS.glob(f"{job}-*/{RunPaths.CONFIG}"))
+    return found[-1].parent.resolve() if found else None
+
+
+def demo_corpus_dir(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir).expanduser() / f"demo-{cfg.demo_utterances_per_speaker}"
+
+
+def shards_location(cfg: DataConfig, fingerprint: str) -> str:
+    """`data.shards_dir` (a path or URI), else the cache's folder for this corpus and options."""
+    return cfg.shards_dir or str(Path(cfg.cache_dir).expanduser() / "shards" / fingerprint)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """A job's places: its output folder and its Ray storage (see the module docstring)."""
+
+    out: Path
+    storage: str
+
+    CONFIG = "config.yaml"  # a folder holding it holds an experiment
+    SEARCH = "search"  # Tune's experiment state, under `storage`
+
+    @classmethod
+    def of(cls, out: Path, storage_path: str) -> RunPaths:
+        out = out.resolve()
+        uri = "://" in storage_path
+        return cls(out, f"{storage_path.rstrip('/')}/{out.name}" if uri else str(out))
+
+    @property
+    def config(self) -> Path:
+        return self.out / self.CONFIG
+
+    @property
+    def checkpoints(self) -> str:
+        """The Train runs of `turbo-ray train` (one per mode, seed and fold)."""
+        return f"{self.storage}/checkpoints"
+
+    @property
+    def search(self) -> str:
+        return f"{self.storage}/{self.SEARCH}"
+
+    @property
+    def trials(self) -> str:
+        """The Train runs of the search's trials, one per trial: `trial_run(trial id)`."""
+        return f"{self.storage}/trials"
+
+    @staticmethod
+    def trial_name(trial_id: str) -> str:
+        return f"trial-{trial_id}"
+
+    def trial_run(self, trial_id: str) -> str:
+        return f"{self.trials}/{self.trial_name(trial_id)}"
+
+    @property
+    def asha_state(self) -> Path:
+        return self.out / "asha_state.pkl"
