@@ -21,6 +21,8 @@ demo: $(STAMP)
 	$(PY) experiments/tune_iemocap.py
 
 test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 
 clean:

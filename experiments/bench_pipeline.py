@@ -1,10 +1,12 @@
-"""Ray Data feed rate vs training consumption, and streaming memory at corpus ×1 and ×10, in one run.
+"""Ray Data feed rate vs training consumption, and streaming memory at corpus ×1 and ×10, in one
+run.
 
-    python experiments/bench_pipeline.py           # demo corpus at 20 and 200 utterances per speaker
-    python experiments/bench_pipeline.py --quick   # 4 and 40: a correctness check, not a measurement
+    python experiments/bench_pipeline.py         # demo corpus at 20 and 200 utterances per speaker
+    python experiments/bench_pipeline.py --quick # 4 and 40: a correctness check, not a measurement
 
 feed         samples/s that read → shuffle → decode → tokenize → crop + pad (PadCollate) delivers
-consumption  samples/s one training worker (one torch thread) takes: tiny Turbo step on the same batches
+consumption  samples/s one training worker (one torch thread) takes: tiny Turbo step on the same
+             batches
 memory       peak RSS of the driver plus every Ray worker process while one epoch streams through
 """
 
@@ -33,7 +35,8 @@ from turbo_ray.train import build_optimizer, build_scheduler, train_step
 
 
 class PeakRSS:
-    """Samples the summed RSS of this process and all its descendants (Ray's workers) every 0.1 s."""
+    """Samples the summed RSS of this process and all its descendants (Ray's workers) every
+    0.1 s."""
 
     def __init__(self):
         self.peak, self._stop = 0, threading.Event()
@@ -61,7 +64,8 @@ class PeakRSS:
 
 
 def feed(cfg, corpus) -> tuple[float, int, int, list[dict]]:
-    """(samples/s after the first batch, samples, peak RSS bytes, first batches) for one training epoch."""
+    """(samples/s after the first batch, samples, peak RSS bytes, first batches) for one training
+    epoch."""
     ids = corpus.manifest.utterance_id.tolist()
     batches = split_dataset(cfg, corpus.shards, ids, train=True).iter_torch_batches(
         batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg, epoch=1)
@@ -79,7 +83,8 @@ def feed(cfg, corpus) -> tuple[float, int, int, list[dict]]:
 
 
 def consumption(cfg, batches: list[dict]) -> float:
-    """Samples/s of tiny Turbo training steps (1 thread, as a 1-CPU Train worker) on real batches."""
+    """Samples/s of tiny Turbo training steps (1 thread, as a 1-CPU Train worker) on real
+    batches."""
     torch.set_num_threads(1)
     model = build_model(cfg, len(CLASS_SETS[cfg.data.classes])).train()
     optimizer = build_optimizer(model, cfg)
@@ -114,7 +119,8 @@ def main() -> None:
         results[scale] = feed(cfg, corpus)
         rate, n, peak, _ = results[scale]
         print(
-            f"  corpus {scale}: {len(corpus.manifest)} utterances, feed {rate:.1f} samples/s over {n}, "
+            f"  corpus {scale}: {len(corpus.manifest)} utterances, "
+            f"feed {rate:.1f} samples/s over {n}, "
             f"peak RSS {peak / 2**20:.0f} MiB"
         )
     used = consumption(cfg, results["x1"][3])

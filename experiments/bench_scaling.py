@@ -1,12 +1,14 @@
-"""DDP scaling: training samples/s of the same Turbo run with 1 and 2 Ray Train workers (1 CPU and one
-torch thread each), alternated in one run.
+"""DDP scaling: training samples/s of the same Turbo run with 1 and 2 Ray Train workers (1 CPU and
+one torch thread each), alternated in one run.
 
-    python experiments/bench_scaling.py            # 2 alternations, 2 epochs each (the second, warm one is timed)
-    python experiments/bench_scaling.py --quick    # 4 utterances/speaker, 1 epoch, 1 alternation: a correctness check
+    python experiments/bench_scaling.py          # 2 alternations, 2 epochs each (the second, warm
+                                                 # one is timed)
+    python experiments/bench_scaling.py --quick  # 4 utterances/speaker, 1 epoch, 1 alternation: a
+                                                 # correctness check
 
 The corpus is the demo's at 40 utterances per speaker (252 training samples: 16 steps of 2 x 8).
-Then the machine's own ceiling: the same training step in plain processes (no Ray, DDP or data feed),
-one alone and two side by side, which also time the gloo all-reduce of all gradients.
+Then the machine's own ceiling: the same training step in plain processes (no Ray, DDP or data
+feed), one alone and two side by side, which also time the gloo all-reduce of all gradients.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from turbo_ray.train import build_optimizer, build_scheduler, build_trainer, tra
 
 
 def last_epoch(cfg, corpus, fold, name: str) -> tuple[float, float, float]:
-    """(samples/s, seconds, seconds rank 0 waited for data) of the last epoch's training part (the first
-    epochs warm the data pipeline up)."""
+    """(samples/s, seconds, seconds rank 0 waited for data) of the last epoch's training part (the
+    first epochs warm the data pipeline up)."""
     result = build_trainer(
         cfg,
         fold_datasets(cfg, corpus, fold, with_test=False),
@@ -87,9 +89,10 @@ def _side_by_side_worker(rank: int, procs: int, cfg: dict, steps: int, init_file
 
 
 def side_by_side(cfg: Config, procs: int, steps: int) -> tuple[float, float, int]:
-    """(seconds per training step, seconds per gloo all-reduce of all gradients, number of gradient values)
-    with `procs` plain processes stepping at the same time on a synthetic batch (one torch thread each; no
-    Ray, DDP or data feed). With 2 processes, the step time bounds what a 2-worker run can reach here."""
+    """(seconds per training step, seconds per gloo all-reduce of all gradients, number of gradient
+    values) with `procs` plain processes stepping at the same time on a synthetic batch (one torch
+    thread each; no Ray, DDP or data feed). With 2 processes, the step time bounds what a 2-worker
+    run can reach here."""
     ctx = mp.get_context("spawn")
     out = ctx.SimpleQueue()
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,7 +149,8 @@ def main() -> None:
             )
             print(
                 f"  repeat {r}: {workers} worker(s): {rate:6.1f} samples/s "
-                f"({seconds:.1f} s for {len(fold.train)} samples, {waited:.1f} s of it waiting for data, "
+                f"({seconds:.1f} s for {len(fold.train)} samples, "
+                f"{waited:.1f} s of it waiting for data, "
                 f"{step_s[workers][-1]:.2f} s per step otherwise)"
             )
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
@@ -163,7 +167,8 @@ def main() -> None:
         f"{reduce_s:.2f} s timed alone (gloo, 1 thread)"
     )
     print(
-        f"machine ceiling: a training step (synthetic batch, no Ray/DDP/data) takes {alone:.2f} s alone and "
+        f"machine ceiling: a training step (synthetic batch, no Ray/DDP/data) "
+        f"takes {alone:.2f} s alone and "
         f"{paired:.2f} s with two processes side by side: at most {2 * alone / paired:.2f}x"
     )
     print(f"speed-up 2 vs 1 workers: {two / one:.2f}")

@@ -1,17 +1,20 @@
 """Training-step cost of Turbo's two views, measured side by side (interleaved) in one run.
 
-    python experiments/bench_turbo_step.py              # tiny preset
-    python experiments/bench_turbo_step.py --base       # base-sized, randomly initialised (no download)
-    python experiments/bench_turbo_step.py --quick      # a few steps: checks that it runs, not a speed
+    python experiments/bench_turbo_step.py         # tiny preset
+    python experiments/bench_turbo_step.py --base  # base-sized, randomly initialised (no download)
+    python experiments/bench_turbo_step.py --quick # a few steps: checks that it runs, not a speed
 
-Each step = forward + backward + AdamW step (the library's fused one) on the same encoders, batch and
-machine; "baseline" and "turbo" are `turbo_ray.train.train_step`, the step training runs:
+Each step = forward + backward + AdamW step (the library's fused one) on the same encoders, batch
+and machine; "baseline" and "turbo" are `turbo_ray.train.train_step`, the step training runs:
   baseline      the baseline model (loss.mode=baseline): one view, CE only
-  naive         Turbo as two separate forward passes through both encoders (the paper read literally)
-  turbo         Turbo as turbo_ray does it: the audio conv prefix P runs once, the batch is duplicated after it
+  naive         Turbo as two separate forward passes through both encoders (the paper read
+                literally)
+  turbo         Turbo as turbo_ray does it: the audio conv prefix P runs once, the batch is
+                duplicated after it
   shared P      the work a step does once however many views: the frozen audio conv prefix (forward
                 only, no dropout) and the optimizer step
-  suffix S      one view of everything else: encoders after the prefix, heads, loss, forward + backward
+  suffix S      one view of everything else: encoders after the prefix, heads, loss, forward +
+                backward
 P + S is one baseline step (printed as a check); floor = (P + 2S) / (P + S) is what two views cost
 relative to one if duplicating the suffix costs exactly twice.
 """
@@ -36,7 +39,8 @@ from turbo_ray.train import build_optimizer, build_scheduler, optimizer_step, tr
 
 
 def base_sized_model(cfg) -> TurboModel:
-    """wav2vec2-base and BERT-base shapes with random weights (the benchmark needs shapes, not knowledge)."""
+    """wav2vec2-base and BERT-base shapes with random weights (the benchmark needs shapes, not
+    knowledge)."""
     audio = AutoModel.from_config(
         Wav2Vec2Config(
             feat_extract_norm="layer",
@@ -174,7 +178,8 @@ def main() -> None:
 
     preset = "base-sized (random init)" if args.base else "tiny"
     print(
-        f"{preset}: batch {args.batch} x {args.seconds:g} s audio + 24 tokens, {args.threads} thread(s), "
+        f"{preset}: batch {args.batch} x {args.seconds:g} s audio + 24 tokens, "
+        f"{args.threads} thread(s), "
         f"median of {rounds} interleaved rounds"
     )
     p, s = med["shared P"], med["suffix S"]

@@ -1,7 +1,9 @@
 """One config over the leave-one-session-out folds of IEMOCAP (or the demo corpus).
 
-    python experiments/train_iemocap.py --mode baseline,in,cross,turbo --folds 1 --seeds 0,1,2   # ablation
-    python experiments/train_iemocap.py --data-dir /data/IEMOCAP_full_release --preset base --use-gpu --num-workers 4
+    # ablation
+    python experiments/train_iemocap.py --mode baseline,in,cross,turbo --folds 1 --seeds 0,1,2
+    python experiments/train_iemocap.py --data-dir /data/IEMOCAP_full_release --preset base \
+        --use-gpu --num-workers 4
 
 Same as `turbo-ray train`; `--help` lists every flag."""
 

@@ -2,7 +2,8 @@
 Turbo's hyper-parameters on the other four sessions only, and the checkpoint that search selects is
 tested on the held-out session.
 
-    python experiments/tune_iemocap.py            # embedded demo: demo corpus, tiny preset, minutes on a laptop
+    # embedded demo: demo corpus, tiny preset, minutes on a laptop
+    python experiments/tune_iemocap.py
     python experiments/tune_iemocap.py --config experiments/configs/iemocap.yaml \
         --data-dir /data/IEMOCAP_full_release --use-gpu --workers-per-trial 2 --address auto
     python experiments/tune_iemocap.py --resume --output-dir runs/tune-…   # after an interruption

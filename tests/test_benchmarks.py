@@ -1,4 +1,5 @@
-"""Each benchmark's --quick mode runs and prints its ratios as finite numbers (never a speed assertion)."""
+"""Each benchmark's --quick mode runs and prints its ratios as finite numbers (never a speed
+assertion)."""
 
 import math
 import os
@@ -55,12 +56,14 @@ def test_bench_pipeline(tmp_path_factory):
 def test_bench_scaling(tmp_path_factory):
     out = run_quick("bench_scaling.py", tmp_path_factory)
     assert re.search(
-        r"^all-reduce per step with 2 workers: [0-9.]+ MiB of fp32 gradients, [0-9.]+ s timed alone",
+        r"^all-reduce per step with 2 workers: [0-9.]+ MiB of fp32 gradients, "
+        r"[0-9.]+ s timed alone",
         out,
         re.MULTILINE,
     ), out
     assert re.search(
-        r"^machine ceiling: .* takes [0-9.]+ s alone and [0-9.]+ s with two processes side by side: "
+        r"^machine ceiling: .* takes [0-9.]+ s alone and "
+        r"[0-9.]+ s with two processes side by side: "
         r"at most [0-9.]+x$",
         out,
         re.MULTILINE,

@@ -1,4 +1,5 @@
-"""`turbo-ray train` / `tune` refuse what a user can get wrong before Ray starts: one line, exit code 2."""
+"""`turbo-ray train` / `tune` refuse what a user can get wrong before Ray starts: one line, exit
+code 2."""
 
 import pytest
 import ray
@@ -7,7 +8,8 @@ from turbo_ray.cli import main
 
 
 def run(capsys, *args: str) -> str:
-    """The command's exit code must be 2 and Ray must not have started; returns its one-line error."""
+    """The command's exit code must be 2 and Ray must not have started; returns its one-line
+    error."""
     assert main(list(args)) == 2
     assert not ray.is_initialized()
     err = capsys.readouterr().err

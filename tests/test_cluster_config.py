@@ -1,5 +1,5 @@
-"""cluster.yaml: Ray's own offline validation plus the project's rules (head without CPU, GPU workers,
-token auth, nothing public but SSH, the pinned Ray image)."""
+"""cluster.yaml: Ray's own offline validation plus the project's rules (head without CPU, GPU
+workers, token auth, nothing public but SSH, the pinned Ray image)."""
 
 import re
 from pathlib import Path

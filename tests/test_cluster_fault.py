@@ -1,4 +1,5 @@
-"""Losing a node mid-run: a real multi-node Ray cluster on one machine (ray.cluster_utils.Cluster)."""
+"""Losing a node mid-run: a real multi-node Ray cluster on one machine
+(ray.cluster_utils.Cluster)."""
 
 import json
 import os
@@ -19,8 +20,8 @@ from turbo_ray.train import build_trainer
 
 @pytest.fixture
 def three_node_cluster(tmp_path_factory):
-    """A head with no CPU (it only hosts the drivers) and three 1-CPU worker nodes; a lost node is declared
-    dead after ~3 s of failed health checks (Ray's default is ~15 s)."""
+    """A head with no CPU (it only hosts the drivers) and three 1-CPU worker nodes; a lost node is
+    declared dead after ~3 s of failed health checks (Ray's default is ~15 s)."""
     os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.getbasetemp() / "ray"))
     fast_health_checks = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
     cluster = Cluster(
@@ -38,7 +39,8 @@ def three_node_cluster(tmp_path_factory):
 def test_losing_a_worker_node_resumes_from_last_checkpoint(
     three_node_cluster, demo_corpus, tmp_path
 ):
-    # half a CPU per worker: after losing a node, the two survivors still host both workers and the data tasks
+    # half a CPU per worker: after losing a node, the two survivors still host both workers and the
+    # data tasks
     cfg = load_config(
         None,
         [

@@ -1,4 +1,5 @@
-"""The dashboard of a local Ray (as `init_ray` starts it): token auth on, a running TorchTrainer visible."""
+"""The dashboard of a local Ray (as `init_ray` starts it): token auth on, a running TorchTrainer
+visible."""
 
 import json
 import os

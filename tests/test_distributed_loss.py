@@ -1,4 +1,5 @@
-"""All-gathered negatives on 2 real gloo processes (DDP) equal one process on the concatenated batch."""
+"""All-gathered negatives on 2 real gloo processes (DDP) equal one process on the concatenated
+batch."""
 
 import socket
 

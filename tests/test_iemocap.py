@@ -48,7 +48,8 @@ def write_dialog(
     newline: str = "\n",
     extra_transcription: tuple[str, ...] = (),
 ) -> None:
-    """EmoEvaluation (header, summary + C-/A- lines per block), transcription and wavs of (turn, raw label, text)."""
+    """EmoEvaluation (header, summary + C-/A- lines per block), transcription and wavs of (turn,
+    raw label, text)."""
     base = release / f"Session{int(dialog[3:5])}"
     emo, lines = [HEADER, ""], list(extra_transcription)
     for index, (turn, label, text) in enumerate(turns):
@@ -198,7 +199,9 @@ def test_problems_are_reported_and_excluded(tmp_path: Path) -> None:
         subtype="PCM_16",
     )
     script = s1 / "dialog/transcriptions/Ses01M_script01_1b.txt"
-    script.write_text("".join(l for l in script.read_text().splitlines(True) if "_M000" not in l))
+    script.write_text(
+        "".join(line for line in script.read_text().splitlines(True) if "_M000" not in line)
+    )
     emo2, text2 = (
         s2 / "dialog/EmoEvaluation/Ses02F_impro02.txt",
         s2 / "dialog/transcriptions/Ses02F_impro02.txt",

@@ -84,7 +84,8 @@ def test_temperature_tensor_gets_gradient():
 
 
 def test_losses_are_float32_under_bf16_autocast():
-    # τ = 0.02 puts the logits at ±50, where bf16's spacing is 0.25: the losses must not be computed there
+    # τ = 0.02 puts the logits at ±50, where bf16's spacing is 0.25: the losses must not be computed
+    # there
     g = torch.Generator().manual_seed(5)
     a1, a2, t1, t2 = (torch.randn(16, 32, generator=g) for _ in range(4))
     exact = turbo_loss(*(x.double() for x in (a1, a2, t1, t2)), 0.02, 0.7, 1.3)

@@ -166,7 +166,8 @@ def test_the_temperature_travels_in_the_output_from_its_parameter(batch):
 
 
 def test_one_training_step_is_the_epochs_step(batch):
-    # `train_step` (what the benchmarks time) and `train_epoch` (what training runs) take the same step
+    # `train_step` (what the benchmarks time) and `train_epoch` (what training runs) take the same
+    # step
     labelled = dict(batch, labels=torch.tensor([0, 1, 2, 3]))
     params = []
     for run in ("step", "epoch"):
@@ -234,7 +235,8 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(batch):
 
 
 def epochs(cfg, model, batch, count: int) -> list[float]:
-    """`count` epochs of the real training step, each over the fixed batch twice; mean total loss per epoch."""
+    """`count` epochs of the real training step, each over the fixed batch twice; mean total loss
+    per epoch."""
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     labelled = dict(batch, labels=torch.tensor([0, 1, 2, 3]))

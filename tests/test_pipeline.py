@@ -1,4 +1,5 @@
-"""Ray Data pipeline: real Parquet shards → preprocessing → padded batches in a real 2-worker TorchTrainer."""
+"""Ray Data pipeline: real Parquet shards → preprocessing → padded batches in a real 2-worker
+TorchTrainer."""
 
 import json
 
@@ -23,7 +24,8 @@ from turbo_ray.data.shards import write_shards
 
 
 def shard_rows(tmp_path, rates):
-    """Shards holding one wav per sample rate (1.5 s of a 220 Hz tone each), read back as a batch."""
+    """Shards holding one wav per sample rate (1.5 s of a 220 Hz tone each), read back as a
+    batch."""
     rows = []
     for i, rate in enumerate(rates):
         path = tmp_path / f"u{i}.wav"

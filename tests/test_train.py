@@ -64,9 +64,9 @@ def test_optimizer_groups_lrs_and_weight_decay_and_is_fused():
 
 
 def fit_and_compare_replicas(loop_config):
-    """The production worker loop, then: how far apart are the replicas' parameters? Rank 0 writes the
-    largest difference to `<train.storage_path>/replicas.json` (Train's result keeps checkpointed
-    reports only)."""
+    """The production worker loop, then: how far apart are the replicas' parameters? Rank 0 writes
+    the largest difference to `<train.storage_path>/replicas.json` (Train's result keeps
+    checkpointed reports only)."""
     model = fit_worker(loop_config)
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     copies = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
@@ -79,8 +79,9 @@ def fit_and_compare_replicas(loop_config):
 
 
 def fail_once_in_epoch(epoch: int, marker_dir: Path) -> None:
-    """Make this worker process's `train_epoch` raise in epoch `epoch` (counted from the checkpoint it
-    resumes from) on the last rank, once per test: `<marker_dir>/failed-once` records that it fired."""
+    """Make this worker process's `train_epoch` raise in epoch `epoch` (counted from the checkpoint
+    it resumes from) on the last rank, once per test: `<marker_dir>/failed-once` records that it
+    fired."""
     ctx, checkpoint = ray.train.get_context(), ray.train.get_checkpoint()
     done = 0
     if checkpoint:
@@ -115,8 +116,9 @@ def fail_in_epoch_2_then_compare_replicas(loop_config):
 def test_two_worker_run_survives_a_worker_failure_learns_and_restores(
     ray_local, demo_corpus, tmp_path
 ):
-    # one realistic run: a worker dies in epoch 2; Train restarts the group from the epoch-1 checkpoint.
-    # Gradient accumulation over 3 batches, and each worker's epoch ends on a partial window of 2
+    # one realistic run: a worker dies in epoch 2; Train restarts the group from the epoch-1
+    # checkpoint. Gradient accumulation over 3 batches, and each worker's epoch ends on a partial
+    # window of 2
     cfg = load_config(
         None,
         FAST

@@ -1,4 +1,5 @@
-"""The main job (`turbo-ray tune`) end to end in real subprocesses: Optuna + ASHA, driver killed, --resume."""
+"""The main job (`turbo-ray tune`) end to end in real subprocesses: Optuna + ASHA, driver killed,
+--resume."""
 
 import json
 import os
@@ -193,10 +194,11 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
     ):
         assert (out / name).stat().st_size > 0
 
-    # what every trial trained and validated on: never its fold's test session, no validation speaker in training
+    # what every trial trained and validated on: never its fold's test session, no validation
+    # speaker in training
     manifest = demo_corpus.manifest.set_index("utterance_id")
-    # (a trial the killed driver had started but Tune had not yet saved is re-proposed under a new id:
-    # its record stays, and is checked too)
+    # (a trial the killed driver had started but Tune had not yet saved is re-proposed under a new
+    # id: its record stays, and is checked too)
     records = [
         json.loads((run / "utterances.json").read_text())
         for run in (out / "trials").glob("trial-*")

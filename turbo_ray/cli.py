@@ -1,4 +1,5 @@
-"""`turbo-ray` command line: one subcommand per job (the experiments/ scripts call the same code)."""
+"""`turbo-ray` command line: one subcommand per job
+(the experiments/ scripts call the same code)."""
 
 from __future__ import annotations
 
@@ -92,8 +93,8 @@ def check_output_dir(out: Path, resume: bool) -> None:
 
 
 def start_job(cfg: Config, paths: RunPaths, address: str | None, resume: bool = False) -> Corpus:
-    """Check the corpus (its problem report is printed) and its folds before Ray starts, as the caller
-    checked the output folder; then save the job's config and start (or join) Ray."""
+    """Check the corpus (its problem report is printed) and its folds before Ray starts, as the
+    caller checked the output folder; then save the job's config and start (or join) Ray."""
     from turbo_ray.data.corpus import prepare_corpus
     from turbo_ray.runtime import init_ray
 
@@ -113,7 +114,8 @@ def start_job(cfg: Config, paths: RunPaths, address: str | None, resume: bool = 
 def print_corpus(corpus: Corpus) -> None:
     label = "  (demo corpus: a fixture, not real speech)" if corpus.is_demo else ""
     print(
-        f"corpus {corpus.root}{label}: {len(corpus.manifest)} utterances in {len(corpus.classes)} classes"
+        f"corpus {corpus.root}{label}: {len(corpus.manifest)} utterances "
+        f"in {len(corpus.classes)} classes"
     )
     print(corpus.report.summary())
 
@@ -134,7 +136,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """One config over the LOSO folds, for each requested mode and seed; prints and writes the table."""
+    """One config over the LOSO folds, for each requested mode and seed;
+    prints and writes the table."""
     from turbo_ray.config import override
     from turbo_ray.loso import PROTOCOL, format_table, run_modes, write_results
 
@@ -162,15 +165,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     out = resume_dir(args) if args.resume else Path(args.output_dir or new_output_dir("tune"))
     check_output_dir(out, args.resume)
-    cfg = (
-        load_config(out / RunPaths.CONFIG) if args.resume else config_from_args(args)
-    )  # resume: its own
+    # resume: its own
+    cfg = load_config(out / RunPaths.CONFIG) if args.resume else config_from_args(args)
     paths = RunPaths.of(out, cfg.train.storage_path)
     space = load_search_space(cfg.tune.search_space)
     corpus = start_job(cfg, paths, args.address, resume=args.resume)
     require_driver_resource()
     print(
-        f"nested leave-one-session-out over {cfg.tune.folds} folds: per fold, {cfg.tune.num_samples} "
+        f"nested leave-one-session-out over {cfg.tune.folds} folds: "
+        f"per fold, {cfg.tune.num_samples} "
         f"trials (TPE + ASHA on each trial's best {cfg.tune.metric}) on the other sessions only"
     )
 
@@ -257,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the interrupted experiment in --output-dir (default: the newest runs/tune-*)",
+        help="continue the interrupted experiment in --output-dir "
+        "(default: the newest runs/tune-*)",
     )
     p.set_defaults(func=cmd_tune)
 

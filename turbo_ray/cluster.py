@@ -1,4 +1,5 @@
-"""Offline checks of a `ray up` cluster config: Ray's own schema validation plus this project's rules.
+"""Offline checks of a `ray up` cluster config: Ray's own schema validation plus this
+project's rules.
 
 problems = check_cluster_config("cluster.yaml")     # [] when the file is fit to launch
 """
@@ -86,7 +87,8 @@ def _auth_problems(raw: dict) -> list[str]:
             problems.append(f"{key} has no `ray start`")
         elif not container_env and not all("RAY_AUTH_MODE=token" in c for c in starts):
             problems.append(
-                f"{key}: `ray start` without RAY_AUTH_MODE=token: token auth must be on on every node"
+                f"{key}: `ray start` without RAY_AUTH_MODE=token: "
+                "token auth must be on on every node"
             )
     return problems
 

@@ -1,11 +1,13 @@
 """One typed config for every layer: dataclasses, loaded from YAML plus dotted CLI overrides.
 
-    cfg = load_config("experiments/configs/iemocap.yaml", ["loss.temperature=0.1", "train.epochs=3"])
+    cfg = load_config(
+        "experiments/configs/iemocap.yaml", ["loss.temperature=0.1", "train.epochs=3"]
+    )
 
 Unknown sections or keys are an error that names them; values are checked against the field types,
 and everything else a config can get wrong is checked here too (`validate`), before any job starts.
-The defaults are the embedded demo (demo corpus, tiny preset, minutes on 2 cores); real runs start from
-experiments/configs/iemocap.yaml.
+The defaults are the embedded demo (demo corpus, tiny preset, minutes on 2 cores); real runs start
+from experiments/configs/iemocap.yaml.
 """
 
 from __future__ import annotations
@@ -24,11 +26,8 @@ MODES = ("baseline", "in", "cross", "turbo")
 CROSS_PAIRS = ("11", "22", "12", "21")
 PRECISIONS = ("auto", "fp32", "bf16")
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement group strategies
-SELECTION_METRICS = (
-    "val_ua",
-    "val_wa",
-    "val_f1",
-)  # validation scores only: test data never selects
+# validation scores only: test data never selects
+SELECTION_METRICS = ("val_ua", "val_wa", "val_f1")
 
 
 class ConfigError(ValueError):
@@ -40,9 +39,8 @@ class DataConfig:
     data_dir: str | None = None  # IEMOCAP_full_release; None = the generated demo corpus
     cache_dir: str = "~/.cache/turbo_ray"  # demo corpus and prepared shards
     demo_utterances_per_speaker: int = 10  # size of the generated demo corpus (10 speakers)
-    shards_dir: str | None = (
-        None  # local path or URI; None = <cache_dir>/shards/<corpus fingerprint>
-    )
+    # local path or URI; None = <cache_dir>/shards/<corpus fingerprint>
+    shards_dir: str | None = None
     classes: str = "4class"  # "4class" (neutral, happy+excited, angry, sad) or "all"
     audio_format: str = "wav"  # in the shards: "wav" file bytes or decoded "pcm16"
     sample_rate: int = 16_000
@@ -90,20 +88,17 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     grad_clip: float = 1.0
     grad_accum: int = 1  # micro-batches per optimizer step
-    precision: str = (
-        "auto"  # fp32 | bf16 (autocast, on CPU too; losses stay fp32) | auto: bf16 on GPU
-    )
+    # fp32 | bf16 (autocast, on CPU too; losses stay fp32) | auto: bf16 on GPU
+    precision: str = "auto"
     num_workers: int = 2
     use_gpu: bool = False
     gpus_per_worker: float = 1.0  # with use_gpu; fractions share a GPU between workers
     cpus_per_worker: float = 1.0
-    placement_strategy: str = (
-        "PACK"  # Ray placement of the workers: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
-    )
+    # Ray placement of the workers: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
+    placement_strategy: str = "PACK"
     seed: int = 0
-    storage_path: str = (
-        "runs"  # checkpoints; the CLI uses its output folder unless this is a URI (s3://…)
-    )
+    # checkpoints; the CLI uses its output folder unless this is a URI (s3://…)
+    storage_path: str = "runs"
     name: str | None = None
     max_failures: int = 0
     num_to_keep: int | None = 2  # checkpoints kept (best by val UA); None keeps all
@@ -111,16 +106,14 @@ class TrainConfig:
 
 @dataclass
 class TuneConfig:
-    search_space: str = (
-        "experiments/configs/search_space.yaml"  # dotted key → distribution (tune.py)
-    )
+    # dotted key → distribution (tune.py)
+    search_space: str = "experiments/configs/search_space.yaml"
     num_samples: int = 2  # trials per outer fold
     max_concurrent_trials: int = 1  # over all folds' searches
     grace_period: int = 1
     reduction_factor: int = 2
-    metric: str = (
-        "val_ua"  # selects epochs, trials and configs (val_ua | val_wa | val_f1); maximised
-    )
+    # selects epochs, trials and configs (val_ua | val_wa | val_f1); maximised
+    metric: str = "val_ua"
     folds: int = 5  # outer LOSO folds (test sessions 1..folds), each searched on its own
 
 
@@ -144,8 +137,9 @@ class Config:
 
 
 def validate(cfg: Config) -> None:
-    """Every check that types alone cannot express, each a ConfigError naming its key. The registries
-    (presets, class sets, audio formats, validation splits) are owned by the modules that use them."""
+    """Every check that types alone cannot express, each a ConfigError naming its key. The
+    registries (presets, class sets, audio formats, validation splits) are owned by the modules
+    that use them."""
     from turbo_ray.data.iemocap import CLASS_SETS, VAL_SPLITS
     from turbo_ray.data.shards import AUDIO_FORMATS
     from turbo_ray.presets import PRESETS
@@ -203,7 +197,8 @@ def _get(cfg: Config, key: str) -> Any:
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then `section.key=value` overrides (values parsed as YAML)."""
+    """Defaults, then the YAML file (if any), then `section.key=value` overrides
+    (values parsed as YAML)."""
     raw: dict[str, Any] = {}
     if path is not None:
         text = Path(path).read_text()
@@ -219,7 +214,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def override(cfg: Config, values: dict[str, Any]) -> Config:
-    """A copy of `cfg` with dotted keys set, e.g. {"loss.temperature": 0.1} (checked like a file)."""
+    """A copy of `cfg` with dotted keys set, e.g. {"loss.temperature": 0.1}
+    (checked like a file)."""
     raw = cfg.to_dict()
     for key, value in values.items():
         _set_dotted(raw, key, value)

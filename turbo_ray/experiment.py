@@ -1,6 +1,6 @@
 """The main job, nested leave-one-session-out: per outer fold k, a search (TPE + ASHA) trains and
-validates on the other sessions only, and fold k's test score is that of the checkpoint its own search
-selected (best trial, best epoch). Session k's utterances never touch fold k's selection.
+validates on the other sessions only, and fold k's test score is that of the checkpoint its own
+search selected (best trial, best epoch). Session k's utterances never touch fold k's selection.
 
     results, written = run_nested(cfg, corpus, space, RunPaths.of(out, cfg.train.storage_path))
     print(selection_table(results, cfg)); print(format_table(results, title))   # one row per fold
@@ -49,7 +49,8 @@ def run_nested(
 
 
 def selection_table(results: pd.DataFrame, cfg: Config) -> str:
-    """What each fold's search selected on its validation speakers: trial, epoch, score, parameters."""
+    """What each fold's search selected on its validation speakers:
+    trial, epoch, score, parameters."""
     metric = cfg.tune.metric
     rows = [
         {
@@ -79,7 +80,8 @@ def test_selected(
     space: SearchSpace,
     paths: RunPaths,
 ) -> dict:
-    """The fold's row: what its search saw and chose, and the test scores of the chosen checkpoint."""
+    """The fold's row: what its search saw and chose, and the test scores of the chosen
+    checkpoint."""
     run = ray.train.Result.from_path(paths.trial_run(trial_id(trial)))
     checkpoint, metrics = best_checkpoint(run, cfg.tune.metric)
     resources = {"num_cpus": cfg.train.cpus_per_worker} | (
@@ -109,7 +111,8 @@ def test_selected(
 def _evaluate(
     checkpoint: ray.train.Checkpoint, shards: str, test_ids: list[str], use_gpu: bool
 ) -> dict:
-    """One deterministic pass of a checkpoint over a test split, where a training worker would run."""
+    """One deterministic pass of a checkpoint over a test split,
+    where a training worker would run."""
     configure_ray_data()
     device = torch.device("cuda" if use_gpu else "cpu")
     with checkpoint.as_directory() as directory:

@@ -1,5 +1,6 @@
 """Leave-one-session-out evaluation of one given config: a TorchTrainer per fold, tested with the
-checkpoint of its best validation epoch (protocol "loso"); result tables shared with the nested search."""
+checkpoint of its best validation epoch (protocol "loso"); result tables shared with the nested
+search."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def fold_datasets(cfg: Config, corpus: Corpus, fold: Fold, with_test: bool = Tru
 
 
 def run_fold(cfg: Config, corpus: Corpus, fold: Fold, name: str) -> dict:
-    """Train on one fold (resuming `name` if it exists) and return the best-val epoch's test scores."""
+    """Train on one fold (resuming `name` if it exists) and return the best-val epoch's
+    test scores."""
     trainer = build_trainer(
         cfg, fold_datasets(cfg, corpus, fold), corpus.classes, len(fold.train), name
     )
@@ -71,7 +73,8 @@ def run_modes(
 
 
 def with_mean_std(results: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
-    """Per-fold rows plus mean and std rows of WA / UA / F1 (per group of `by` columns, if given)."""
+    """Per-fold rows plus mean and std rows of WA / UA / F1
+    (per group of `by` columns, if given)."""
     groups = results.groupby(by, sort=False) if by else [((), results)]
     frames = []
     for key, group in groups:
@@ -101,8 +104,8 @@ def write_results(
     protocol: str,
     by: list[str] | None = None,
 ) -> list[Path]:
-    """results.csv, results.json (the protocol, the config, per-fold rows) and a summed confusion-matrix
-    PNG."""
+    """results.csv, results.json (the protocol, the config, per-fold rows) and a summed
+    confusion-matrix PNG."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = with_mean_std(results, by)
     paths = [out_dir / "results.csv", out_dir / "results.json", out_dir / "confusion.png"]

@@ -7,8 +7,8 @@ be 1/W of the single-process one; the local slice's gradient is scaled by W to r
 workers exactly equal one process on the concatenated batch (loss value and every gradient,
 including a learnable temperature's, which every rank sees whole).
 
-Every loss here is computed in float32 with autocast off, whatever the encoders ran in: with τ = 0.02
-the logits reach ±50, where bfloat16's spacing is 0.25.
+Every loss here is computed in float32 with autocast off, whatever the encoders ran in: with
+τ = 0.02 the logits reach ±50, where bfloat16's spacing is 0.25.
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ def turbo_loss(
     cross_pairs: Sequence[str] = CROSS_PAIRS,
 ) -> dict[str, torch.Tensor]:
     """In-modal (a1↔a2, t1↔t2, averaged) and cross-modal (audio view i ↔ text view j over
-    `cross_pairs`, averaged) InfoNCE; "total" = w_in·in + w_cross·cross (cross-entropy not included)."""
+    `cross_pairs`, averaged) InfoNCE; "total" = w_in·in + w_cross·cross
+    (cross-entropy not included)."""
     audio, text = {"1": a1, "2": a2}, {"1": t1, "2": t2}
     l_in = 0.5 * (info_nce(a1, a2, temperature) + info_nce(t1, t2, temperature))
     l_cross = torch.stack(
@@ -84,7 +85,8 @@ def _world_size() -> int:
 
 def gather_batch(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """All-gather `x` along `dim` from every rank (sizes may differ); only the local slice keeps its
-    gradient, multiplied by the world size so that DDP's gradient averaging yields the global gradient."""
+    gradient, multiplied by the world size so that DDP's gradient averaging yields the global
+    gradient."""
     world = _world_size()
     if world == 1:
         return x

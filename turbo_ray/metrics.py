@@ -1,4 +1,5 @@
-"""Classification metrics of the IEMOCAP protocol: WA (accuracy), UA (mean per-class recall), macro-F1."""
+"""Classification metrics of the IEMOCAP protocol: WA (accuracy), UA (mean per-class recall),
+macro-F1."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Encoder presets: which audio and text encoder each `model.preset` names.
 
-Kept apart from `turbo_ray.model` so that the data pipeline can pick its tokenizer (the text encoder's)
-without importing the model code.
+Kept apart from `turbo_ray.model` so that the data pipeline can pick its tokenizer
+(the text encoder's) without importing the model code.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ _PACKAGED = {MINILM: _minilm_path}  # names resolved to a local directory
 
 
 def encoder_names(cfg: ModelConfig) -> tuple[str, str]:
-    """(audio, text): a Hugging Face name or local directory, the preset's unless the config names one."""
+    """(audio, text): a Hugging Face name or local directory,
+    the preset's unless the config names one."""
     preset = PRESETS[cfg.preset]
     audio, text = cfg.audio_encoder or preset.audio, cfg.text_encoder or preset.text
     return audio, _PACKAGED[text]() if text in _PACKAGED else text

@@ -8,12 +8,11 @@ import ray
 
 from turbo_ray.data.pipeline import configure_ray_data
 
-DRIVER_RESOURCE = (
-    "train_driver"  # a trial (Tune driver of one TorchTrainer) takes a sliver of this, no CPU
-)
-# Ray kills idle worker processes beyond one per CPU within a second, so every Ray Data execution (each
-# evaluation, each epoch after one) cold-started its processes (Python, torch, tokenizer: ~10 s on 2
-# cores). Keeping a few per CPU warm costs memory only while they idle (BENCHMARKS.md).
+# a trial (Tune driver of one TorchTrainer) takes a sliver of this, no CPU
+DRIVER_RESOURCE = "train_driver"
+# Ray kills idle worker processes beyond one per CPU within a second, so every Ray Data execution
+# (each evaluation, each epoch after one) cold-started its processes (Python, torch, tokenizer).
+# Keeping a few per CPU warm costs memory only while they idle (BENCHMARKS.md has the timings).
 WARM_WORKERS_PER_CPU = 4
 
 

@@ -1,13 +1,17 @@
-"""Ray Train: the Turbo training step and epoch, the per-worker loop and the TorchTrainer that runs it.
+"""Ray Train: the Turbo training step and epoch, the per-worker loop and the TorchTrainer that
+runs it.
 
-    parts = train_step(model, batch, optimizer, scheduler, cfg, device)        # one optimizer step
-    metrics = train_epoch(model, batches, optimizer, scheduler, cfg, device)   # + grad_accum, DDP sync
-    result = build_trainer(cfg, datasets, classes, train_rows, name).fit()     # fit_worker per worker
+    # one optimizer step
+    parts = train_step(model, batch, optimizer, scheduler, cfg, device)
+    # + grad_accum, DDP sync
+    metrics = train_epoch(model, batches, optimizer, scheduler, cfg, device)
+    # fit_worker per worker
+    result = build_trainer(cfg, datasets, classes, train_rows, name).fit()
 
-The benchmarks time these same functions. Each epoch: train on this worker's shard (DDP), then rank 0
-evaluates the whole validation split (and the test split when given: it is reported, never used for
-selection) and writes a checkpoint. A run restarted by Ray (FailureConfig) or started again under the
-same name resumes from its last checkpoint, so no epoch is repeated or skipped.
+The benchmarks time these same functions. Each epoch: train on this worker's shard (DDP), then
+rank 0 evaluates the whole validation split (and the test split when given: it is reported, never
+used for selection) and writes a checkpoint. A run restarted by Ray (FailureConfig) or started again
+under the same name resumes from its last checkpoint, so no epoch is repeated or skipped.
 """
 
 from __future__ import annotations
@@ -46,9 +50,10 @@ MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
 
 
 def build_optimizer(model: TurboModel, cfg: Config) -> torch.optim.AdamW:
-    """AdamW: pretrained encoders at `encoder_lr`, new heads and randomly initialised encoders at `lr`;
-    weight decay on matrices only (biases, norms and the temperature are excluded, as in open_clip).
-    Fused: one kernel over all parameters, on CPU and GPU (BENCHMARKS.md has the speed-up)."""
+    """AdamW: pretrained encoders at `encoder_lr`, new heads and randomly initialised encoders at
+    `lr`; weight decay on matrices only (biases, norms and the temperature are excluded, as in
+    open_clip). Fused: one kernel over all parameters, on CPU and GPU (BENCHMARKS.md has the
+    speed-up)."""
     slow = {
         id(p)
         for enc in (model.audio_encoder, model.text_encoder)
@@ -149,22 +154,22 @@ def load_model(
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """The Ray Train worker function (it returns nothing: Ray ships a return value to the controller)."""
+    """The Ray Train worker function
+    (it returns nothing: Ray ships a return value to the controller)."""
     fit_worker(loop_config)
 
 
 def fit_worker(loop_config: dict) -> TurboModel:
-    """Train this worker's replica epoch by epoch, resuming from the last checkpoint; returns the model.
-    `loop_config`: config (dict), classes, train_rows, eval_splits (see `build_trainer`)."""
+    """Train this worker's replica epoch by epoch, resuming from the last checkpoint; returns the
+    model. `loop_config`: config (dict), classes, train_rows, eval_splits (see `build_trainer`)."""
     cfg, classes = Config.from_dict(loop_config["config"]), loop_config["classes"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model, state, last = _restore(build_model(cfg, len(classes)), ray.train.get_checkpoint())
-    model = ray.train.torch.prepare_model(
-        model
-    )  # on the device now: optimizer state is loaded onto it
+    # on the device now: optimizer state is loaded onto it
+    model = ray.train.torch.prepare_model(model)
     core = _unwrap(model)
     optimizer = build_optimizer(core, cfg)
     steps = steps_per_epoch(
@@ -199,19 +204,18 @@ def fit_worker(loop_config: dict) -> TurboModel:
                 )
                 checkpoint = Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
-    if (
-        done == cfg.train.epochs and last
-    ):  # resumed with nothing left: a Tune trial restored after its
-        ray.train.report(
-            last
-        )  # run finished but before Tune recorded it still gets its final result
+    # resumed with nothing left: a Tune trial restored after its run finished but before Tune
+    # recorded it still gets its final result
+    if done == cfg.train.epochs and last:
+        ray.train.report(last)
     return core
 
 
 def _restore(
     model: TurboModel, checkpoint: Checkpoint | None
 ) -> tuple[TurboModel, dict | None, dict | None]:
-    """Load a Train checkpoint's weights into `model`; returns (model, training state, last metrics)."""
+    """Load a Train checkpoint's weights into `model`;
+    returns (model, training state, last metrics)."""
     if checkpoint is None:
         return model, None, None
     with checkpoint.as_directory() as d:
@@ -270,8 +274,9 @@ def forward_backward(
     precision: str,
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """One micro-batch: forward in the run's precision, the objective in fp32, backward (outside
-    autocast, as PyTorch advises). Gradients accumulate; the caller steps. Returns the loss parts."""
+    """One micro-batch: forward in the run's precision, the objective in fp32, backward
+    (outside autocast, as PyTorch advises). Gradients accumulate; the caller steps. Returns the loss
+    parts."""
     inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
     with forward_precision(precision, device):
         out = model(**inputs)
@@ -304,7 +309,8 @@ def train_step(
     cfg: Config,
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """One optimizer step on one batch: the step `train_epoch` takes when `train.grad_accum` is 1."""
+    """One optimizer step on one batch:
+    the step `train_epoch` takes when `train.grad_accum` is 1."""
     parts = forward_backward(
         model, batch, LossWeights.from_config(cfg.loss), cfg.train.precision, device
     )
@@ -315,8 +321,8 @@ def train_step(
 def train_epoch(
     model: torch.nn.Module, batches, optimizer, scheduler, cfg: Config, device: torch.device
 ) -> dict[str, float]:
-    """One pass over this worker's batches: an optimizer step after every `grad_accum` batches and after
-    the last one, each on gradients averaged over its window and all-reduced over the workers.
+    """One pass over this worker's batches: an optimizer step after every `grad_accum` batches and
+    after the last one, each on gradients averaged over its window and all-reduced over the workers.
     Returns the mean loss parts (over all workers' steps) and timings."""
     model.train()
     ddp, weights = model is not _unwrap(model), LossWeights.from_config(cfg.loss)

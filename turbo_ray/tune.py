@@ -1,9 +1,9 @@
-"""Ray Tune: one search per outer LOSO fold, Optuna (TPE) proposes, ASHA stops early, each trial fits
-one TorchTrainer on its fold's training sessions.
+"""Ray Tune: one search per outer LOSO fold, Optuna (TPE) proposes, ASHA stops early, each trial
+fits one TorchTrainer on its fold's training sessions.
 
     space = load_search_space("experiments/configs/search_space.yaml")
     grid = run_search(cfg, folds, space, corpus, paths)     # resume=True continues a killed one
-    best = best_trials(grid, cfg)                                    # {fold: the trial its search selects}
+    best = best_trials(grid, cfg)                           # {fold: the trial its search selects}
 
 A search space is a YAML mapping of dotted config keys to one distribution each, and optionally
 `start`: points TPE evaluates first (e.g. the paper's settings):
@@ -44,13 +44,12 @@ from turbo_ray.plots import plot_curves, plot_importances, plot_search_history
 from turbo_ray.runtime import DRIVER_RESOURCE
 from turbo_ray.train import build_trainer
 
-FOLD = "fold"  # the trial-config key of a trial's outer fold (= its test session)
-RANK = (
-    "fold_trial"  # and of its launch order within the fold (0, 1, …): ties go to the earlier trial
-)
-UTTERANCES_FILE = (
-    "utterances.json"  # beside a trial's checkpoints: the ids it trained and validated on
-)
+# the trial-config keys of a trial's outer fold (= its test session) and of its launch order
+# within the fold (0, 1, …): ties go to the earlier trial
+FOLD = "fold"
+RANK = "fold_trial"
+# beside a trial's checkpoints: the ids it trained and validated on
+UTTERANCES_FILE = "utterances.json"
 
 
 class SearchSpaceError(ConfigError):
@@ -155,10 +154,11 @@ def _hashable(value: Any) -> Any:
 
 
 class FoldSearch(Searcher):
-    """One independent TPE search per outer LOSO fold, all in one Tune experiment (so the folds' trials
-    share the cluster): each new trial goes to the fold with the fewest trials so far, whose own
-    OptunaSearch proposes its parameters; its config carries `fold` (the test session it must never
-    see) and `fold_trial` (its launch order in the fold). Results reach only that fold's searcher."""
+    """One independent TPE search per outer LOSO fold, all in one Tune experiment (so the folds'
+    trials share the cluster): each new trial goes to the fold with the fewest trials so far, whose
+    own OptunaSearch proposes its parameters; its config carries `fold` (the test session it must
+    never see) and `fold_trial` (its launch order in the fold). Results reach only that fold's
+    searcher."""
 
     def __init__(
         self, folds: list[int], trials_per_fold: int, metric: str, start: list[dict], seed: int
@@ -220,9 +220,10 @@ class FoldSearch(Searcher):
 
 
 class FoldASHA(FIFOScheduler):
-    """ASHA per outer fold: a trial competes only with its own fold's trials. Its rung records survive a
-    killed driver: `Tuner.restore` brings back the trials and the searcher but not the scheduler, so
-    this one saves its state (atomically) after every event and reloads it first after a restore."""
+    """ASHA per outer fold: a trial competes only with its own fold's trials. Its rung records
+    survive a killed driver: `Tuner.restore` brings back the trials and the searcher but not the
+    scheduler, so this one saves its state (atomically) after every event and reloads it first
+    after a restore."""
 
     def __init__(self, state_file: str, folds: list[int], **asha: Any):
         super().__init__()
@@ -294,14 +295,15 @@ def run_search(
 ) -> ray.tune.ResultGrid:
     """One Tune experiment holding an independent search per fold (`FoldSearch`, `FoldASHA`): each
     fold's trials train and validate on the other sessions only. TPE and ASHA are told each trial's
-    best validation score so far (`best_<tune.metric>`: the score that selects). Trials' Train runs go
-    to `paths.trials`, Tune's state to `paths.search`, ASHA's to `paths.asha_state`. `resume`
+    best validation score so far (`best_<tune.metric>`: the score that selects). Trials' Train runs
+    go to `paths.trials`, Tune's state to `paths.search`, ASHA's to `paths.asha_state`. `resume`
     continues an interrupted search."""
     base = override(cfg, {"train.storage_path": paths.trials})
     splits = {
         f.test_session: {"train": f.train.utterance_id.tolist(), "val": f.val.utterance_id.tolist()}
         for f in folds
     }
+    # the trial only drives its TorchTrainer: no CPU of its own
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(
             _trial,
@@ -311,7 +313,7 @@ def run_search(
             classes=list(corpus.classes),
         ),
         {DRIVER_RESOURCE: 0.01},
-    )  # the trial only drives its TorchTrainer: no CPU of its own
+    )
     if resume:
         if not Tuner.can_restore(paths.search):
             raise FileNotFoundError(f"--resume: no search to resume in {paths.search}")
@@ -348,8 +350,8 @@ def run_search(
 
 
 def trial_table(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config) -> pd.DataFrame:
-    """One row per trial: its fold, parameters, epochs run, best and last validation score, whether ASHA
-    stopped it, its error."""
+    """One row per trial: its fold, parameters, epochs run, best and last validation score,
+    whether ASHA stopped it, its error."""
     metric, rows = cfg.tune.metric, []
     for result in grid:
         history = result.metrics_dataframe
@@ -373,7 +375,8 @@ def trial_table(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config) -> p
 
 def _best(history: pd.DataFrame, metric: str) -> float:
     """A trial's best validation score: the running best its epochs report (exact even where a
-    restored trial's history lacks the epochs between Tune's last snapshot and its Train checkpoint)."""
+    restored trial's history lacks the epochs between Tune's last snapshot and its Train
+    checkpoint)."""
     return history[f"best_{metric}"].max()
 
 
@@ -391,9 +394,8 @@ def best_trials(grid: ray.tune.ResultGrid, cfg: Config) -> dict[int, ray.tune.Re
     """Per fold, the trial with the best epoch (ASHA-stopped trials included; ties go to the earlier
     trial): only validation scores of that fold's own search decide."""
     metric, best = cfg.tune.metric, {}
-    for result in sorted(
-        grid, key=lambda r: r.config[RANK]
-    ):  # launch order: ties go to the earlier
+    # launch order: ties go to the earlier
+    for result in sorted(grid, key=lambda r: r.config[RANK]):
         history = result.metrics_dataframe
         if history is None or metric not in history:
             continue
@@ -409,8 +411,8 @@ def best_trials(grid: ray.tune.ResultGrid, cfg: Config) -> dict[int, ray.tune.Re
 
 
 def param_importances(trials: pd.DataFrame, space: SearchSpace, metric: str) -> dict[str, float]:
-    """Optuna's fANOVA importances of the searched parameters for each trial's best score, centred per
-    fold (folds differ in difficulty, not in what the parameters do)."""
+    """Optuna's fANOVA importances of the searched parameters for each trial's best score,
+    centred per fold (folds differ in difficulty, not in what the parameters do)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -435,8 +437,8 @@ def param_importances(trials: pd.DataFrame, space: SearchSpace, metric: str) -> 
 def write_search_outputs(
     grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config, out_dir: Path
 ) -> list[Path]:
-    """trials.csv, each fold's selected config (`best_config_s<k>.yaml`) and the search plots (a panel
-    per fold); returns the paths written."""
+    """trials.csv, each fold's selected config (`best_config_s<k>.yaml`) and the search plots
+    (a panel per fold); returns the paths written."""
     metric = cfg.tune.metric
     trials = trial_table(grid, space, cfg)
     paths = [

@@ -1,1 +1,2 @@
-"""Corpus parsing (IEMOCAP and the generated demo corpus), Parquet shards and the Ray Data pipeline."""
+"""Corpus parsing (IEMOCAP and the generated demo corpus), Parquet shards and the Ray Data
+pipeline."""

@@ -48,7 +48,8 @@ class Corpus:
                 if getattr(fold, name).empty:
                     raise CorpusError(
                         f"the fold testing session {fold.test_session} has an empty {name} split "
-                        f"({len(self.manifest)} utterances in {self.root}): raise data.val_fraction "
+                        f"({len(self.manifest)} utterances in {self.root}): "
+                        "raise data.val_fraction "
                         f"(now {cfg.val_fraction}) or use a bigger corpus"
                     )
         return folds
@@ -62,7 +63,8 @@ class Corpus:
 
 
 def corpus_root(cfg: DataConfig) -> tuple[Path, bool]:
-    """(IEMOCAP_full_release folder, is_demo): the configured release, or the demo corpus, built once."""
+    """(IEMOCAP_full_release folder, is_demo): the configured release, or the demo corpus,
+    built once."""
     if cfg.data_dir:
         return Path(cfg.data_dir).expanduser().resolve(), False
     demo = make_demo_corpus(

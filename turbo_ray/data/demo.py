@@ -42,16 +42,8 @@ SCRIPTS = {
 }
 DIALOGS_PER_SESSION = 4
 SPEAKER_F0 = {"F": 200.0, "M": 115.0}
-FOUR_CLASS_CYCLE = (
-    "neu",
-    "hap",
-    "ang",
-    "sad",
-    "neu",
-    "exc",
-    "ang",
-    "sad",
-)  # happy alternates hap / exc
+# happy alternates hap / exc
+FOUR_CLASS_CYCLE = ("neu", "hap", "ang", "sad", "neu", "exc", "ang", "sad")
 OTHER_CYCLE = ("fru", "xxx")
 
 SLOTS = {
@@ -121,7 +113,8 @@ HARMONICS = np.arange(1, 9)
 
 @dataclass(frozen=True)
 class Style:
-    """How an emotion is spoken (audio: arousal), rated (valence, activation, dominance) and worded (text)."""
+    """How an emotion is spoken (audio: arousal), rated (valence, activation, dominance) and
+    worded (text)."""
 
     pitch: float  # semitones above the speaker's f0
     pitch_range: float  # semitones of syllable accents
@@ -216,7 +209,8 @@ def dialogs(session: int) -> list[str]:
 
 
 def _sentence(style: Style, rng: np.random.Generator) -> str:
-    """A sentence from one of the style's pools, its slots filled; now and then a [BREATHING] tag, as in the release."""
+    """A sentence from one of the style's pools, its slots filled; now and then a [BREATHING] tag,
+    as in the release."""
     pools, shares = zip(*style.pools)
     templates = SENTENCES[pools[rng.choice(len(pools), p=shares)]]
     text = re.sub(
@@ -229,14 +223,16 @@ def _sentence(style: Style, rng: np.random.Generator) -> str:
 
 
 def _syllables(text: str) -> list[list[int]]:
-    """Per word, the vowel (index into VOWEL_ORDER) of each syllable-like vowel group; tags are silent."""
+    """Per word, the vowel (index into VOWEL_ORDER) of each syllable-like vowel group;
+    tags are silent."""
     words = re.findall(r"[a-z']+", re.sub(r"\[[A-Z]+\]", " ", text).lower())
     groups = [re.findall(r"[aeiouy]+", w) or ["a"] for w in words]
     return [[VOWEL_ORDER.index(g[0].replace("y", "i")) for g in word] for word in groups]
 
 
 def synthesise(text: str, style: Style, f0: float, rng: np.random.Generator) -> np.ndarray:
-    """A float waveform in [-1, 1] at SAMPLE_RATE: voiced harmonic syllables, prosody from `style`."""
+    """A float waveform in [-1, 1] at SAMPLE_RATE: voiced harmonic syllables,
+    prosody from `style`."""
     words = _syllables(text)
     rate = style.rate * rng.uniform(0.9, 1.1)
     vowels = np.array([v for w in words for v in w])
@@ -265,9 +261,8 @@ def synthesise(text: str, style: Style, f0: float, rng: np.random.Generator) -> 
 
     t = np.arange(n)
     centres = starts + sizes // 2
-    accents = (
-        style.pitch_range * rng.uniform(-0.5, 0.5, len(vowels)) - 2.0 * centres / n
-    )  # accents + declination
+    # accents + declination
+    accents = style.pitch_range * rng.uniform(-0.5, 0.5, len(vowels)) - 2.0 * centres / n
     knots = np.arange(0, n + 160, 160)  # f0 jitter: smooth noise, one value per 10 ms
     jitter = np.interp(t, knots, rng.normal(0, 0.3, len(knots)))
     semitones = style.pitch + rng.normal(0, 1.2) + np.interp(t, centres, accents) + jitter
@@ -287,7 +282,8 @@ def synthesise(text: str, style: Style, f0: float, rng: np.random.Generator) -> 
 
 
 def _label_plan(utterances: int, offset: int, rng: np.random.Generator) -> list[str]:
-    """A speaker's raw labels, shuffled: a few fru and xxx, the rest cycling over the four classes from `offset`."""
+    """A speaker's raw labels, shuffled: a few fru and xxx, the rest cycling over the four classes
+    from `offset`."""
     others = max(2, round(utterances / 8))
     plan = [FOUR_CLASS_CYCLE[(i + offset) % 8] for i in range(utterances - others)]
     plan += [OTHER_CYCLE[i % 2] for i in range(others)]
@@ -315,7 +311,8 @@ def _dialog_turns(
 
 
 def _evaluation_block(turn: _Turn, rng: np.random.Generator) -> str:
-    """The summary line, three categorical (C-) and three dimensional (A-) annotator lines, as in the release."""
+    """The summary line, three categorical (C-) and three dimensional (A-) annotator lines,
+    as in the release."""
     style = STYLES[turn.label]
     if turn.label == "xxx":  # no majority
         words = [CATEGORIES[i] for i in rng.choice(len(CATEGORIES), 3, replace=False)]
@@ -327,7 +324,8 @@ def _evaluation_block(turn: _Turn, rng: np.random.Generator) -> str:
     ratings = np.clip(np.rint(np.array(style.vad) + rng.normal(0, 0.7, (3, 3))), 1, 5).astype(int)
     v, a, d = ratings.mean(axis=0)
     lines = [
-        f"[{turn.start:.4f} - {turn.end:.4f}]\t{turn.utterance_id}\t{turn.label}\t[{v:.4f}, {a:.4f}, {d:.4f}]"
+        f"[{turn.start:.4f} - {turn.end:.4f}]\t{turn.utterance_id}\t{turn.label}\t"
+        f"[{v:.4f}, {a:.4f}, {d:.4f}]"
     ]
     lines += [f"C-E{i + 1}:\t{word};\t()" for i, word in enumerate(words)]
     lines += [
@@ -337,7 +335,8 @@ def _evaluation_block(turn: _Turn, rng: np.random.Generator) -> str:
 
 
 def _transcription(dialog: str, turns: list[_Turn], xx_speaker: str | None) -> str:
-    """The transcription file: one `id [start-end]: text` line per turn, plus an XX turn if `xx_speaker` is given."""
+    """The transcription file: one `id [start-end]: text` line per turn, plus an XX turn
+    if `xx_speaker` is given."""
     lines = [f"{t.utterance_id} [{t.start:08.4f}-{t.end:08.4f}]: {t.text}" for t in turns]
     if xx_speaker:  # a turn with no label and no wav, as the release has
         gap = turns[0].end + 0.1
@@ -348,7 +347,8 @@ def _transcription(dialog: str, turns: list[_Turn], xx_speaker: str | None) -> s
 def _write_session(
     release: Path, session: int, speakers_utterances: int, rng: np.random.Generator
 ) -> dict[str, int]:
-    """One session's EmoEvaluation, transcriptions and wavs (with the odd cases); its raw label counts."""
+    """One session's EmoEvaluation, transcriptions and wavs (with the odd cases);
+    its raw label counts."""
     names = dialogs(session)
     plans = {
         g: _label_plan(speakers_utterances, offset, rng) for g, offset in (("F", 0), ("M", 2))
@@ -388,7 +388,8 @@ def _write_session(
 
 
 def _is_built(release: Path, params: dict) -> bool:
-    """Whether `release` is a complete demo corpus built with these parameters (its marker is written last)."""
+    """Whether `release` is a complete demo corpus built with these parameters
+    (its marker is written last)."""
     marker = release / MARKER
     if not marker.is_file():
         return False
@@ -399,8 +400,9 @@ def _is_built(release: Path, params: dict) -> bool:
 def make_demo_corpus(root: str | Path, seed: int = 0, utterances_per_speaker: int = 40) -> Path:
     """Write (once) `root/IEMOCAP_full_release` for these parameters and return its absolute path.
 
-    Deterministic for a seed. Built in a hidden sibling folder and renamed into place, so an interrupted
-    build leaves nothing half-written; a demo corpus built with other parameters is replaced.
+    Deterministic for a seed. Built in a hidden sibling folder and renamed into place, so an
+    interrupted build leaves nothing half-written; a demo corpus built with other parameters is
+    replaced.
     """
     if utterances_per_speaker < DIALOGS_PER_SESSION:
         raise ValueError(

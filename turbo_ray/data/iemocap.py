@@ -1,10 +1,13 @@
-"""Parse an IEMOCAP_full_release folder into a manifest (one row per utterance) and leave-one-session-out folds.
+"""Parse an IEMOCAP_full_release folder into a manifest (one row per utterance) and
+leave-one-session-out folds.
 
-    df = load_manifest("/data/IEMOCAP_full_release", classes="4class")   # problems in df.attrs["report"]
+    # problems in df.attrs["report"]
+    df = load_manifest("/data/IEMOCAP_full_release", classes="4class")
     folds = loso_folds(df, val_fraction=0.1, seed=0, val_split="speaker")
 
-The layout and the parsing rules are those of the release (README: Data). Anything that does not fit them is reported
-(`CorpusReport`) and the utterance left out: a wrong or missing label is never guessed.
+The layout and the parsing rules are those of the release (README: Data). Anything that does not
+fit them is reported (`CorpusReport`) and the utterance left out: a wrong or missing label is never
+guessed.
 """
 
 from __future__ import annotations
@@ -72,19 +75,22 @@ DTYPES = {
 }
 
 SUMMARY_LINE = re.compile(
-    r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(\S+)\t([a-z]{3})\t\[(\d\.\d{4}), (\d\.\d{4}), (\d\.\d{4})\]$"
+    r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(\S+)\t([a-z]{3})\t"
+    r"\[(\d\.\d{4}), (\d\.\d{4}), (\d\.\d{4})\]$"
 )
 INFO_FIELDS = ("excluded", "downmixed")  # CorpusReport fields that are information, not problems
 UTTERANCE_ID = re.compile(r"^Ses0[1-5][FM]_(impro0[1-8][ab]?|script0[1-3]_[1-3]b?)_[FM]\d{3}$")
 
 
 class CorpusError(ValueError):
-    """Not an IEMOCAP release, or (strict) a corpus with problems; the message names the files or utterance ids."""
+    """Not an IEMOCAP release, or (strict) a corpus with problems; the message names the files or
+    utterance ids."""
 
 
 @dataclass
 class CorpusReport:
-    """What the scan found wrong (utterance ids, or "path:line: text"), and what the class set left out."""
+    """What the scan found wrong (utterance ids, or "path:line: text"), and what the class set
+    left out."""
 
     label_without_wav: list[str] = field(default_factory=list)
     wav_without_label: list[str] = field(default_factory=list)
@@ -92,19 +98,15 @@ class CorpusReport:
     missing_transcription: list[str] = field(default_factory=list)
     unknown_label: list[str] = field(default_factory=list)
     malformed_lines: list[str] = field(default_factory=list)
-    undecodable_text: list[str] = field(
-        default_factory=list
-    )  # "path:line": not UTF-8 (kept, bytes replaced)
+    # "path:line": not UTF-8 (kept, bytes replaced)
+    undecodable_text: list[str] = field(default_factory=list)
     duplicate_ids: list[str] = field(default_factory=list)
-    duplicate_wavs: list[str] = field(
-        default_factory=list
-    )  # "id: path, path": left out, never guessed
-    excluded: dict[str, int] = field(
-        default_factory=dict
-    )  # raw label -> utterances outside the class set (info)
-    downmixed: list[str] = field(
-        default_factory=list
-    )  # multi-channel wavs, down-mixed to mono in the shards (info)
+    # "id: path, path": left out, never guessed
+    duplicate_wavs: list[str] = field(default_factory=list)
+    # raw label -> utterances outside the class set (info)
+    excluded: dict[str, int] = field(default_factory=dict)
+    # multi-channel wavs, down-mixed to mono in the shards (info)
+    downmixed: list[str] = field(default_factory=list)
 
     def problems(self) -> dict[str, list[str]]:
         """The non-empty problem lists, by name."""
@@ -136,7 +138,8 @@ class CorpusReport:
 
 @dataclass(frozen=True, eq=False)  # eq=False: DataFrames have no truth value to compare
 class Fold:
-    """One leave-one-session-out fold: test = session `test_session`; train and val from the other sessions."""
+    """One leave-one-session-out fold: test = session `test_session`; train and val from the
+    other sessions."""
 
     test_session: int
     train: pd.DataFrame
@@ -172,7 +175,8 @@ def class_name(raw: str, classes: str) -> str | None:
 
 
 def _visible(folder: Path, suffix: str = "") -> list[Path]:
-    """Sorted entries of `folder` (files with `suffix`, or folders if no suffix), skipping names that start with "."."""
+    """Sorted entries of `folder` (files with `suffix`, or folders if no suffix), skipping names
+    that start with "."."""
     if not folder.is_dir():
         return []
     return sorted(
@@ -196,7 +200,8 @@ def _lines(path: Path, report: CorpusReport) -> Iterator[tuple[int, str]]:
 
 
 def _parse_labels(files: list[Path], report: CorpusReport) -> tuple[dict[str, _Label], set[str]]:
-    """The summary label of every well-formed line by utterance id, and the ids labelled more than once."""
+    """The summary label of every well-formed line by utterance id, and the ids labelled more
+    than once."""
     labels: dict[str, _Label] = {}
     duplicates: set[str] = set()
     for path in files:
@@ -244,7 +249,8 @@ def _wav_info(path: Path) -> tuple[int, int, int] | None:
 
 
 def scan_corpus(root: str | Path, classes: str = "4class") -> tuple[pd.DataFrame, CorpusReport]:
-    """The manifest of the usable utterances whose label is in `classes`, and the report of everything else."""
+    """The manifest of the usable utterances whose label is in `classes`, and the report of
+    everything else."""
     release = release_dir(root)
     sessions = [release / s for s in SESSIONS if (release / s).is_dir()]
     report = CorpusReport()
@@ -318,7 +324,8 @@ def scan_corpus(root: str | Path, classes: str = "4class") -> tuple[pd.DataFrame
 
 
 def load_manifest(root: str | Path, classes: str = "4class", strict: bool = False) -> pd.DataFrame:
-    """`scan_corpus`'s manifest with its report in `df.attrs["report"]`; `strict`: any problem is a CorpusError."""
+    """`scan_corpus`'s manifest with its report in `df.attrs["report"]`; `strict`: any problem
+    is a CorpusError."""
     manifest, report = scan_corpus(root, classes)
     if strict and report.problems():
         raise CorpusError(f"{release_dir(root)}: {report.summary()}")
@@ -335,7 +342,8 @@ def _random_val(rest: pd.DataFrame, fraction: float, rng: np.random.Generator) -
 
 
 def _speaker_val(rest: pd.DataFrame, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Mask of a validation set of whole speakers: `fraction` of the speakers (at least one, never all)."""
+    """Mask of a validation set of whole speakers: `fraction` of the speakers
+    (at least one, never all)."""
     speakers = np.array(sorted(rest["speaker"].unique()))
     count = (
         min(max(1, int(fraction * len(speakers) + 0.5)), len(speakers) - 1) if fraction > 0 else 0
@@ -349,7 +357,8 @@ VAL_SPLITS = {"random": _random_val, "speaker": _speaker_val}  # data.val_split 
 def loso_folds(
     manifest: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0, val_split: str = "random"
 ) -> list[Fold]:
-    """One fold per session present (sorted): test = that session; val carved from the other sessions, seeded."""
+    """One fold per session present (sorted): test = that session; val carved from the other
+    sessions, seeded."""
     carve = VAL_SPLITS[val_split]
     sessions = sorted(int(s) for s in manifest["session"].unique())
     if len(sessions) < 2:

@@ -1,12 +1,15 @@
-"""Ray Data: Parquet shards → shuffle (training) → decode / resample / tokenize → cropped, padded batches.
+"""Ray Data: Parquet shards → shuffle (training) → decode / resample / tokenize → cropped,
+padded batches.
 
     ds = split_dataset(cfg, shards_uri, utterance_ids, train=True)     # on the driver
-    for batch in shard.iter_torch_batches(batch_size=…, collate_fn=collate_for(cfg, epoch)):  # in a worker
-        batch["waveforms"], batch["audio_lengths"], batch["input_ids"], batch["attention_mask"], batch["labels"]
+    # in a worker:
+    for batch in shard.iter_torch_batches(batch_size=…, collate_fn=collate_for(cfg, epoch)):
+        batch["waveforms"], batch["audio_lengths"], batch["input_ids"],
+        batch["attention_mask"], batch["labels"]
 
-Preprocessing runs as Ray tasks on small batches (decoded audio is far larger than the stored bytes);
-worker processes are reused, so the tokenizer loads once per process, not per batch or epoch.
-Cropping and padding happen per batch in the training worker.
+Preprocessing runs as Ray tasks on small batches (decoded audio is far larger than the stored
+bytes); worker processes are reused, so the tokenizer loads once per process, not per batch or
+epoch. Cropping and padding happen per batch in the training worker.
 """
 
 from __future__ import annotations
@@ -35,12 +38,10 @@ PREPROCESS_BATCH = 16
 def configure_ray_data() -> None:
     """Ray Data settings for every process that builds datasets (the driver, each trial)."""
     ctx = ray.data.DataContext.get_current()
-    ctx.use_datasource_v2 = (
-        False  # the V2 read path wants one whole free CPU, which Train has taken
-    )
-    ctx.execution_options.preserve_order = (
-        True  # blocks in a fixed order: the same rows per worker, per run
-    )
+    # the V2 read path wants one whole free CPU, which Train has taken
+    ctx.use_datasource_v2 = False
+    # blocks in a fixed order: the same rows per worker, per run
+    ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
     ctx.target_max_block_size = 32 * 1024**2
 
@@ -85,9 +86,8 @@ class Preprocess:
             self._waveform(a, f, int(r))
             for a, f, r in zip(batch["audio"], batch["audio_format"], batch["sample_rate"])
         ]
-        texts = list(
-            batch["text"]
-        )  # may be empty (a filter can leave empty blocks); tokenizers reject []
+        # may be empty (a filter can leave empty blocks); tokenizers reject []
+        texts = list(batch["text"])
         tokens = (
             _tokenizer(self.tokenizer)(texts, truncation=True, max_length=self.max_tokens)[
                 "input_ids"
@@ -110,10 +110,12 @@ def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 class PadCollate(NumpyBatchCollateFn):
-    """Runs in the training worker: crops each waveform to `max_samples`, pads waveforms and token ids.
+    """Runs in the training worker: crops each waveform to `max_samples`,
+    pads waveforms and token ids.
 
-    With `seed` (e.g. (train.seed, epoch)) the crop is a random window drawn from (seed, utterance id),
-    so an epoch's crops are the same in every run and on every worker count; without, it is centred.
+    With `seed` (e.g. (train.seed, epoch)) the crop is a random window drawn from
+    (seed, utterance id), so an epoch's crops are the same in every run and on every worker count;
+    without, it is centred.
     """
 
     def __init__(self, pad_token_id: int, max_samples: int, seed: tuple[int, ...] | None = None):
@@ -158,11 +160,11 @@ def collate_for(cfg: Config, epoch: int | None = None) -> PadCollate:
 def split_dataset(
     cfg: Config, shards: str, utterance_ids: Sequence[str], train: bool
 ) -> ray.data.Dataset:
-    """The rows of `utterance_ids` (Ray pushes projection and filter into the Parquet read), preprocessed
-    lazily. The training split is shuffled whole, in a new order every epoch, seeded by (train.seed,
-    epoch): Ray Data reseeds a `RandomSeedConfig` with its execution index, one execution per epoch.
-    The shuffle moves the stored rows (compressed audio bytes), before decoding. Evaluation splits keep
-    the shards' order."""
+    """The rows of `utterance_ids` (Ray pushes projection and filter into the Parquet read),
+    preprocessed lazily. The training split is shuffled whole, in a new order every epoch, seeded by
+    (train.seed, epoch): Ray Data reseeds a `RandomSeedConfig` with its execution index, one
+    execution per epoch. The shuffle moves the stored rows (compressed audio bytes), before
+    decoding. Evaluation splits keep the shards' order."""
     d = cfg.data
     rows = (
         ray.data.read_parquet(shards, num_cpus=0.25, concurrency=d.read_tasks)

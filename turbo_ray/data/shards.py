@@ -1,13 +1,16 @@
-"""Manifest → Parquet shards (audio bytes + text + label + session …) and a JSON manifest, atomic and idempotent.
+"""Manifest → Parquet shards (audio bytes + text + label + session …) and a JSON manifest,
+atomic and idempotent.
 
     doc = write_shards(manifest, "s3://bucket/iemocap", audio_format="wav", classes=classes)
     doc = read_shard_manifest("s3://bucket/iemocap", verify=True)
-    wave = decode_audio(row["audio"], row["audio_format"], row["sample_rate"])   # float32 mono in [-1, 1]
+    # float32 mono in [-1, 1]
+    wave = decode_audio(row["audio"], row["audio_format"], row["sample_rate"])
 
-Layout: `out/part-00000.parquet`, `out/part-00001.parquet`, …, then `out/_manifest.json`, written last.
-`out` (and every wav_path) is a local path or any pyarrow filesystem URI (`file://`, `s3://`, `gs://` …).
-Every file is written under a hidden temporary name (readers such as Ray Data skip names starting with
-`.` or `_`) and renamed into place only once all shards are complete; an error removes this run's files.
+Layout: `out/part-00000.parquet`, `out/part-00001.parquet`, …, then `out/_manifest.json`,
+written last. `out` (and every wav_path) is a local path or any pyarrow filesystem URI
+(`file://`, `s3://`, `gs://` …). Every file is written under a hidden temporary name (readers such
+as Ray Data skip names starting with `.` or `_`) and renamed into place only once all shards are
+complete; an error removes this run's files.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ FORMAT_VERSION = 2  # 2: rows in hashed order, multi-channel audio down-mixed
 
 
 class ShardError(RuntimeError):
-    """Invalid input, unreadable audio, or missing / incomplete / corrupt shards (the message names which)."""
+    """Invalid input, unreadable audio, or missing / incomplete / corrupt shards
+    (the message names which)."""
 
 
 def write_shards(
@@ -73,8 +77,9 @@ def write_shards(
     sessions, dialogs and speakers: utterance-id order would put one dialog in each run of rows.
     Multi-channel wavs are down-mixed to mono here (`scan_corpus` reports which).
 
-    All inputs are validated before anything is written. If `out` already holds a complete output of the
-    same input (same fingerprint) it is returned untouched; otherwise it is replaced, stale shards removed.
+    All inputs are validated before anything is written. If `out` already holds a complete output
+    of the same input (same fingerprint) it is returned untouched; otherwise it is replaced, stale
+    shards removed.
     """
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
@@ -87,9 +92,8 @@ def write_shards(
         return existing
 
     fs.create_dir(root, recursive=True)
-    token = (
-        f"tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # the pid alone can repeat across cluster nodes
-    )
+    # the pid alone can repeat across cluster nodes
+    token = f"tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temps: list[str] = []
     placed: list[str] = []
     shards: list[dict] = []
@@ -102,9 +106,8 @@ def write_shards(
                     fs, temps[-1], name, rows.iloc[start : start + rows_per_shard], audio_format
                 )
             )
-        _delete(
-            fs, [f"{root}/{MANIFEST}"]
-        )  # from here until the new manifest lands, `out` reads as incomplete
+        # from here until the new manifest lands, `out` reads as incomplete
+        _delete(fs, [f"{root}/{MANIFEST}"])
         for temp, shard in zip(temps, shards):
             fs.move(temp, f"{root}/{shard['file']}")
             placed.append(f"{root}/{shard['file']}")
@@ -131,8 +134,9 @@ def write_shards(
 
 
 def read_shard_manifest(out: str, verify: bool = False) -> dict:
-    """The JSON manifest under `out`, after checking every listed shard exists with its recorded size
-    (and, with `verify`, its sha256). ShardError if the manifest is missing or any shard is missing or corrupt."""
+    """The JSON manifest under `out`, after checking every listed shard exists with its recorded
+    size (and, with `verify`, its sha256). ShardError if the manifest is missing or any shard is
+    missing or corrupt."""
     fs, root = _filesystem(out)
     path = f"{root}/{MANIFEST}"
     if fs.get_file_info(path).type != pafs.FileType.File:
@@ -160,8 +164,8 @@ def read_shard_manifest(out: str, verify: bool = False) -> dict:
 def decode_audio(audio: bytes, audio_format: str, sample_rate: int) -> np.ndarray:
     """A shard's `audio` cell as a float32 mono waveform in [-1, 1].
 
-    `sample_rate` is the row's rate: a "wav" whose header disagrees with it (or that is not mono) is a
-    ShardError; "pcm16" samples carry no header and are at that rate by construction.
+    `sample_rate` is the row's rate: a "wav" whose header disagrees with it (or that is not mono) is
+    a ShardError; "pcm16" samples carry no header and are at that rate by construction.
     """
     if audio_format == "wav":
         frames = _read_audio(audio, sample_rate, "float32", "wav audio")
@@ -176,7 +180,8 @@ def decode_audio(audio: bytes, audio_format: str, sample_rate: int) -> np.ndarra
 
 
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a URI such as `s3://bucket/prefix` or `file:///abs`, or for a plain local path."""
+    """(filesystem, path) for a URI such as `s3://bucket/prefix` or `file:///abs`,
+    or for a plain local path."""
     if "://" in uri:
         fs, path = pafs.FileSystem.from_uri(uri)
         return fs, path.rstrip("/")
@@ -256,7 +261,8 @@ def _fingerprint(
 
 
 def _complete_manifest(out: str) -> dict | None:
-    """The existing manifest if `out` holds a complete output; None (so it gets rewritten) otherwise."""
+    """The existing manifest if `out` holds a complete output;
+    None (so it gets rewritten) otherwise."""
     try:
         return read_shard_manifest(out)
     except ShardError:
@@ -266,12 +272,14 @@ def _complete_manifest(out: str) -> dict | None:
 def _read_audio(
     data: bytes, sample_rate: int, dtype: str, where: str, pcm16_only: bool = False
 ) -> np.ndarray:
-    """Decode audio file bytes at `sample_rate` (16-bit PCM with `pcm16_only`) to (frames, channels)."""
+    """Decode audio file bytes at `sample_rate` (16-bit PCM with `pcm16_only`)
+    to (frames, channels)."""
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
             if f.samplerate != sample_rate or (pcm16_only and f.subtype != "PCM_16"):
                 raise ShardError(
-                    f"{where}: expected {'16-bit PCM ' if pcm16_only else ''}audio at {sample_rate} Hz, "
+                    f"{where}: expected {'16-bit PCM ' if pcm16_only else ''}"
+                    f"audio at {sample_rate} Hz, "
                     f"got {f.subtype} at {f.samplerate} Hz"
                 )
             return f.read(dtype=dtype, always_2d=True)
@@ -280,8 +288,9 @@ def _read_audio(
 
 
 def _audio_cell(row: tuple, audio_format: str) -> bytes:
-    """The `audio` cell of a manifest row (a namedtuple): the wav file's bytes, or its int16 samples.
-    Multi-channel audio is down-mixed to mono (the channels' mean; a float wav in the "wav" format)."""
+    """The `audio` cell of a manifest row (a namedtuple): the wav file's bytes, or its int16
+    samples. Multi-channel audio is down-mixed to mono (the channels' mean; a float wav in the
+    "wav" format)."""
     where = f"{row.wav_path} (utterance {row.utterance_id})"
     fs, path = _filesystem(row.wav_path)
     try:
@@ -334,7 +343,8 @@ def _sha256(fs: pafs.FileSystem, path: str) -> str:
 
 
 def _stale_shards(fs: pafs.FileSystem, root: str, keep: int) -> list[str]:
-    """`part-*.parquet` files other than part-00000 … part-{keep-1}: shards of an earlier, larger output."""
+    """`part-*.parquet` files other than part-00000 … part-{keep-1}:
+    shards of an earlier, larger output."""
     current = {f"part-{i:05d}.parquet" for i in range(keep)}
     return [
         info.path

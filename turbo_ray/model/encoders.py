@@ -1,9 +1,9 @@
 """Hugging Face audio and text encoders with configurable dropout and masked mean pooling.
 
-The audio encoder is split at its first dropout layer: the convolutional feature encoder (no dropout)
-is the shared *prefix* that runs once per batch; everything after it is the *suffix* that runs on
-the batch duplicated into views. Text encoders start with dropout right after the embedding lookup,
-so their whole stack is the suffix.
+The audio encoder is split at its first dropout layer: the convolutional feature encoder
+(no dropout) is the shared *prefix* that runs once per batch; everything after it is the *suffix*
+that runs on the batch duplicated into views. Text encoders start with dropout right after the
+embedding lookup, so their whole stack is the suffix.
 """
 
 from __future__ import annotations
@@ -32,13 +32,14 @@ def tiny_audio_config() -> Wav2Vec2Config:
     )
 
 
+# "dropout": DistilBERT, BART
 HIDDEN_DROPOUT = (
     "hidden_dropout",
     "hidden_dropout_prob",
     "activation_dropout",
     "feat_proj_dropout",
     "dropout",
-)  # "dropout": DistilBERT, BART
+)
 ATTENTION_DROPOUT = ("attention_dropout", "attention_probs_dropout_prob")
 
 
@@ -64,7 +65,8 @@ def _dropout_overrides(config, dropout: float, attention_dropout: float) -> dict
 
 
 def load_pretrained(name: str, dropout: float, attention_dropout: float) -> nn.Module:
-    """`AutoModel` by hub name or local directory (never with remote code), dropout from the config."""
+    """`AutoModel` by hub name or local directory (never with remote code),
+    dropout from the config."""
     tiny = name == TINY_AUDIO
     config = (
         tiny_audio_config() if tiny else AutoConfig.from_pretrained(name, trust_remote_code=False)
@@ -105,17 +107,17 @@ class AudioEncoder(nn.Module):
         if freeze_feature_encoder:
             model.feature_extractor.requires_grad_(False)
         if getattr(model, "masked_spec_embed", None) is not None:
-            model.masked_spec_embed.requires_grad_(
-                False
-            )  # SpecAugment is off: unused, and DDP rejects it
+            # SpecAugment is off: unused, and DDP rejects it
+            model.masked_spec_embed.requires_grad_(False)
 
     def prefix(
         self, waveforms: torch.Tensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised waveforms (B, S) → conv features (B, T, C) and their frame mask (B, T).
 
-        A frozen prefix runs without autograd: Hugging Face's feature encoder otherwise marks its input
-        as requiring grad in training, and backward would run through every conv layer for nothing.
+        A frozen prefix runs without autograd: Hugging Face's feature encoder otherwise marks its
+        input as requiring grad in training, and backward would run through every conv layer for
+        nothing.
         """
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_prefix):
             return self._prefix(waveforms, lengths)
@@ -154,9 +156,8 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.pretrained = pretrained
         if getattr(model, "pooler", None) is not None:
-            model.pooler = (
-                None  # unused: we pool ourselves, and DDP rejects parameters with no grad
-            )
+            # unused: we pool ourselves, and DDP rejects parameters with no grad
+            model.pooler = None
         self.model = model
         self.dim = model.config.hidden_size
 

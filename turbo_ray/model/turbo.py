@@ -1,4 +1,5 @@
-"""The Turbo model: two dropout views per modality from one forward, projections, fusion classifier."""
+"""The Turbo model: two dropout views per modality from one forward, projections,
+fusion classifier."""
 
 from __future__ import annotations
 
@@ -15,21 +16,23 @@ MIN_TEMPERATURE = 0.01  # a learnable τ is clamped here after every step, as op
 
 
 class TurboOutput(NamedTuple):
-    """What the loss needs, and nothing from elsewhere (as open_clip's CLIP returns its logit scale)."""
+    """What the loss needs, and nothing from elsewhere
+    (as open_clip's CLIP returns its logit scale)."""
 
     logits: torch.Tensor  # (views·B, classes), view-major
     audio: torch.Tensor | None = None  # (views, B, proj_dim) contrastive embeddings; None: no views
     text: torch.Tensor | None = None  # (views, B, proj_dim)
-    temperature: torch.Tensor | None = (
-        None  # the InfoNCE τ (a parameter: `loss.temperature` inits it)
-    )
+    # the InfoNCE τ (a parameter: `loss.temperature` inits it)
+    temperature: torch.Tensor | None = None
 
 
 class TurboModel(nn.Module):
-    """Audio + text encoders, contrastive projection heads and a classifier on the fused pooled features.
+    """Audio + text encoders, contrastive projection heads and a classifier on the fused pooled
+    features.
 
-    In training with `contrastive=True` the batch goes through the encoders as two views (one forward
-    over the duplicated batch); in eval, or for the baseline, it is one deterministic pass.
+    In training with `contrastive=True` the batch goes through the encoders as two views
+    (one forward over the duplicated batch); in eval, or for the baseline, it is one deterministic
+    pass.
     """
 
     def __init__(
@@ -53,9 +56,8 @@ class TurboModel(nn.Module):
             nn.Linear(head_hidden, num_classes),
         )
         self.contrastive = contrastive
-        if (
-            contrastive
-        ):  # the baseline has no projections: DDP rejects parameters that get no gradient
+        # the baseline has no projections: DDP rejects parameters that get no gradient
+        if contrastive:
             self.audio_proj = nn.Linear(audio.dim, proj_dim)
             self.text_proj = nn.Linear(text.dim, proj_dim)
             self.log_temperature = nn.Parameter(
@@ -95,7 +97,8 @@ class TurboModel(nn.Module):
 
 
 def build_model(cfg: Config, num_classes: int) -> TurboModel:
-    """The model of `cfg` with a classifier over `num_classes` (the corpus's class set decides it)."""
+    """The model of `cfg` with a classifier over `num_classes`
+    (the corpus's class set decides it)."""
     audio, text = build_encoders(cfg.model)
     return TurboModel(
         audio,
