@@ -96,6 +96,7 @@ def start_job(cfg: Config, paths: RunPaths, address: str | None, resume: bool = 
     """Check the corpus (its problem report is printed) and its folds before Ray starts, as the
     caller checked the output folder; then save the job's config and start (or join) Ray."""
     from turbo_ray.data.corpus import prepare_corpus
+    from turbo_ray.progress import quiet_ray_logs
     from turbo_ray.runtime import init_ray
 
     corpus = prepare_corpus(cfg.data)
@@ -105,6 +106,7 @@ def start_job(cfg: Config, paths: RunPaths, address: str | None, resume: bool = 
         paths.out.mkdir(parents=True, exist_ok=True)
         paths.config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     print(f"experiment {paths.out}{'  (resumed)' if resume else ''}")
+    print(f"Ray's own log: {quiet_ray_logs(paths.ray_log)}")
     dashboard = init_ray(address)
     if dashboard:
         print(f"Ray dashboard: {dashboard}  (trials, workers, CPU/GPU and memory use)")
@@ -160,6 +162,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """The main job: nested leave-one-session-out search and test (see turbo_ray/experiment.py)."""
     from turbo_ray.experiment import PROTOCOL, run_nested, selection_table
     from turbo_ray.loso import format_table, write_results
+    from turbo_ray.progress import SearchProgress
     from turbo_ray.runtime import require_driver_resource
     from turbo_ray.tune import load_search_space
 
@@ -177,7 +180,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         f"trials (TPE + ASHA on each trial's best {cfg.tune.metric}) on the other sessions only"
     )
 
-    results, written = run_nested(cfg, corpus, space, paths, resume=args.resume)
+    total = cfg.tune.folds * cfg.tune.num_samples
+    searched = [p.key for p in space.params]
+    progress = SearchProgress(total, cfg.tune.metric, cfg.train.epochs, searched)
+    results, written = run_nested(cfg, corpus, space, paths, args.resume, [progress])
     written += write_results(results, paths.out, list(corpus.classes), cfg, PROTOCOL)
     print("\n" + selection_table(results, cfg))
     print(

@@ -33,12 +33,18 @@ PROTOCOL = "nested-loso"
 
 
 def run_nested(
-    cfg: Config, corpus: Corpus, space: SearchSpace, paths: RunPaths, resume: bool = False
+    cfg: Config,
+    corpus: Corpus,
+    space: SearchSpace,
+    paths: RunPaths,
+    resume: bool = False,
+    callbacks: list | None = None,
 ) -> tuple[pd.DataFrame, list[Path]]:
     """Search every outer fold (`tune.folds` of them), test each fold's selected checkpoint on its
-    held-out session; returns one row per fold and the search outputs written to `paths.out`."""
+    held-out session; returns one row per fold and the search outputs written to `paths.out`.
+    `callbacks`: Tune callbacks for the search (progress lines)."""
     folds = corpus.folds(cfg.data)[: cfg.tune.folds]
-    grid = run_search(cfg, folds, space, corpus, paths, resume)
+    grid = run_search(cfg, folds, space, corpus, paths, resume, callbacks)
     written = write_search_outputs(grid, space, cfg, paths.out)
     selected = best_trials(grid, cfg)
     rows = [

@@ -87,5 +87,10 @@ class RunPaths:
         return f"{self.trials}/{self.trial_name(trial_id)}"
 
     @property
+    def ray_log(self) -> Path:
+        """Ray's driver-side log records (the terminal shows the job's own progress)."""
+        return self.out / "ray.log"
+
+    @property
     def asha_state(self) -> Path:
         return self.out / "asha_state.pkl"

@@ -21,12 +21,13 @@ def init_ray(
 ) -> str | None:
     """Join the cluster at `address` ("auto", "ray://…") or start a local one with the dashboard on
     127.0.0.1 and the trial-driver resource. Returns the dashboard URL, if any. A process already
-    connected to Ray (a notebook, a test) keeps its connection."""
+    connected to Ray (a notebook, a test) keeps its connection. Workers' output stays in Ray's
+    session logs (`log_to_driver=False`): the terminal shows the job's own progress."""
     if ray.is_initialized():
         configure_ray_data()
         return None
     if address:
-        context = ray.init(address=address)
+        context = ray.init(address=address, log_to_driver=False)
     else:
         os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train view
         # one logical CPU more than cores: Train workers take whole CPUs, Ray Data's feeding tasks
@@ -38,6 +39,7 @@ def init_ray(
             object_store_memory=object_store_mb * 1024**2,
             include_dashboard=True,
             dashboard_host="127.0.0.1",
+            log_to_driver=False,
             _system_config={"num_workers_soft_limit": WARM_WORKERS_PER_CPU * num_cpus},
         )
     configure_ray_data()

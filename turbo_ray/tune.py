@@ -292,12 +292,14 @@ def run_search(
     corpus: Corpus,
     paths: RunPaths,
     resume: bool = False,
+    callbacks: list | None = None,
 ) -> ray.tune.ResultGrid:
     """One Tune experiment holding an independent search per fold (`FoldSearch`, `FoldASHA`): each
     fold's trials train and validate on the other sessions only. TPE and ASHA are told each trial's
     best validation score so far (`best_<tune.metric>`: the score that selects). Trials' Train runs
     go to `paths.trials`, Tune's state to `paths.search`, ASHA's to `paths.asha_state`. `resume`
-    continues an interrupted search."""
+    continues an interrupted search. `callbacks`: Tune callbacks, e.g. progress lines (Tune's own
+    output is off)."""
     base = override(cfg, {"train.storage_path": paths.trials})
     splits = {
         f.test_session: {"train": f.train.utterance_id.tolist(), "val": f.val.utterance_id.tolist()}
@@ -344,7 +346,9 @@ def run_search(
             num_samples=t.num_samples * len(sessions),
             max_concurrent_trials=t.max_concurrent_trials,
         ),
-        run_config=ray.tune.RunConfig(name=RunPaths.SEARCH, storage_path=paths.storage),
+        run_config=ray.tune.RunConfig(
+            name=RunPaths.SEARCH, storage_path=paths.storage, callbacks=callbacks, verbose=0
+        ),
     )
     return tuner.fit()
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from tqdm import tqdm
 
 from turbo_ray.data.iemocap import RELEASE_NAME
 
@@ -425,8 +426,15 @@ def make_demo_corpus(root: str | Path, seed: int = 0, utterances_per_speaker: in
     building = root / f".{RELEASE_NAME}.building-{uuid.uuid4().hex[:8]}"
     try:
         rng = np.random.default_rng(seed)
+        sessions = tqdm(
+            range(1, 6),
+            desc="generating the demo corpus",
+            unit="session",
+            disable=None,
+            leave=False,
+        )
         labels = {
-            str(s): _write_session(building, s, utterances_per_speaker, rng) for s in range(1, 6)
+            str(s): _write_session(building, s, utterances_per_speaker, rng) for s in sessions
         }
         summary = {
             **params,

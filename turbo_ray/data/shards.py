@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import soundfile as sf
+from tqdm import tqdm
 
 SHARD_SCHEMA = pa.schema(
     [
@@ -98,7 +99,8 @@ def write_shards(
     placed: list[str] = []
     shards: list[dict] = []
     try:
-        for start in range(0, len(rows), rows_per_shard):
+        starts = range(0, len(rows), rows_per_shard)
+        for start in tqdm(starts, desc="writing shards", unit="shard", disable=None, leave=False):
             name = f"part-{len(shards):05d}.parquet"
             temps.append(f"{root}/.{name}.{token}")
             shards.append(
