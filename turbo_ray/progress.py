@@ -48,7 +48,7 @@ class SearchProgress(Callback):
         return self.__dict__ | {"bar": None}
 
     def setup(self, **info):
-        self.bar = tqdm(total=self.total, desc="trials", unit="trial", leave=False)
+        self.bar = tqdm(total=self.total, desc="trials", unit="trial", leave=False, disable=None)
 
     def _name(self, trial) -> str:
         return f"fold {trial.config['fold']} trial {trial.config['fold_trial']}"

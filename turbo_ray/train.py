@@ -162,6 +162,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 def fit_worker(loop_config: dict) -> TurboModel:
     """Train this worker's replica epoch by epoch, resuming from the last checkpoint; returns the
     model. `loop_config`: config (dict), classes, train_rows, eval_splits (see `build_trainer`)."""
+    at_start = time.time()
     cfg, classes = Config.from_dict(loop_config["config"]), loop_config["classes"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -188,7 +189,8 @@ def fit_worker(loop_config: dict) -> TurboModel:
         batches = train_shard.iter_torch_batches(
             batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg, epoch)
         )
-        metrics = {"epoch": epoch} | train_epoch(model, batches, optimizer, scheduler, cfg, device)
+        metrics = {"epoch": epoch, "at_worker_start": at_start}
+        metrics |= train_epoch(model, batches, optimizer, scheduler, cfg, device)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:  # evaluates every split whole, so no sample is dropped or repeated
@@ -326,10 +328,11 @@ def train_epoch(
     Returns the mean loss parts (over all workers' steps) and timings."""
     model.train()
     ddp, weights = model is not _unwrap(model), LossWeights.from_config(cfg.loss)
-    sums, steps, window, waited = {}, 0, 0, 0.0
+    sums, steps, window, waited, stamps = {}, 0, 0, 0.0, {}
     started = ready = time.perf_counter()
     for batch, last in _with_last(batches):
         waited += time.perf_counter() - ready  # the data feed kept this worker waiting
+        stamps.setdefault("at_first_batch", time.time())
         window += 1
         boundary = last or window == cfg.train.grad_accum
         with nullcontext() if boundary or not ddp else model.no_sync():
@@ -340,12 +343,14 @@ def train_epoch(
         for k, v in parts.items():
             sums[k] = sums.get(k, 0.0) + v.item()
         steps += 1
+        stamps.setdefault("at_first_step", time.time())
         ready = time.perf_counter()
     means = _mean_over_ranks(sums, steps, device)
     return {
         "lr": scheduler.get_last_lr()[0],
         "time_train_s": time.perf_counter() - started,
         "time_data_wait_s": waited,
+        **stamps,  # wall-clock times (time.time()) of the epoch's first batch and first step
     } | {f"train_{k}": v for k, v in means.items()}
 
 

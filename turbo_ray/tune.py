@@ -300,6 +300,9 @@ def run_search(
     go to `paths.trials`, Tune's state to `paths.search`, ASHA's to `paths.asha_state`. `resume`
     continues an interrupted search. `callbacks`: Tune callbacks, e.g. progress lines (Tune's own
     output is off)."""
+    # Tune's own tables and hints off (`verbose=0` silences only its legacy reporter): the job
+    # prints its progress through `callbacks`
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     base = override(cfg, {"train.storage_path": paths.trials})
     splits = {
         f.test_session: {"train": f.train.utterance_id.tolist(), "val": f.val.utterance_id.tolist()}
@@ -345,6 +348,7 @@ def run_search(
             ),
             num_samples=t.num_samples * len(sessions),
             max_concurrent_trials=t.max_concurrent_trials,
+            reuse_actors=True,  # a trial's process (torch imported) serves the next trial
         ),
         run_config=ray.tune.RunConfig(
             name=RunPaths.SEARCH, storage_path=paths.storage, callbacks=callbacks, verbose=0
