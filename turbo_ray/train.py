@@ -40,7 +40,7 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from turbo_ray.config import Config
-from turbo_ray.data.pipeline import collate_for
+from turbo_ray.data.pipeline import LOCAL_SHUFFLE_ROWS, collate_for
 from turbo_ray.losses import LossWeights, objective
 from turbo_ray.metrics import classification_report, confusion_matrix
 from turbo_ray.model import TurboModel, build_model
@@ -187,7 +187,10 @@ def fit_worker(loop_config: dict) -> TurboModel:
     for epoch in range(done + 1, cfg.train.epochs + 1):
         torch.manual_seed(_seed(cfg.train.seed, rank, epoch))  # dropout masks: per rank and epoch
         batches = train_shard.iter_torch_batches(
-            batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg, epoch)
+            batch_size=cfg.data.batch_size,
+            collate_fn=collate_for(cfg, epoch),
+            local_shuffle_buffer_size=LOCAL_SHUFFLE_ROWS,
+            local_shuffle_seed=_seed(cfg.train.seed, rank, epoch),
         )
         metrics = {"epoch": epoch, "at_worker_start": at_start}
         metrics |= train_epoch(model, batches, optimizer, scheduler, cfg, device)

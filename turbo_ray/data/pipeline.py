@@ -28,9 +28,11 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.expressions import col
 
 from turbo_ray.config import Config
-from turbo_ray.data.shards import decode_audio
+from turbo_ray.data.shards import ROWS_PER_SHARD, decode_audio
 from turbo_ray.presets import encoder_names
 
+# each training worker shuffles what it receives through a buffer of one shard's rows
+LOCAL_SHUFFLE_ROWS = ROWS_PER_SHARD
 COLUMNS = ["utterance_id", "label_id", "text", "audio", "audio_format", "sample_rate"]
 PREPROCESS_BATCH = 16
 
@@ -161,10 +163,12 @@ def split_dataset(
     cfg: Config, shards: str, utterance_ids: Sequence[str], train: bool
 ) -> ray.data.Dataset:
     """The rows of `utterance_ids` (Ray pushes projection and filter into the Parquet read),
-    preprocessed lazily. The training split is shuffled whole, in a new order every epoch, seeded by
-    (train.seed, epoch): Ray Data reseeds a `RandomSeedConfig` with its execution index, one
-    execution per epoch. The shuffle moves the stored rows (compressed audio bytes), before
-    decoding. Evaluation splits keep the shards' order."""
+    preprocessed lazily. The training split's blocks (one per shard, each a hash-ordered mix of
+    sessions and speakers) come in a new order every epoch, seeded by (train.seed, epoch): Ray Data
+    reseeds a `RandomSeedConfig` with its execution index, one execution per epoch; each worker then
+    shuffles its rows through a buffer (`LOCAL_SHUFFLE_ROWS`, seeded by seed, rank and epoch). No
+    all-to-all shuffle: the first batch of an epoch waits for the read, not for the whole split to
+    move. Evaluation splits keep the shards' order."""
     d = cfg.data
     rows = (
         ray.data.read_parquet(shards, num_cpus=0.25, concurrency=d.read_tasks)
@@ -172,8 +176,8 @@ def split_dataset(
         .filter(expr=col("utterance_id").is_in(list(utterance_ids)))
     )
     if train:
-        rows = rows.random_shuffle(
-            seed=RandomSeedConfig(cfg.train.seed, reseed_after_execution=True), num_cpus=0.25
+        rows = rows.randomize_block_order(
+            seed=RandomSeedConfig(cfg.train.seed, reseed_after_execution=True)
         )
     return rows.map_batches(
         Preprocess(tokenizer_name(cfg), d.sample_rate, d.max_text_tokens),

@@ -45,6 +45,7 @@ SHARD_SCHEMA = pa.schema(
     ]
 )
 AUDIO_FORMATS = ("wav", "pcm16")
+ROWS_PER_SHARD = 64  # a shard is one Ray Data block: the unit the training order permutes
 REQUIRED_COLUMNS = (
     "utterance_id",
     "session",
@@ -69,7 +70,7 @@ def write_shards(
     manifest: pd.DataFrame,
     out: str,
     audio_format: str = "wav",
-    rows_per_shard: int = 64,
+    rows_per_shard: int = ROWS_PER_SHARD,
     classes: Sequence[str] | None = None,
 ) -> dict:
     """Write the manifest's utterances to Parquet shards under `out`; return the JSON manifest.
