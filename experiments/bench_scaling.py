@@ -172,6 +172,7 @@ def main() -> None:
         f"{paired:.2f} s with two processes side by side: at most {2 * alone / paired:.2f}x"
     )
     print(f"speed-up 2 vs 1 workers: {two / one:.2f}")
+    print(f"scaling/ceiling (this project): {(two / one) / (2 * alone / paired):.2f}")
 
 
 if __name__ == "__main__":

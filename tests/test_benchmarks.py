@@ -51,6 +51,13 @@ def test_bench_turbo_step(tmp_path_factory):
 def test_bench_pipeline(tmp_path_factory):
     out = run_quick("bench_pipeline.py", tmp_path_factory)
     ratios(out, ["feed/consumption", "memory x10/x1"])
+    for stored in (16, 8):
+        assert re.search(
+            rf"^feed per core, IEMOCAP-like lengths stored at {stored} kHz: [0-9]+ "
+            r"utterances/s/core$",
+            out,
+            re.MULTILINE,
+        ), out
 
 
 def test_bench_scaling(tmp_path_factory):
@@ -68,4 +75,13 @@ def test_bench_scaling(tmp_path_factory):
         out,
         re.MULTILINE,
     ), out
-    ratios(out, ["speed-up 2 vs 1 workers"])
+    ratios(out, ["speed-up 2 vs 1 workers", "scaling/ceiling (this project)"])
+
+
+def test_bench_startup(tmp_path_factory):
+    out = run_quick("bench_startup.py", tmp_path_factory)
+    assert re.search(r"^  run 0 \(cold pool\): from fit to worker_start [0-9.]+ s, ", out, re.M), (
+        out
+    )
+    ratios(out, ["startup/import (this project)"])
+    assert out.strip().splitlines()[-1].startswith("startup/import (this project): ")
