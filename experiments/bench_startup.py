@@ -26,6 +26,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import ray
+
 from turbo_ray.config import load_config
 from turbo_ray.data.corpus import prepare_corpus
 from turbo_ray.paths import RunPaths
@@ -78,6 +80,7 @@ def main() -> None:
         starts.append(one_run(cfg, corpus, space, tmp / f"run{run}"))
         line = ", ".join(f"{k[3:]} {v:.1f} s" for k, v in starts[-1].items())
         print(f"  run {run} ({'cold' if run == 0 else 'warm'} pool): from fit to {line}")
+    ray.shutdown()  # before the summary: nothing of Ray's is printed after it
     floor = statistics.median(floors)
     warm = starts[1:] or starts
     step = statistics.median(s["at_first_step"] for s in warm)

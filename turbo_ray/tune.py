@@ -348,7 +348,6 @@ def run_search(
             ),
             num_samples=t.num_samples * len(sessions),
             max_concurrent_trials=t.max_concurrent_trials,
-            reuse_actors=True,  # a trial's process (torch imported) serves the next trial
         ),
         run_config=ray.tune.RunConfig(
             name=RunPaths.SEARCH, storage_path=paths.storage, callbacks=callbacks, verbose=0
