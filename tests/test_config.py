@@ -47,6 +47,8 @@ def test_int_and_exponent_are_accepted_for_float_and_none_for_optional():
         (["data.val_split=dialog"], "data.val_split must be one of random, speaker; got 'dialog'"),
         (["data.val_fraction=1.0"], "data.val_fraction must be in"),
         (["train.placement_strategy=FAST"], "train.placement_strategy must be one of PACK"),
+        (["model.modalities=video"], "model.modalities must be one of audio"),
+        (["model.modalities=text"], "one modality. needs loss.mode=baseline"),
         (["epochs=3"], "must look like section.key"),
     ],
 )

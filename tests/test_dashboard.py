@@ -1,5 +1,5 @@
 """The dashboard of a local Ray (as `init_ray` starts it): token auth on, a running TorchTrainer
-visible."""
+and its workers visible through the HTTP API the pages read."""
 
 import json
 import os
@@ -12,6 +12,11 @@ from pathlib import Path
 import ray.train
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+
+# the state API behind the dashboard's Actors page
+ALIVE_ACTORS = (
+    "/api/v0/actors?limit=1000&filter_keys=state&filter_predicates=%3D&filter_values=ALIVE"
+)
 
 
 def wait_for(config):
@@ -59,12 +64,17 @@ def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(ray_
                 last = f"{err.code}: {err.read()[:300]!r}"
         run_info = next(r for r in runs if r["name"] == "visible-run")
         assert len(run_info["attempts"][-1]["workers"]) == 2
+        # what the Actors page lists: the run's two workers, alive, beside its controller
+        actors = get(f"{url}{ALIVE_ACTORS}", auth_token())[1]["data"]["result"]["result"]
+        names = [a["class_name"] for a in actors]
+        assert names.count("RayTrainWorker") == 2 and "TrainController" in names, names
 
-        try:
-            get(f"{url}/api/train/v2/runs/v1")
-            raise AssertionError("an unauthenticated request was answered")
-        except urllib.error.HTTPError as err:
-            assert err.code in (401, 403)
+        for api in ("/api/train/v2/runs/v1", ALIVE_ACTORS):
+            try:
+                get(f"{url}{api}")
+                raise AssertionError(f"an unauthenticated request to {api} was answered")
+            except urllib.error.HTTPError as err:
+                assert err.code in (401, 403)
     finally:
         marker.touch()
         run.join(timeout=120)

@@ -218,6 +218,33 @@ def test_baseline_is_one_view_without_projection_heads(batch):
     }
 
 
+@pytest.mark.parametrize("modality", ["audio", "text"])
+def test_a_unimodal_baseline_builds_and_runs_only_its_encoder(batch, modality):
+    cfg, model = make("loss.mode=baseline", f"model.modalities={modality}")
+    other = "text" if modality == "audio" else "audio"
+    assert getattr(model, f"{other}_encoder") is None
+    kept = getattr(model, f"{modality}_encoder")
+    assert model.classifier[0].in_features == kept.dim
+    model.train()
+    labels = torch.tensor([0, 1, 2, 3])
+    objective(model(**batch), labels, LossWeights.from_config(cfg.loss))["total"].backward()
+    assert all(p.grad is not None for p in model.classifier.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in kept.parameters())
+    # the left-out modality's input does not reach the classifier
+    model.eval()
+    blank = (
+        {"waveforms": torch.zeros_like(batch["waveforms"])}
+        if other == "audio"
+        else {
+            "input_ids": batch["input_ids"][:, :2],  # [CLS] + one token: another text
+            "attention_mask": batch["attention_mask"][:, :2],
+        }
+    )
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, model(**(batch | blank)).logits)
+    build_optimizer(model, cfg)  # param groups cope with the missing encoder
+
+
 def test_training_steps_lower_the_loss_on_a_fixed_batch(batch):
     cfg, model = make()
     model.train()

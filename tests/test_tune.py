@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
@@ -128,6 +130,8 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
         "5",
         "--workers-per-trial",
         "1",
+        "--max-concurrent-trials",
+        "1",
         f"data.cache_dir={cache}",
         "data.demo_utterances_per_speaker=12",
         "data.val_fraction=0.25",
@@ -210,6 +214,38 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
         assert not set(manifest.loc[record["val"], "speaker"]) & set(
             manifest.loc[record["train"], "speaker"]
         )
+
+    # MLflow (the run folder's SQLite store): one run per trial with its full config and every
+    # epoch's score, each exactly once although the driver died and resumed mid-search
+    assert f"ui --backend-store-uri sqlite:///{out / 'mlflow.db'}" in resumed.stdout
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    by_role = {role: [r for r in runs if r.data.tags["role"] == role] for role in ("trial", "fold")}
+    (parent,) = [r for r in runs if r.data.tags["role"] == "experiment"]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["mean_test_ua"] == (
+        pytest.approx(np.mean([f["ua"] for f in results["folds"]]))
+    )
+    trial_runs = {r.data.tags["trial_id"]: r for r in by_role["trial"]}
+    assert len(trial_runs) == len(by_role["trial"])  # no trial logged twice
+    for _, row in trials.iterrows():
+        run = trial_runs[row.trial]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["fold"] == str(row.fold) and run.info.status == "FINISHED"
+        assert float(run.data.params["train.lr"]) == pytest.approx(row["train.lr"])
+        assert run.data.params["data.batch_size"] == "8"  # the full config, not only the searched
+        history = client.get_metric_history(run.info.run_id, "val_ua")
+        assert [m.step for m in history] == list(range(1, row.epochs + 1))
+        assert max(m.value for m in history) == pytest.approx(row.best_val_ua)
+    # the folds' selected checkpoints: a run per fold with its test scores and confusion matrix
+    folds = {int(r.data.tags["fold"]): r for r in by_role["fold"]}
+    assert sorted(folds) == [1, 2, 3, 4, 5]
+    for fold in results["folds"]:
+        run = folds[fold["test_session"]]
+        assert run.data.metrics["test_ua"] == pytest.approx(fold["ua"])
+        assert run.data.tags["trial"] == fold["trial"]
+        assert trial_runs[fold["trial"]].data.tags["selected_for_fold"] == str(fold["test_session"])
+        confusion = client.download_artifacts(run.info.run_id, "confusion.json", str(tmp_path))
+        assert json.loads(Path(confusion).read_text())["matrix"] == fold["confusion"]
 
     # each fold's TPE was told its trials' best epoch (the score that selects), not the last one
     searcher = FoldSearch([1, 2, 3, 4, 5], 1, "best_val_ua", [], 0)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from turbo_ray.paths import RunPaths, latest_output_dir, new_output_dir
 
 if TYPE_CHECKING:
     from turbo_ray.data.corpus import Corpus
+    from turbo_ray.tracking import Tracker
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -164,6 +166,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from turbo_ray.loso import format_table, write_results
     from turbo_ray.progress import SearchProgress
     from turbo_ray.runtime import require_driver_resource
+    from turbo_ray.tracking import Tracker, TrialRuns
     from turbo_ray.tune import load_search_space
 
     out = resume_dir(args) if args.resume else Path(args.output_dir or new_output_dir("tune"))
@@ -180,11 +183,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
         f"trials (TPE + ASHA on each trial's best {cfg.tune.metric}) on the other sessions only"
     )
 
+    tracker = Tracker.open(cfg, paths, PROTOCOL, corpus.label)
     total = cfg.tune.folds * cfg.tune.num_samples
     searched = [p.key for p in space.params]
     progress = SearchProgress(total, cfg.tune.metric, cfg.train.epochs, searched)
-    results, written = run_nested(cfg, corpus, space, paths, args.resume, [progress])
+    callbacks = [progress, TrialRuns(tracker, cfg)]
+    results, written = run_nested(cfg, corpus, space, paths, args.resume, callbacks)
     written += write_results(results, paths.out, list(corpus.classes), cfg, PROTOCOL)
+    tracker.log_folds(results, cfg, list(corpus.classes))
+    tracker.finish(results, written)
     print("\n" + selection_table(results, cfg))
     print(
         "\n"
@@ -195,7 +202,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
         )
     )
     print("\n" + "\n".join(f"wrote {p}" for p in written))
+    print(watch_commands(paths, tracker))
     return 0
+
+
+def watch_commands(paths: RunPaths, tracker: Tracker) -> str:
+    """How to look at the finished experiment: MLflow's UI, TensorBoard, and the dashboard."""
+    lines = [
+        "\nCompare the trials and folds:",
+        f"  MLflow:      {tracker.ui_command()}   (then http://127.0.0.1:5000)",
+    ]
+    if "://" not in str(paths.search):  # Tune's event files, where this machine can read them
+        tensorboard = Path(sys.executable).parent / "tensorboard"
+        lines.append(f"  TensorBoard: {os.path.relpath(tensorboard)} --logdir {paths.search}")
+    lines.append(
+        "  The Ray dashboard lived as long as this job's local Ray; to keep one, start Ray first "
+        "(`ray start --head`) and pass --address auto (README: Watching a run)."
+    )
+    return "\n".join(lines)
 
 
 def resume_dir(args: argparse.Namespace) -> Path:

@@ -23,6 +23,8 @@ from typing import Any
 import yaml
 
 MODES = ("baseline", "in", "cross", "turbo")
+# what the classifier sees: both encoders, or one of them (a unimodal baseline, loss.mode=baseline)
+MODALITIES = ("audio+text", "audio", "text")
 CROSS_PAIRS = ("11", "22", "12", "21")
 PRECISIONS = ("auto", "fp32", "bf16")
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement group strategies
@@ -38,7 +40,7 @@ class ConfigError(ValueError):
 class DataConfig:
     data_dir: str | None = None  # IEMOCAP_full_release; None = the generated demo corpus
     cache_dir: str = "~/.cache/turbo_ray"  # demo corpus and prepared shards
-    demo_utterances_per_speaker: int = 10  # size of the generated demo corpus (10 speakers)
+    demo_utterances_per_speaker: int = 40  # size of the generated demo corpus (10 speakers)
     # local path or URI; None = <cache_dir>/shards/<corpus fingerprint>
     shards_dir: str | None = None
     classes: str = "4class"  # "4class" (neutral, happy+excited, angry, sad) or "all"
@@ -58,6 +60,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     preset: str = "tiny"  # tiny | base | large (README: presets)
+    modalities: str = "audio+text"  # or "audio" / "text" alone: a unimodal baseline
     audio_encoder: str | None = None  # name or local dir; overrides the preset
     text_encoder: str | None = None
     dropout: float = 0.1  # hidden dropout in both encoders: the source of the two views
@@ -90,7 +93,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     # fp32 | bf16 (autocast, on CPU too; losses stay fp32) | auto: bf16 on GPU
     precision: str = "auto"
-    num_workers: int = 2
+    num_workers: int = 1  # DDP workers per run: one per GPU
     use_gpu: bool = False
     gpus_per_worker: float = 1.0  # with use_gpu; fractions share a GPU between workers
     cpus_per_worker: float = 1.0
@@ -109,12 +112,14 @@ class TuneConfig:
     # dotted key → distribution (tune.py)
     search_space: str = "experiments/configs/search_space.yaml"
     num_samples: int = 2  # trials per outer fold
-    max_concurrent_trials: int = 1  # over all folds' searches
+    max_concurrent_trials: int = 2  # over all folds' searches (2 cores: two 1-worker trials)
     grace_period: int = 1
     reduction_factor: int = 2
     # selects epochs, trials and configs (val_ua | val_wa | val_f1); maximised
     metric: str = "val_ua"
     folds: int = 5  # outer LOSO folds (test sessions 1..folds), each searched on its own
+    # MLflow tracking server (http://…); None: $MLFLOW_TRACKING_URI, else <run folder>/mlflow.db
+    tracking_uri: str | None = None
 
 
 @dataclass
@@ -149,6 +154,7 @@ def validate(cfg: Config) -> None:
         "data.classes": CLASS_SETS,
         "data.audio_format": AUDIO_FORMATS,
         "data.val_split": VAL_SPLITS,
+        "model.modalities": MODALITIES,
         "loss.mode": MODES,
         "train.precision": PRECISIONS,
         "train.placement_strategy": PLACEMENTS,
@@ -157,6 +163,11 @@ def validate(cfg: Config) -> None:
     for key, allowed in one_of.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {_get(cfg, key)!r}")
+    if cfg.model.modalities != MODALITIES[0] and cfg.loss.mode != "baseline":
+        raise ConfigError(
+            f"model.modalities={cfg.model.modalities} (one modality) needs loss.mode=baseline: "
+            f"the contrastive terms pair both modalities' views; got loss.mode={cfg.loss.mode}"
+        )
     bad = [p for p in cfg.loss.cross_pairs if p not in CROSS_PAIRS]
     if bad or not cfg.loss.cross_pairs:
         raise ConfigError(

@@ -94,3 +94,13 @@ class RunPaths:
     @property
     def asha_state(self) -> Path:
         return self.out / "asha_state.pkl"
+
+    @property
+    def mlflow_store(self) -> str:
+        """The default MLflow store: a SQLite file in the output folder."""
+        return f"sqlite:///{self.out / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> str:
+        """The default store's artifacts (MLflow would put them in the working directory)."""
+        return (self.out / "mlartifacts").as_uri()

@@ -13,11 +13,12 @@ from pathlib import Path
 from ray.tune import Callback
 from tqdm import tqdm
 
-RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "optuna")
+RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "optuna", "mlflow", "alembic")
 
 
 def quiet_ray_logs(log_file: Path) -> Path:
-    """Send Ray's (and Optuna's) driver-side log records to `log_file` instead of the terminal."""
+    """Send Ray's (and Optuna's, MLflow's) driver-side log records to `log_file`, not to the
+    terminal."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -29,7 +29,8 @@ def init_ray(
     if address:
         context = ray.init(address=address, log_to_driver=False)
     else:
-        os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")  # the dashboard's Train view
+        # Train runs and their workers on the dashboard's HTTP API (/api/train/v2/runs)
+        os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
         # one logical CPU more than cores: Train workers take whole CPUs, Ray Data's feeding tasks
         # (fractions of one) need what is left, or a 2-core laptop hangs
         num_cpus = num_cpus or os.cpu_count() + 1

@@ -57,7 +57,7 @@ def build_optimizer(model: TurboModel, cfg: Config) -> torch.optim.AdamW:
     slow = {
         id(p)
         for enc in (model.audio_encoder, model.text_encoder)
-        if enc.pretrained
+        if enc is not None and enc.pretrained
         for p in enc.parameters()
     }
     groups = []

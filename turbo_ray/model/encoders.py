@@ -170,11 +170,16 @@ class TextEncoder(nn.Module):
         return masked_mean(hidden, attention_mask)
 
 
-def build_encoders(cfg: ModelConfig) -> tuple[AudioEncoder, TextEncoder]:
+def build_encoders(cfg: ModelConfig) -> tuple[AudioEncoder | None, TextEncoder | None]:
+    """The encoders of `cfg.modalities` (None for a modality left out)."""
     audio_name, text_name = encoder_names(cfg)
-    audio = load_pretrained(audio_name, cfg.dropout, cfg.attention_dropout)
-    text = load_pretrained(text_name, cfg.dropout, cfg.attention_dropout)
-    return (
-        AudioEncoder(audio, cfg.freeze_feature_encoder, pretrained=audio_name != TINY_AUDIO),
-        TextEncoder(text),
-    )
+    audio = text = None
+    if "audio" in cfg.modalities:
+        audio = AudioEncoder(
+            load_pretrained(audio_name, cfg.dropout, cfg.attention_dropout),
+            cfg.freeze_feature_encoder,
+            pretrained=audio_name != TINY_AUDIO,
+        )
+    if "text" in cfg.modalities:
+        text = TextEncoder(load_pretrained(text_name, cfg.dropout, cfg.attention_dropout))
+    return audio, text

@@ -37,8 +37,8 @@ class TurboModel(nn.Module):
 
     def __init__(
         self,
-        audio: AudioEncoder,
-        text: TextEncoder,
+        audio: AudioEncoder | None,
+        text: TextEncoder | None,
         num_classes: int,
         proj_dim: int = 128,
         head_hidden: int = 256,
@@ -48,9 +48,14 @@ class TurboModel(nn.Module):
         learnable_temperature: bool = False,
     ):
         super().__init__()
+        if contrastive and (audio is None or text is None):
+            raise ValueError(
+                "the contrastive terms need both encoders (a unimodal model: baseline)"
+            )
+        # either may be None: a unimodal baseline classifies the other one's features
         self.audio_encoder, self.text_encoder = audio, text
         self.classifier = nn.Sequential(
-            nn.Linear(audio.dim + text.dim, head_hidden),
+            nn.Linear(sum(e.dim for e in (audio, text) if e is not None), head_hidden),
             nn.GELU(),
             nn.Dropout(head_dropout),
             nn.Linear(head_hidden, num_classes),
@@ -82,9 +87,12 @@ class TurboModel(nn.Module):
         attention_mask: torch.Tensor,
     ) -> TurboOutput:
         views = 2 if self.training and self.contrastive else 1
-        audio = self.audio_encoder(waveforms, audio_lengths, views)
-        text = self.text_encoder(input_ids, attention_mask, views)
-        logits = self.classifier(torch.cat([audio, text], dim=-1))
+        audio = text = None
+        if self.audio_encoder is not None:
+            audio = self.audio_encoder(waveforms, audio_lengths, views)
+        if self.text_encoder is not None:
+            text = self.text_encoder(input_ids, attention_mask, views)
+        logits = self.classifier(torch.cat([f for f in (audio, text) if f is not None], dim=-1))
         if views == 1:  # eval or baseline: no contrastive terms to compute
             return TurboOutput(logits)
         batch = waveforms.shape[0]
