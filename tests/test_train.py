@@ -214,5 +214,9 @@ def test_same_seed_same_scores_over_every_class(ray_local, demo_corpus, tmp_path
         for run in runs
     )
     assert first == second
+    # the finished job keeps only the weights of the checkpoint its table came from
+    kept = [str(c) for c in (tmp_path / "first").glob("checkpoints/*/checkpoint_*") if c.is_dir()]
+    assert kept == [runs[0]["folds"][0]["checkpoint"]]
+    assert sorted(f.name for f in Path(kept[0]).iterdir()) == ["meta.json", "model.pt"]
     assert runs[0]["classes"] == list(CLASS_SETS["all"])
     assert len(first[0]["confusion"]) == len(CLASS_SETS["all"])

@@ -104,7 +104,11 @@ class TrainConfig:
     storage_path: str = "runs"
     name: str | None = None
     max_failures: int = 0
-    num_to_keep: int | None = 2  # checkpoints kept (best by val UA); None keeps all
+    # checkpoints kept while a run trains (best by tune.metric; Ray also keeps the latest, to
+    # resume from); None keeps all
+    num_to_keep: int | None = 1
+    # after a job: False keeps only the weights of the checkpoints its results came from
+    keep_checkpoints: bool = False
 
 
 @dataclass

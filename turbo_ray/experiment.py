@@ -20,7 +20,7 @@ from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.iemocap import Fold
 from turbo_ray.data.pipeline import collate_for, configure_ray_data, split_dataset
 from turbo_ray.paths import RunPaths
-from turbo_ray.train import best_checkpoint, evaluate, load_model
+from turbo_ray.train import best_checkpoint, evaluate, load_model, prune_checkpoints
 from turbo_ray.tune import (
     SearchSpace,
     best_trials,
@@ -41,7 +41,8 @@ def run_nested(
     callbacks: list | None = None,
 ) -> tuple[pd.DataFrame, list[Path]]:
     """Search every outer fold (`tune.folds` of them), test each fold's selected checkpoint on its
-    held-out session; returns one row per fold and the search outputs written to `paths.out`.
+    held-out session, then keep only those checkpoints' weights (unless `train.keep_checkpoints`);
+    returns one row per fold and the search outputs written to `paths.out`.
     `callbacks`: Tune callbacks for the search (progress lines)."""
     folds = corpus.folds(cfg.data)[: cfg.tune.folds]
     grid = run_search(cfg, folds, space, corpus, paths, resume, callbacks)
@@ -51,6 +52,8 @@ def run_nested(
         test_selected(cfg, corpus, fold, selected[fold.test_session], space, paths)
         for fold in folds
     ]
+    if not cfg.train.keep_checkpoints:  # the losing and stopped trials' checkpoints go
+        prune_checkpoints(paths.trials, {row["checkpoint"] for row in rows})
     return pd.DataFrame(rows), written
 
 

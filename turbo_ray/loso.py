@@ -14,8 +14,9 @@ from turbo_ray.config import Config, override
 from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.iemocap import Fold
 from turbo_ray.data.pipeline import split_dataset
+from turbo_ray.paths import storage_uri
 from turbo_ray.plots import plot_confusion
-from turbo_ray.train import best_checkpoint, build_trainer
+from turbo_ray.train import best_checkpoint, build_trainer, prune_checkpoints
 
 SCORES = ("wa", "ua", "f1")
 PROTOCOL = "loso"  # one given config, no search: only the best epoch is selected, on validation
@@ -36,7 +37,7 @@ def run_fold(cfg: Config, corpus: Corpus, fold: Fold, name: str) -> dict:
         cfg, fold_datasets(cfg, corpus, fold), corpus.classes, len(fold.train), name
     )
     result = trainer.fit()
-    _, best = best_checkpoint(result, cfg.tune.metric)
+    checkpoint, best = best_checkpoint(result, cfg.tune.metric)
     return {
         "test_session": fold.test_session,
         "best_epoch": best["epoch"],
@@ -44,16 +45,17 @@ def run_fold(cfg: Config, corpus: Corpus, fold: Fold, name: str) -> dict:
         **{k: best[f"test_{k}"] for k in SCORES},
         "n_test": best["test_n"],
         "confusion": best["test_confusion"],
-        "checkpoint_run": str(result.path),
+        "checkpoint": checkpoint.path,
     }
 
 
 def run_loso(cfg: Config, corpus: Corpus, folds: int = 5, name: str = "loso") -> pd.DataFrame:
     """The first `folds` LOSO folds (test sessions 1, 2, …), one row per fold."""
-    rows = [
-        run_fold(cfg, corpus, fold, f"{name}-s{fold.test_session}")
-        for fold in corpus.folds(cfg.data)[:folds]
-    ]
+    runs = [f"{name}-s{fold.test_session}" for fold in corpus.folds(cfg.data)[:folds]]
+    rows = [run_fold(cfg, corpus, fold, run) for fold, run in zip(corpus.folds(cfg.data), runs)]
+    if not cfg.train.keep_checkpoints:  # only the weights the table came from stay
+        for run, row in zip(runs, rows):
+            prune_checkpoints(f"{storage_uri(cfg.train.storage_path)}/{run}", {row["checkpoint"]})
     return pd.DataFrame(rows)
 
 

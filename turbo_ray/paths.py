@@ -1,7 +1,7 @@
 """Where every file goes: the one place that decides a job's folder, its Ray storage, the shards.
 
     paths = RunPaths.of(Path("runs/tune-20261128-101500"), cfg.train.storage_path)
-    paths.config, paths.checkpoints, paths.search, paths.trial_run(trial_id), paths.asha_state
+    paths.config, paths.checkpoints, paths.search, paths.trial_run(trial_id)
 
 A job has a local output folder (`out`: its config, results, plots) and a Ray storage (`storage`:
 checkpoints and Tune state) that is the same folder, or `<train.storage_path>/<folder name>` when
@@ -90,10 +90,6 @@ class RunPaths:
     def ray_log(self) -> Path:
         """Ray's driver-side log records (the terminal shows the job's own progress)."""
         return self.out / "ray.log"
-
-    @property
-    def asha_state(self) -> Path:
-        return self.out / "asha_state.pkl"
 
     @property
     def mlflow_store(self) -> str:

@@ -20,12 +20,13 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
@@ -434,3 +435,30 @@ def best_checkpoint(result, metric: str) -> tuple[Checkpoint, dict[str, Any]]:
             f"run {result.path} reported no validation metrics (error: {result.error})"
         )
     return max(scored, key=lambda cm: (cm[1][metric], -cm[1]["epoch"]))
+
+
+def prune_checkpoints(storage: str, keep: Collection[str]) -> int:
+    """Free the disk of finished Train runs: under `storage` (a local path or URI holding run
+    folders), delete every checkpoint not in `keep` (`Checkpoint.path`s) and the optimizer state of
+    those kept (a finished run never resumes: only the weights are still used). Returns the bytes
+    freed."""
+    fs, root = (
+        pafs.FileSystem.from_uri(storage) if "://" in storage else (pafs.LocalFileSystem(), storage)
+    )
+    found = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    checkpoints = {
+        f.path
+        for f in found
+        if f.type == pafs.FileType.Directory and f.base_name.startswith("checkpoint_")
+    }
+    freed = 0
+    for checkpoint in sorted(checkpoints):
+        if checkpoint in keep:
+            doomed = [f for f in found if f.path == f"{checkpoint}/{STATE_FILE}"]
+            for f in doomed:
+                fs.delete_file(f.path)
+        else:
+            doomed = [f for f in found if f.path.startswith(f"{checkpoint}/")]
+            fs.delete_dir(checkpoint)
+        freed += sum(f.size or 0 for f in doomed if f.type == pafs.FileType.File)
+    return freed

@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import ray.tune
 import yaml
-from ray.tune import TuneConfig, Tuner
+from ray.tune import Callback, TuneConfig, Tuner
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
@@ -220,47 +220,48 @@ class FoldSearch(Searcher):
 
 
 class FoldASHA(FIFOScheduler):
-    """ASHA per outer fold: a trial competes only with its own fold's trials. Its rung records
-    survive a killed driver: `Tuner.restore` brings back the trials and the searcher but not the
-    scheduler, so this one saves its state (atomically) after every event and reloads it first
-    after a restore."""
+    """ASHA per outer fold: a trial competes only with its own fold's trials."""
 
-    def __init__(self, state_file: str, folds: list[int], **asha: Any):
+    def __init__(self, folds: list[int], **asha: Any):
         super().__init__()
         self.ashas = {k: ASHAScheduler(**asha) for k in folds}
-        self.state_file, self._loaded = state_file, False
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         done = [a.set_search_properties(metric, mode, **spec) for a in self.ashas.values()]
         return all(done)
 
-    def _route(self, event: str, trial, *args):
-        if not self._loaded and Path(self.state_file).exists():
-            saved = pickle.loads(Path(self.state_file).read_bytes())
-            for k, state in saved.items():
-                self.ashas[k].__dict__.update(state)
-        self._loaded = True
-        decision = getattr(self.ashas[trial.config[FOLD]], event)(*args)
-        Path(f"{self.state_file}.tmp").write_bytes(
-            pickle.dumps({k: a.__dict__ for k, a in self.ashas.items()})
-        )
-        os.replace(f"{self.state_file}.tmp", self.state_file)
-        return decision
-
     def on_trial_add(self, tune_controller, trial):
-        self._route("on_trial_add", trial, tune_controller, trial)
+        self.ashas[trial.config[FOLD]].on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result):
-        return self._route("on_trial_result", trial, tune_controller, trial, result)
+        return self.ashas[trial.config[FOLD]].on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result):
-        self._route("on_trial_complete", trial, tune_controller, trial, result)
+        self.ashas[trial.config[FOLD]].on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller, trial):
-        self._route("on_trial_remove", trial, tune_controller, trial)
+        self.ashas[trial.config[FOLD]].on_trial_remove(tune_controller, trial)
 
     def debug_string(self) -> str:
         return "\n".join(f"fold {k}: {a.debug_string()}" for k, a in self.ashas.items())
+
+
+class SchedulerState(Callback):
+    """Keeps a `FoldASHA`'s rungs in Tune's own experiment state. `Tuner.restore` brings back the
+    trials, the searcher and the callbacks' states, not the scheduler's; Tune saves this callback's
+    state with its own, wherever the experiment is stored (an `s3://` storage path too), and
+    restores it before the restored trials are added, so a resumed driver, on any machine, continues
+    every fold's ASHA where it stopped."""
+
+    def __init__(self, scheduler: FoldASHA):
+        self.scheduler = scheduler  # the same object as the Tuner's (one pickle holds both)
+
+    def get_state(self) -> dict:
+        return {k: a.__dict__ for k, a in self.scheduler.ashas.items()}
+
+    def set_state(self, state: dict) -> None:
+        for k, saved in state.items():
+            self.scheduler.ashas[k].__dict__.update(saved)
 
 
 def _trial(params: dict, *, base: dict, shards: str, splits: dict, classes: list) -> None:
@@ -297,7 +298,7 @@ def run_search(
     """One Tune experiment holding an independent search per fold (`FoldSearch`, `FoldASHA`): each
     fold's trials train and validate on the other sessions only. TPE and ASHA are told each trial's
     best validation score so far (`best_<tune.metric>`: the score that selects). Trials' Train runs
-    go to `paths.trials`, Tune's state to `paths.search`, ASHA's to `paths.asha_state`. `resume`
+    go to `paths.trials`, Tune's state (ASHA's rungs included) to `paths.search`. `resume`
     continues an interrupted search. `callbacks`: Tune callbacks, e.g. progress lines (Tune's own
     output is off)."""
     # Tune's own tables and hints off (`verbose=0` silences only its legacy reporter): the job
@@ -331,26 +332,29 @@ def run_search(
         )
     t, sessions = cfg.tune, list(splits)
     score = f"best_{t.metric}"  # a trial's best epoch so far: the score that selects its config
+    asha = FoldASHA(
+        sessions,
+        metric=score,
+        mode="max",
+        time_attr="epoch",
+        max_t=cfg.train.epochs,
+        grace_period=t.grace_period,
+        reduction_factor=t.reduction_factor,
+    )
     tuner = Tuner(
         trainable,
         param_space={p.key: p.domain() for p in space.params},
         tune_config=TuneConfig(
             search_alg=FoldSearch(sessions, t.num_samples, score, space.start, cfg.train.seed),
-            scheduler=FoldASHA(
-                str(paths.asha_state),
-                sessions,
-                metric=score,
-                mode="max",
-                time_attr="epoch",
-                max_t=cfg.train.epochs,
-                grace_period=t.grace_period,
-                reduction_factor=t.reduction_factor,
-            ),
+            scheduler=asha,
             num_samples=t.num_samples * len(sessions),
             max_concurrent_trials=t.max_concurrent_trials,
         ),
         run_config=ray.tune.RunConfig(
-            name=RunPaths.SEARCH, storage_path=paths.storage, callbacks=callbacks, verbose=0
+            name=RunPaths.SEARCH,
+            storage_path=paths.storage,
+            callbacks=[*(callbacks or []), SchedulerState(asha)],
+            verbose=0,
         ),
     )
     return tuner.fit()
