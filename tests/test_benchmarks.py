@@ -51,9 +51,9 @@ def test_bench_turbo_step(tmp_path_factory):
 def test_bench_pipeline(tmp_path_factory):
     out = run_quick("bench_pipeline.py", tmp_path_factory)
     ratios(out, ["feed/consumption", "memory x10/x1"])
-    for stored in (16, 8):
+    for stored in ("wav at 16", "wav at 8", "pcm16 at 16"):
         assert re.search(
-            rf"^feed per core, IEMOCAP-like lengths stored at {stored} kHz: [0-9]+ "
+            rf"^feed per core, IEMOCAP-like lengths stored as {stored} kHz: [0-9]+ "
             r"utterances/s/core$",
             out,
             re.MULTILINE,

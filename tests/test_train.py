@@ -2,8 +2,10 @@
 
 import json
 import math
+import tempfile
 from pathlib import Path
 
+import ray.data
 import ray.train
 import torch
 import torch.distributed as dist
@@ -15,7 +17,16 @@ from turbo_ray.data.iemocap import CLASS_SETS
 from turbo_ray.data.pipeline import collate_for
 from turbo_ray.loso import fold_datasets
 from turbo_ray.model import build_model
-from turbo_ray.train import build_optimizer, build_trainer, evaluate, fit_worker, load_model
+from turbo_ray.train import (
+    KEEP_SCORE,
+    best_checkpoint,
+    build_optimizer,
+    build_trainer,
+    evaluate,
+    fit_worker,
+    keep_score,
+    load_model,
+)
 
 FAST = [
     "data.max_seconds=2.0",
@@ -32,6 +43,28 @@ def fit(cfg, corpus, name, **kwargs):
     datasets = fold_datasets(cfg, corpus, fold, with_test=False)
     trainer = build_trainer(cfg, datasets, corpus.classes, len(fold.train), name, **kwargs)
     return trainer.fit()
+
+
+def report_tied_epochs(loop_config):
+    """Validation scores 0.5, 0.5, 0.25 (a checkpoint each), ranked as `fit_worker` ranks them."""
+    for epoch, score in ((1, 0.5), (2, 0.5), (3, 0.25)):
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "epoch").write_text(str(epoch))
+            metrics = {"epoch": epoch, "val_ua": score, KEEP_SCORE: keep_score(score, epoch)}
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def test_of_equal_validation_scores_the_earlier_epoch_is_kept_and_selected(ray_local, tmp_path):
+    # Ray keeps the later of two equally scored checkpoints; with one kept, selection (ties: the
+    # earlier epoch) would silently get epoch 2
+    cfg = load_config(None, ["train.num_to_keep=1", "train.num_workers=1"])
+    cfg.train.storage_path = str(tmp_path)
+    rows = ray.data.from_items([{"x": 0}])
+    trainer = build_trainer(
+        cfg, {"train": rows, "val": rows}, ["a", "b"], 1, "tied", loop=report_tied_epochs
+    )
+    checkpoint, metrics = best_checkpoint(trainer.fit(), "val_ua")
+    assert metrics["epoch"] == 1 and (Path(checkpoint.path) / "epoch").read_text() == "1"
 
 
 def test_optimizer_groups_lrs_and_weight_decay_and_is_fused():

@@ -48,6 +48,13 @@ from turbo_ray.model import TurboModel, build_model
 from turbo_ray.paths import storage_uri
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
+KEEP_SCORE = "checkpoint_score"  # what ranks the checkpoints Ray keeps (`keep_score`)
+
+
+def keep_score(score: float, epoch: int) -> float:
+    """The validation score with ties going to the earlier epoch, as selection breaks them (Ray
+    would keep the later of two equal scores): distinct scores keep their order."""
+    return score - epoch * 1e-12
 
 
 def build_optimizer(model: TurboModel, cfg: Config) -> torch.optim.AdamW:
@@ -205,6 +212,7 @@ def fit_worker(loop_config: dict) -> TurboModel:
                 if score in metrics:
                     best = max(best, metrics[score])
                     metrics[f"best_{score}"] = best  # what Tune's searcher and scheduler see
+                    metrics[KEEP_SCORE] = keep_score(metrics[score], epoch)
                 save_checkpoint(
                     Path(tmp), core, optimizer, scheduler, epoch, best, cfg, classes, metrics
                 )
@@ -418,7 +426,7 @@ def build_trainer(
             callbacks=callbacks,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.train.num_to_keep,
-                checkpoint_score_attribute=cfg.tune.metric if "val" in datasets else None,
+                checkpoint_score_attribute=KEEP_SCORE if "val" in datasets else None,
                 checkpoint_score_order="max",
             ),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
