@@ -202,12 +202,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         )
     )
     print("\n" + "\n".join(f"wrote {p}" for p in written))
-    print(watch_commands(paths, tracker))
+    print(watch_commands(paths, tracker, joined=bool(args.address)))
     return 0
 
 
-def watch_commands(paths: RunPaths, tracker: Tracker) -> str:
-    """How to look at the finished experiment: MLflow's UI, TensorBoard, and the dashboard."""
+def watch_commands(paths: RunPaths, tracker: Tracker, joined: bool) -> str:
+    """How to look at the finished experiment: MLflow's UI, TensorBoard, and the dashboard
+    (`joined`: of a cluster that outlives the job)."""
     lines = [
         "\nCompare the trials and folds:",
         f"  MLflow:      {tracker.ui_command()}   (then http://127.0.0.1:5000)",
@@ -215,10 +216,11 @@ def watch_commands(paths: RunPaths, tracker: Tracker) -> str:
     if "://" not in str(paths.search):  # Tune's event files, where this machine can read them
         tensorboard = Path(sys.executable).parent / "tensorboard"
         lines.append(f"  TensorBoard: {os.path.relpath(tensorboard)} --logdir {paths.search}")
-    lines.append(
-        "  The Ray dashboard lived as long as this job's local Ray; to keep one, start Ray first "
-        "(`ray start --head`) and pass --address auto (README: Watching a run)."
-    )
+    if not joined:
+        lines.append(
+            "  The Ray dashboard lived as long as this job's local Ray; to keep one, start Ray "
+            "first (`ray start --head`) and pass --address auto (README: Watching a run)."
+        )
     return "\n".join(lines)
 
 
