@@ -108,9 +108,9 @@ class Tracker:
         for row in results.itertuples(index=False):
             fold = str(row.test_session)
             run_id, created = self.run(f"fold {fold}", {"role": "fold", "fold": fold})
-            if not created:
-                continue  # logged before a restart
             client = self.client
+            if not created and client.get_run(run_id).info.status == "FINISHED":
+                continue  # logged whole before a restart
             for key, value in {"trial": row.trial, "checkpoint": row.checkpoint}.items():
                 client.set_tag(run_id, key, value)
             self.log_params(run_id, flat_config(override(cfg, row.params)))
