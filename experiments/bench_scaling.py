@@ -38,7 +38,8 @@ from turbo_ray.train import build_optimizer, build_scheduler, build_trainer, tra
 
 def last_epoch(cfg, corpus, fold, name: str) -> tuple[float, float, float]:
     """(samples/s, seconds, seconds rank 0 waited for data) of the last epoch's training part (the
-    first epochs warm the data pipeline up)."""
+    first epochs warm the data pipeline up). A Train result's history holds the kept checkpoints'
+    metrics only, so the run keeps every epoch's (`train.num_to_keep=null`)."""
     result = build_trainer(
         cfg,
         fold_datasets(cfg, corpus, fold, with_test=False),
@@ -48,7 +49,8 @@ def last_epoch(cfg, corpus, fold, name: str) -> tuple[float, float, float]:
     ).fit()
     if result.error:
         raise result.error
-    last = result.metrics_dataframe.iloc[-1]
+    history = result.metrics_dataframe
+    last = history[history["epoch"] == cfg.train.epochs].iloc[0]
     seconds = float(last["time_train_s"])
     return len(fold.train) / seconds, seconds, float(last["time_data_wait_s"])
 
@@ -129,7 +131,7 @@ def main() -> None:
         [
             f"train.epochs={epochs}",
             f"train.storage_path={storage}",
-            "train.num_to_keep=1",
+            "train.num_to_keep=null",
             *corpus_size,
             *args.overrides,
         ],

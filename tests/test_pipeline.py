@@ -2,6 +2,7 @@
 TorchTrainer."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -17,10 +18,12 @@ from turbo_ray.data.pipeline import (
     PadCollate,
     Preprocess,
     pad_token_id,
+    read_rows,
+    resample,
     split_dataset,
     tokenizer_name,
 )
-from turbo_ray.data.shards import write_shards
+from turbo_ray.data.shards import read_shard_manifest, write_shards
 
 
 def shard_rows(tmp_path, rates):
@@ -71,6 +74,21 @@ def test_preprocess_resamples_and_tokenizes(tmp_path):
     # an empty block (what a filter can leave) passes through instead of failing the tokenizer
     empty = prep({name: column[:0] for name, column in batch.items()})
     assert len(empty["waveform"]) == len(empty["input_ids"]) == len(empty["label"]) == 0
+
+
+def test_resample_equals_torchaudio_on_any_length():
+    import torchaudio.functional as AF
+    import torchaudio.transforms as T
+
+    rng = np.random.default_rng(0)
+    for source, target, length in [(8000, 16000, 12345), (44100, 16000, 44101), (22050, 16000, 7)]:
+        wave = torch.from_numpy(rng.standard_normal(length).astype(np.float32))
+        out = resample(wave.numpy(), source, target)
+        unpadded = T.Resample(source, target)(wave).numpy()
+        assert out.shape == unpadded.shape
+        np.testing.assert_allclose(out, unpadded, atol=1e-6)  # the padding changes nothing kept
+        # and the transform's filter is the function's (up to float rounding)
+        np.testing.assert_allclose(out, AF.resample(wave, source, target).numpy(), atol=2e-5)
 
 
 def ragged(arrays):
@@ -130,25 +148,27 @@ def test_crops_are_centred_in_evaluation_and_seeded_by_seed_epoch_and_utterance_
     assert short["audio_lengths"].tolist() == [60, 100]
 
 
-def test_training_split_is_shuffled_every_epoch_seeded_and_session_mixed(ray_local, demo_corpus):
+def test_training_split_is_shuffled_every_epoch_seeded_and_session_mixed(
+    ray_local, demo_corpus, tmp_path
+):
     cfg = load_config(None, ["train.seed=3"])
     fold = demo_corpus.fold(cfg.data)
     session = dict(zip(demo_corpus.manifest.utterance_id, demo_corpus.manifest.session))
+    # the order permutes whole shards: small ones, so that this small corpus has several
+    shards = str(tmp_path / "shards")
+    write_shards(demo_corpus.manifest, shards, rows_per_shard=16, classes=demo_corpus.classes)
 
     def epochs(dataset, count=2):
         return [[row["utterance_id"] for row in dataset.iter_rows()] for _ in range(count)]
 
-    train = split_dataset(cfg, demo_corpus.shards, fold.train.utterance_id.tolist(), train=True)
+    train = split_dataset(cfg, shards, fold.train.utterance_id.tolist(), train=True)
     first, second = epochs(train)
     assert sorted(first) == sorted(second) == sorted(fold.train.utterance_id)
     assert first != second  # a new order every epoch
-    again = split_dataset(cfg, demo_corpus.shards, fold.train.utterance_id.tolist(), train=True)
+    again = split_dataset(cfg, shards, fold.train.utterance_id.tolist(), train=True)
     assert epochs(again) == [first, second]  # seeded: the same orders in every run
     other = split_dataset(
-        load_config(None, ["train.seed=4"]),
-        demo_corpus.shards,
-        fold.train.utterance_id.tolist(),
-        train=True,
+        load_config(None, ["train.seed=4"]), shards, fold.train.utterance_id.tolist(), train=True
     )
     assert epochs(other, 1)[0] not in (first, second)
     assert {session[u] for u in fold.train.utterance_id} == {2, 3, 4, 5}
@@ -157,8 +177,19 @@ def test_training_split_is_shuffled_every_epoch_seeded_and_session_mixed(ray_loc
         mixed = [len({session[u] for u in b}) >= 3 for b in batches]
         assert sum(mixed) >= 0.9 * len(batches), mixed
 
-    val = split_dataset(cfg, demo_corpus.shards, fold.val.utterance_id.tolist(), train=False)
+    val = split_dataset(cfg, shards, fold.val.utterance_id.tolist(), train=False)
     assert epochs(val, 1) == epochs(val, 1)  # evaluation order is fixed
+
+
+def test_rows_are_read_a_block_per_listed_shard(ray_local, demo_corpus, tmp_path):
+    shards = tmp_path / "shards"
+    shutil.copytree(demo_corpus.shards, shards)
+    listed = read_shard_manifest(str(shards))["shards"]
+    shutil.copy(shards / listed[0]["file"], shards / "part-99999.parquet")  # not in the manifest
+    ids = demo_corpus.manifest.utterance_id.tolist()
+    rows = read_rows(str(shards), ids, read_tasks=1).materialize()
+    assert rows.num_blocks() == len(listed) > 1
+    assert sorted(rows.to_pandas().utterance_id) == sorted(ids)  # each row once
 
 
 class IndexedCollate(PadCollate):

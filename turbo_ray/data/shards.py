@@ -164,6 +164,12 @@ def read_shard_manifest(out: str, verify: bool = False) -> dict:
     return doc
 
 
+def shard_files(out: str) -> list[str]:
+    """The shard files `out`'s manifest lists (checked to exist, see `read_shard_manifest`), as
+    paths or URIs a reader takes; a stray file beside them is never read."""
+    return [f"{out.rstrip('/')}/{shard['file']}" for shard in read_shard_manifest(out)["shards"]]
+
+
 def decode_audio(audio: bytes, audio_format: str, sample_rate: int) -> np.ndarray:
     """A shard's `audio` cell as a float32 mono waveform in [-1, 1].
 
