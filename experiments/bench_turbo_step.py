@@ -22,6 +22,7 @@ relative to one if duplicating the suffix costs exactly twice.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -35,7 +36,13 @@ from turbo_ray.config import load_config
 from turbo_ray.data.iemocap import CLASS_SETS
 from turbo_ray.losses import LossWeights, objective
 from turbo_ray.model import AudioEncoder, TextEncoder, TurboModel, TurboOutput, build_model
-from turbo_ray.train import build_optimizer, build_scheduler, optimizer_step, train_step
+from turbo_ray.train import (
+    build_optimizer,
+    build_scheduler,
+    forward_precision,
+    optimizer_step,
+    train_step,
+)
 
 
 def base_sized_model(cfg) -> TurboModel:
@@ -72,6 +79,105 @@ def make_batch(batch: int, seconds: float, tokens: int, vocab: int) -> dict[str,
     }
 
 
+def step_times(
+    model: TurboModel, cfg, batch_size: int, seconds: float, rounds: int, device: torch.device
+) -> dict[str, float]:
+    """Median seconds per step of each variant (see above) over `rounds` interleaved rounds after a
+    warm-up round, on `device` under `cfg.train.precision`."""
+    model = model.train().to(device)
+    audio_enc, text_enc = model.audio_encoder, model.text_encoder
+    baseline = TurboModel(
+        audio_enc,
+        text_enc,
+        num_classes=4,
+        proj_dim=cfg.model.proj_dim,
+        head_hidden=cfg.model.head_hidden,
+        contrastive=False,
+    ).train()
+    baseline.to(device)
+    batch = make_batch(batch_size, seconds, 24, text_enc.model.config.vocab_size)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    w, lengths, ids, mask, labels = (
+        batch[k] for k in ("waveforms", "audio_lengths", "input_ids", "attention_mask", "labels")
+    )
+    autocast = functools.partial(forward_precision, cfg.train.precision, device)
+    with torch.no_grad(), autocast():
+        features, frames = audio_enc.prefix(w, lengths)
+
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps=10_000)
+    baseline_optimizer = build_optimizer(baseline, cfg)
+    baseline_scheduler = build_scheduler(baseline_optimizer, cfg, steps=10_000)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [
+        torch.zeros_like(p) for p in params
+    ]  # what the optimizer steps on when P is timed alone
+
+    def backward(audio: torch.Tensor, text: torch.Tensor, views: int) -> None:
+        """Heads, loss and backward on pooled (views·B, D) features."""
+        with autocast():
+            logits = model.classifier(torch.cat([audio, text], -1))
+            out = TurboOutput(logits)
+            if views == 2:
+                out = TurboOutput(
+                    logits,
+                    model.audio_proj(audio).view(2, batch_size, -1),
+                    model.text_proj(text).view(2, batch_size, -1),
+                    model.temperature,
+                )
+        objective(out, labels, LossWeights.from_config(cfg.loss))["total"].backward()
+
+    def step(audio: torch.Tensor, text: torch.Tensor, views: int) -> None:
+        backward(audio, text, views)
+        optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip, window=1)
+
+    def naive() -> None:
+        with autocast():
+            audio = torch.cat([audio_enc(w, lengths, 1), audio_enc(w, lengths, 1)])
+            text = torch.cat([text_enc(ids, mask, 1), text_enc(ids, mask, 1)])
+        step(audio, text, 2)
+
+    def shared() -> None:
+        with torch.no_grad(), autocast():
+            audio_enc.prefix(w, lengths)
+        for p, g in zip(params, grads):
+            p.grad = g
+        optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip, window=1)
+
+    def suffix() -> None:
+        with autocast():
+            audio, text = audio_enc.suffix(features, frames), text_enc(ids, mask, 1)
+        backward(audio, text, 1)
+        optimizer.zero_grad(set_to_none=True)
+
+    variants = {
+        "baseline": lambda: train_step(
+            baseline, batch, baseline_optimizer, baseline_scheduler, cfg, device
+        ),
+        "naive": naive,
+        "turbo": lambda: train_step(model, batch, optimizer, scheduler, cfg, device),
+        "shared P": shared,
+        "suffix S": suffix,
+    }
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for round_ in range(rounds + 1):  # round 0 warms up and is dropped
+        for name, run in variants.items():
+            sync()
+            start = time.perf_counter()
+            run()
+            sync()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def floor(med: dict[str, float]) -> float:
+    """What two views cost relative to one if duplicating the suffix costs exactly twice."""
+    p, s = med["shared P"], med["suffix S"]
+    return (p + 2 * s) / (p + s)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -94,87 +200,8 @@ def main() -> None:
     cfg = load_config(None, ["loss.mode=turbo"])
     model = (
         base_sized_model(cfg) if args.base else build_model(cfg, len(CLASS_SETS[cfg.data.classes]))
-    ).train()
-    audio_enc, text_enc = model.audio_encoder, model.text_encoder
-    baseline = TurboModel(
-        audio_enc,
-        text_enc,
-        num_classes=4,
-        proj_dim=cfg.model.proj_dim,
-        head_hidden=cfg.model.head_hidden,
-        contrastive=False,
-    ).train()
-    batch = make_batch(args.batch, args.seconds, 24, text_enc.model.config.vocab_size)
-    labels = batch["labels"]
-
-    w, lengths, ids, mask = (
-        batch["waveforms"],
-        batch["audio_lengths"],
-        batch["input_ids"],
-        batch["attention_mask"],
     )
-    with torch.no_grad():
-        features, frames = audio_enc.prefix(w, lengths)
-
-    cpu = torch.device("cpu")
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps=10_000)
-    baseline_optimizer = build_optimizer(baseline, cfg)
-    baseline_scheduler = build_scheduler(baseline_optimizer, cfg, steps=10_000)
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = [
-        torch.zeros_like(p) for p in params
-    ]  # what the optimizer steps on when P is timed alone
-
-    def backward(audio: torch.Tensor, text: torch.Tensor, views: int) -> None:
-        """Heads, loss and backward on pooled (views·B, D) features."""
-        logits = model.classifier(torch.cat([audio, text], -1))
-        out = TurboOutput(logits)
-        if views == 2:
-            out = TurboOutput(
-                logits,
-                model.audio_proj(audio).view(2, args.batch, -1),
-                model.text_proj(text).view(2, args.batch, -1),
-                model.temperature,
-            )
-        objective(out, labels, LossWeights.from_config(cfg.loss))["total"].backward()
-
-    def step(audio: torch.Tensor, text: torch.Tensor, views: int) -> None:
-        backward(audio, text, views)
-        optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip, window=1)
-
-    def shared() -> None:
-        with torch.no_grad():
-            audio_enc.prefix(w, lengths)
-        for p, g in zip(params, grads):
-            p.grad = g
-        optimizer_step(model, optimizer, scheduler, cfg.train.grad_clip, window=1)
-
-    def suffix() -> None:
-        backward(audio_enc.suffix(features, frames), text_enc(ids, mask, 1), 1)
-        optimizer.zero_grad(set_to_none=True)
-
-    variants = {
-        "baseline": lambda: train_step(
-            baseline, batch, baseline_optimizer, baseline_scheduler, cfg, cpu
-        ),
-        "naive": lambda: step(
-            torch.cat([audio_enc(w, lengths, 1), audio_enc(w, lengths, 1)]),
-            torch.cat([text_enc(ids, mask, 1), text_enc(ids, mask, 1)]),
-            2,
-        ),
-        "turbo": lambda: train_step(model, batch, optimizer, scheduler, cfg, cpu),
-        "shared P": shared,
-        "suffix S": suffix,
-    }
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for round_ in range(rounds + 1):  # round 0 warms up and is dropped
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            if round_:
-                times[name].append(time.perf_counter() - start)
-    med = {name: statistics.median(t) for name, t in times.items()}
+    med = step_times(model, cfg, args.batch, args.seconds, rounds, torch.device("cpu"))
 
     preset = "base-sized (random init)" if args.base else "tiny"
     print(
@@ -186,7 +213,7 @@ def main() -> None:
     for name, value in [*med.items(), ("P + S", p + s)]:
         print(f"  {name:10s} {1000 * value:9.1f} ms/step")
     print(f"naive/baseline: {med['naive'] / med['baseline']:.3f}")
-    print(f"floor: {(p + 2 * s) / (p + s):.3f}")
+    print(f"floor: {floor(med):.3f}")
     print(f"turbo/baseline (this project): {med['turbo'] / med['baseline']:.3f}")
 
 
