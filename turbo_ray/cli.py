@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from turbo_ray.config import MODES, Config, ConfigError, load_config
-from turbo_ray.paths import RunPaths, latest_output_dir, new_output_dir
+from turbo_ray.paths import RunPaths, latest_output_dir, new_output_dir, read_text, write_text
 
 if TYPE_CHECKING:
     from turbo_ray.data.corpus import Corpus
@@ -87,7 +87,10 @@ def check_output_dir(out: Path, resume: bool) -> None:
         raise UsageError(f"--output-dir {out} is a file, not a folder")
     holds_experiment = (out / RunPaths.CONFIG).is_file()
     if resume and not holds_experiment:
-        raise UsageError(f"--resume: {out} holds no experiment (no {RunPaths.CONFIG})")
+        raise UsageError(
+            f"--resume: {out} holds no experiment (no {RunPaths.CONFIG}); to resume from object "
+            f"storage alone, pass the same --output-dir name and train.storage_path=<URI>"
+        )
     if not resume and holds_experiment:
         raise UsageError(
             f"{out} already holds an experiment: pass --resume, or another --output-dir"
@@ -107,6 +110,8 @@ def start_job(cfg: Config, paths: RunPaths, address: str | None, resume: bool = 
     if not resume:
         paths.out.mkdir(parents=True, exist_ok=True)
         paths.config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if paths.stored_config:
+            write_text(paths.stored_config, paths.config.read_text())
     print(f"experiment {paths.out}{'  (resumed)' if resume else ''}")
     print(f"Ray's own log: {quiet_ray_logs(paths.ray_log)}")
     dashboard = init_ray(address)
@@ -170,6 +175,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from turbo_ray.tune import load_search_space
 
     out = resume_dir(args) if args.resume else Path(args.output_dir or new_output_dir("tune"))
+    if args.resume:
+        fetch_stored_config(out, config_from_args(args))
     check_output_dir(out, args.resume)
     # resume: its own
     cfg = load_config(out / RunPaths.CONFIG) if args.resume else config_from_args(args)
@@ -222,6 +229,17 @@ def watch_commands(paths: RunPaths, tracker: Tracker, joined: bool) -> str:
             "first (`ray start --head`) and pass --address auto (README: Watching a run)."
         )
     return "\n".join(lines)
+
+
+def fetch_stored_config(out: Path, given: Config) -> None:
+    """--resume where the output folder is gone (another machine, a deleted folder): with
+    `train.storage_path=<URI>` given, the config the job stored there is fetched into `out`."""
+    stored = RunPaths.of(out, given.train.storage_path).stored_config
+    if (out / RunPaths.CONFIG).is_file() or not stored or (text := read_text(stored)) is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RunPaths.CONFIG).write_text(text)
+    print(f"config fetched from {stored}")
 
 
 def resume_dir(args: argparse.Namespace) -> Path:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow.fs as pafs
+
 if TYPE_CHECKING:
     from turbo_ray.config import DataConfig
 
@@ -66,6 +68,12 @@ class RunPaths:
         return self.out / self.CONFIG
 
     @property
+    def stored_config(self) -> str | None:
+        """A copy of the config beside the Ray storage, when that is a URI: `--resume` from the
+        storage alone (another machine, the output folder gone) starts from it."""
+        return f"{self.storage}/{self.CONFIG}" if "://" in self.storage else None
+
+    @property
     def checkpoints(self) -> str:
         """The Train runs of `turbo-ray train` (one per mode, seed and fold)."""
         return f"{self.storage}/checkpoints"
@@ -100,3 +108,19 @@ class RunPaths:
     def mlflow_artifacts(self) -> str:
         """The default store's artifacts (MLflow would put them in the working directory)."""
         return (self.out / "mlartifacts").as_uri()
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write a small text file to a URI (s3://, gs://, file://)."""
+    fs, path = pafs.FileSystem.from_uri(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode())
+
+
+def read_text(uri: str) -> str | None:
+    """A small text file at a URI, or None if there is none."""
+    fs, path = pafs.FileSystem.from_uri(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
