@@ -11,8 +11,8 @@ consumption  samples/s one training worker (one torch thread) takes: tiny Turbo 
 memory       peak RSS of the driver plus every Ray worker process while one epoch streams through
 per core     utterances per CPU-second (the driver and all of Ray's processes) of an epoch's feed on
              an IEMOCAP-like epoch (2,000 utterances, 16 kHz mono, 2–12 s, mean ≈ 4.5 s; a 4-class
-             IEMOCAP fold trains on ~4,000), stored as wav at 16 kHz
-             and at 8 kHz (resampled to 16 kHz in the feed), and as decoded pcm16 at 16 kHz
+             IEMOCAP fold trains on ~4,000), recorded at 16 kHz and at 8 kHz, stored as wav (8 kHz
+             resampled to 16 kHz in the feed) and as pcm16 (resampled once, at prepare)
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ def feed(cfg, corpus) -> tuple[float, int, int, list[dict]]:
     return n / (time.perf_counter() - start), n + cfg.data.batch_size, memory.peak, kept
 
 
-def iemocap_like(folder: str, utterances: int, rate: int, audio_format: str) -> str:
-    """Shards (`audio_format`) of `utterances` noise wavs at `rate` Hz with IEMOCAP's length
-    profile; returns their location."""
+def iemocap_like(folder: str, utterances: int, rate: int, audio_format: str, target: int) -> str:
+    """Shards (`audio_format`; pcm16 at `target` Hz) of `utterances` noise wavs at `rate` Hz with
+    IEMOCAP's length profile; returns their location."""
     rng = np.random.default_rng(0)
     seconds = np.clip(2.0 + rng.gamma(3.0, 0.85, utterances), 2.0, 12.0)  # mean ≈ 4.5 s
     rows = []
@@ -115,7 +115,13 @@ def iemocap_like(folder: str, utterances: int, rate: int, audio_format: str) -> 
             }
         )
     manifest = pd.DataFrame(rows)
-    write_shards(manifest, f"{folder}/shards", audio_format, classes=CLASS_SETS["4class"])
+    write_shards(
+        manifest,
+        f"{folder}/shards",
+        audio_format,
+        classes=CLASS_SETS["4class"],
+        sample_rate=target if audio_format == "pcm16" else None,
+    )
     return f"{folder}/shards"
 
 
@@ -193,13 +199,21 @@ def main() -> None:
     print(f"feed/consumption: {results['x10'][0] / used:.2f}")
     print(f"memory x10/x1: {results['x10'][2] / results['x1'][2]:.2f}")
     count = 40 if args.quick else 2000
-    for audio_format, rate in (("wav", 16_000), ("wav", 8_000), ("pcm16", 16_000)):
-        shards = iemocap_like(f"{cache}/like-{audio_format}-{rate}", count, rate, audio_format)
+    target = cfg.data.sample_rate
+    for audio_format, rate in (
+        ("wav", 16_000),
+        ("wav", 8_000),
+        ("pcm16", 16_000),
+        ("pcm16", 8_000),
+    ):
+        folder = f"{cache}/like-{audio_format}-{rate}"
+        shards = iemocap_like(folder, count, rate, audio_format, target)
         ids = [f"Ses0{i % 5 + 1}F_impro01_F{i:03d}" for i in range(count)]
         per_core = feed_per_core(cfg, shards, ids)
+        stored = target if audio_format == "pcm16" else rate
         print(
-            f"feed per core, IEMOCAP-like lengths stored as {audio_format} at {rate // 1000} kHz: "
-            f"{per_core:.0f} utterances/s/core"
+            f"feed per core, IEMOCAP-like lengths recorded at {rate // 1000} kHz, "
+            f"stored as {audio_format} at {stored // 1000} kHz: {per_core:.0f} utterances/s/core"
         )
 
 

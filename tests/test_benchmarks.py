@@ -51,10 +51,15 @@ def test_bench_turbo_step(tmp_path_factory):
 def test_bench_pipeline(tmp_path_factory):
     out = run_quick("bench_pipeline.py", tmp_path_factory)
     ratios(out, ["feed/consumption", "memory x10/x1"])
-    for stored in ("wav at 16", "wav at 8", "pcm16 at 16"):
+    for recorded, stored in (
+        ("16", "wav at 16"),
+        ("8", "wav at 8"),
+        ("16", "pcm16 at 16"),
+        ("8", "pcm16 at 16"),
+    ):
         assert re.search(
-            rf"^feed per core, IEMOCAP-like lengths stored as {stored} kHz: [0-9]+ "
-            r"utterances/s/core$",
+            rf"^feed per core, IEMOCAP-like lengths recorded at {recorded} kHz, stored as {stored} "
+            r"kHz: [0-9]+ utterances/s/core$",
             out,
             re.MULTILINE,
         ), out

@@ -19,11 +19,10 @@ from turbo_ray.data.pipeline import (
     Preprocess,
     pad_token_id,
     read_rows,
-    resample,
     split_dataset,
     tokenizer_name,
 )
-from turbo_ray.data.shards import read_shard_manifest, write_shards
+from turbo_ray.data.shards import read_shard_manifest, resample, write_shards
 
 
 def shard_rows(tmp_path, rates):

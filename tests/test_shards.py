@@ -16,6 +16,7 @@ from turbo_ray.data.shards import (
     ShardError,
     decode_audio,
     read_shard_manifest,
+    resample,
     write_shards,
 )
 
@@ -127,6 +128,28 @@ def test_pcm16_matches_soundfile_and_decodes_like_wav(manifest, tmp_path):
         assert from_wav.dtype == from_pcm.dtype == np.float32
         np.testing.assert_array_equal(from_wav, from_pcm)
         np.testing.assert_array_equal(from_wav, sf.read(path, dtype="float32")[0])
+
+
+def test_pcm16_is_stored_resampled_to_the_encoder_rate(manifest, tmp_path):
+    slow = manifest.assign(
+        wav_path=[
+            str(make_wav(tmp_path / f"{u}-8k.wav", 0.5, seed=i, rate=8000))
+            for i, u in enumerate(manifest.utterance_id)
+        ],
+        sample_rate=8000,
+    )
+    doc = write(slow, tmp_path / "pcm_shards", audio_format="pcm16", sample_rate=RATE)
+    assert doc["sample_rate"] == RATE
+    rows = read_rows(tmp_path / "pcm_shards")
+    assert (rows.sample_rate == RATE).all()  # the feed then has nothing to resample
+    for row in rows.itertuples():
+        source = sf.read(in_shard_order(slow).set_index("utterance_id").wav_path[row.utterance_id])
+        expected = resample(source[0].astype(np.float32), 8000, RATE)
+        stored = decode_audio(row.audio, "pcm16", row.sample_rate)
+        assert len(stored) == len(expected) == 8000
+        np.testing.assert_allclose(stored, expected, atol=1 / 32768)  # the pcm16 grid
+    with pytest.raises(ValueError, match="pcm16 shards only"):
+        write(slow, tmp_path / "wav_shards", audio_format="wav", sample_rate=RATE)
 
 
 def test_json_manifest_counts_and_hashes(manifest, tmp_path):

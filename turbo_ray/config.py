@@ -44,7 +44,8 @@ class DataConfig:
     # local path or URI; None = <cache_dir>/shards/<corpus fingerprint>
     shards_dir: str | None = None
     classes: str = "4class"  # "4class" (neutral, happy+excited, angry, sad) or "all"
-    audio_format: str = "wav"  # in the shards: "wav" file bytes or decoded "pcm16"
+    # in the shards: "wav" file bytes, or decoded "pcm16" resampled to sample_rate at prepare
+    audio_format: str = "wav"
     sample_rate: int = 16_000
     max_seconds: float = 2.0  # random crop in training, centre crop in evaluation
     max_text_tokens: int = 64

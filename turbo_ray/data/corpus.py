@@ -84,7 +84,10 @@ def prepare_corpus(cfg: DataConfig, strict: bool = False) -> Corpus:
             f"{root}: no usable utterance in the class set {cfg.classes!r} ({problems}; "
             f"`turbo-ray prepare --data-dir {root}` lists them)"
         )
-    key = hashlib.sha256(f"{root}|{cfg.classes}|{cfg.audio_format}".encode()).hexdigest()[:12]
+    # pcm16 is stored at the encoder's rate: resampled once here, not in every epoch's feed
+    rate = cfg.sample_rate if cfg.audio_format == "pcm16" else None
+    options = f"{cfg.audio_format}@{rate}" if rate else cfg.audio_format
+    key = hashlib.sha256(f"{root}|{cfg.classes}|{options}".encode()).hexdigest()[:12]
     shards = shards_location(cfg, key)
-    write_shards(manifest, shards, audio_format=cfg.audio_format, classes=classes)
+    write_shards(manifest, shards, audio_format=cfg.audio_format, classes=classes, sample_rate=rate)
     return Corpus(root, manifest, manifest.attrs.get("report"), shards, classes, is_demo)

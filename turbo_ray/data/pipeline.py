@@ -15,7 +15,6 @@ epoch. Cropping and padding happen per batch in the training worker.
 from __future__ import annotations
 
 import functools
-import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.expressions import col
 
 from turbo_ray.config import Config
-from turbo_ray.data.shards import ROWS_PER_SHARD, decode_audio, shard_files
+from turbo_ray.data.shards import ROWS_PER_SHARD, decode_audio, resample, shard_files
 from turbo_ray.presets import encoder_names
 
 # each training worker shuffles what it receives through a buffer of one shard's rows
@@ -63,24 +62,6 @@ def _tokenizer(name: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(name)
-
-
-def resample(wave: np.ndarray, source: int, target: int) -> np.ndarray:
-    """`wave` from `source` Hz to `target` Hz (torchaudio's sinc filter, built once per process
-    and rate pair). The input is zero-padded to whole seconds and the output cut back to its exact
-    length: the convolution then meets a dozen lengths instead of a new one per utterance (oneDNN
-    prepares a kernel per input shape, which cost 2x the resampling; the filter already treats
-    the end as zeros, so the samples kept are the same)."""
-    padded = np.pad(wave, (0, -len(wave) % source))
-    out = _resampler(source, target)(torch.from_numpy(padded))
-    return out[: math.ceil(len(wave) * target / source)].numpy()
-
-
-@functools.lru_cache(maxsize=8)
-def _resampler(source: int, target: int) -> torch.nn.Module:
-    import torchaudio.transforms
-
-    return torchaudio.transforms.Resample(source, target)
 
 
 @dataclass(frozen=True)

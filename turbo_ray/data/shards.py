@@ -15,9 +15,11 @@ complete; an error removes this run's files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+import math
 import os
 import uuid
 from collections.abc import Sequence
@@ -72,8 +74,11 @@ def write_shards(
     audio_format: str = "wav",
     rows_per_shard: int = ROWS_PER_SHARD,
     classes: Sequence[str] | None = None,
+    sample_rate: int | None = None,
 ) -> dict:
     """Write the manifest's utterances to Parquet shards under `out`; return the JSON manifest.
+    With "pcm16", `sample_rate` (the encoder's) resamples every utterance once, here, so that the
+    training feed has nothing to resample; "wav" keeps the files' bytes and rates.
 
     Rows go in a fixed pseudo-random order (by a hash of the utterance id), so every shard mixes
     sessions, dialogs and speakers: utterance-id order would put one dialog in each run of rows.
@@ -85,9 +90,13 @@ def write_shards(
     """
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+    if sample_rate is not None and audio_format != "pcm16":
+        raise ValueError(f"sample_rate resamples pcm16 shards only, not {audio_format!r}")
     rows = _validate(manifest, classes)
     wav_infos = _stat_wavs(rows.wav_path.tolist())
-    fingerprint = _fingerprint(rows, wav_infos, audio_format, rows_per_shard, classes)
+    fingerprint = _fingerprint(
+        rows, wav_infos, [audio_format, rows_per_shard, sample_rate], classes
+    )
     existing = _complete_manifest(out)
     fs, root = _filesystem(out)
     if existing is not None and existing["fingerprint"] == fingerprint:
@@ -106,7 +115,12 @@ def write_shards(
             temps.append(f"{root}/.{name}.{token}")
             shards.append(
                 _write_shard(
-                    fs, temps[-1], name, rows.iloc[start : start + rows_per_shard], audio_format
+                    fs,
+                    temps[-1],
+                    name,
+                    rows.iloc[start : start + rows_per_shard],
+                    audio_format,
+                    sample_rate,
                 )
             )
         # from here until the new manifest lands, `out` reads as incomplete
@@ -119,6 +133,7 @@ def write_shards(
             "format_version": FORMAT_VERSION,
             "fingerprint": fingerprint,
             "audio_format": audio_format,
+            "sample_rate": sample_rate,
             "rows_per_shard": rows_per_shard,
             "classes": list(classes) if classes is not None else None,
             "num_rows": len(rows),
@@ -188,6 +203,26 @@ def decode_audio(audio: bytes, audio_format: str, sample_rate: int) -> np.ndarra
     raise ShardError(f"unknown audio_format {audio_format!r} in a shard (known: {AUDIO_FORMATS})")
 
 
+def resample(wave: np.ndarray, source: int, target: int) -> np.ndarray:
+    """`wave` from `source` Hz to `target` Hz (torchaudio's sinc filter, built once per process
+    and rate pair). The input is zero-padded to whole seconds and the output cut back to its exact
+    length: the convolution then meets a dozen lengths instead of a new one per utterance (oneDNN
+    prepares a kernel per input shape, which cost 2x the resampling; the filter already treats
+    the end as zeros, so the samples kept are the same)."""
+    import torch
+
+    padded = np.pad(wave, (0, -len(wave) % source))
+    out = _resampler(source, target)(torch.from_numpy(padded))
+    return out[: math.ceil(len(wave) * target / source)].numpy()
+
+
+@functools.lru_cache(maxsize=8)
+def _resampler(source: int, target: int):
+    import torchaudio.transforms
+
+    return torchaudio.transforms.Resample(source, target)
+
+
 def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path) for a URI such as `s3://bucket/prefix` or `file:///abs`,
     or for a plain local path."""
@@ -252,17 +287,11 @@ def _stat_wavs(paths: list[str]) -> list[pafs.FileInfo]:
 def _fingerprint(
     rows: pd.DataFrame,
     wav_infos: list[pafs.FileInfo],
-    audio_format: str,
-    rows_per_shard: int,
+    options: list,
     classes: Sequence[str] | None,
 ) -> str:
     """sha256 over every stored field, the wav files' sizes and mtimes, and the write options."""
-    options = [
-        FORMAT_VERSION,
-        audio_format,
-        rows_per_shard,
-        list(classes) if classes is not None else None,
-    ]
+    options = [FORMAT_VERSION, *options, list(classes) if classes is not None else None]
     digest = hashlib.sha256(json.dumps(options).encode())
     digest.update(rows.to_json(orient="values").encode())
     digest.update(json.dumps([[info.size, info.mtime_ns] for info in wav_infos]).encode())
@@ -296,10 +325,10 @@ def _read_audio(
         raise ShardError(f"{where}: unreadable audio ({e})") from e
 
 
-def _audio_cell(row: tuple, audio_format: str) -> bytes:
+def _audio_cell(row: tuple, audio_format: str, sample_rate: int | None) -> bytes:
     """The `audio` cell of a manifest row (a namedtuple): the wav file's bytes, or its int16
-    samples. Multi-channel audio is down-mixed to mono (the channels' mean; a float wav in the
-    "wav" format)."""
+    samples (resampled to `sample_rate` if given). Multi-channel audio is down-mixed to mono (the
+    channels' mean; a float wav in the "wav" format)."""
     where = f"{row.wav_path} (utterance {row.utterance_id})"
     fs, path = _filesystem(row.wav_path)
     try:
@@ -310,6 +339,9 @@ def _audio_cell(row: tuple, audio_format: str) -> bytes:
     if audio_format == "pcm16":
         frames = _read_audio(data, int(row.sample_rate), "int16", where, pcm16_only=True)
         mono = frames[:, 0] if frames.shape[1] == 1 else np.round(frames.mean(axis=1))
+        if sample_rate and sample_rate != row.sample_rate:
+            wave = resample(mono.astype(np.float32) / 32768, int(row.sample_rate), sample_rate)
+            mono = np.clip(np.round(wave * 32768), -32768, 32767)
         return mono.astype("<i2").tobytes()
     frames = _read_audio(data, int(row.sample_rate), "float32", where)
     if frames.shape[1] == 1:
@@ -320,12 +352,21 @@ def _audio_cell(row: tuple, audio_format: str) -> bytes:
 
 
 def _write_shard(
-    fs: pafs.FileSystem, path: str, name: str, rows: pd.DataFrame, audio_format: str
+    fs: pafs.FileSystem,
+    path: str,
+    name: str,
+    rows: pd.DataFrame,
+    audio_format: str,
+    sample_rate: int | None,
 ) -> dict:
     """Write one shard to `path`; its manifest entry."""
     columns = {c: rows[c].tolist() for c in SHARD_SCHEMA.names if c in rows.columns}
-    columns["audio"] = [_audio_cell(row, audio_format) for row in rows.itertuples(index=False)]
+    columns["audio"] = [
+        _audio_cell(row, audio_format, sample_rate) for row in rows.itertuples(index=False)
+    ]
     columns["audio_format"] = [audio_format] * len(rows)
+    if sample_rate:
+        columns["sample_rate"] = [sample_rate] * len(rows)
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(columns, schema=SHARD_SCHEMA), sink)
     data = sink.getvalue()
