@@ -1,7 +1,8 @@
-"""Offline checks of a `ray up` cluster config: Ray's own schema validation plus this
-project's rules.
+"""Offline checks of a `ray up` cluster config (Ray's own schema validation plus this project's
+rules), and the same cluster as a local rehearsal on Ray's fake multi-node provider.
 
 problems = check_cluster_config("cluster.yaml")     # [] when the file is fit to launch
+fake = local_cluster_config(yaml.safe_load(open("cluster.yaml")))   # for `turbo-ray local-cluster`
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ import yaml
 from turbo_ray.runtime import DRIVER_RESOURCE
 
 PRIVATE_PORTS = {6379: "GCS", 8265: "dashboard", 10001: "Ray client"}
+# what a worker's GPUs become on a local rehearsal (fake nodes have no CUDA); jobs ask for it with
+# `train.gpu_resource=local_gpu`
+LOCAL_GPU = "local_gpu"
+FAKE_HEAD = "ray.head.default"  # the head type name Ray's fake provider expects
 
 
 def check_cluster_config(path: str | Path) -> list[str]:
@@ -135,3 +140,51 @@ def describe(raw: dict[str, Any]) -> str:
         f"{spec.get('node_config', {}).get('InstanceType', '')}"
         for name, spec in raw.get("available_node_types", {}).items()
     )
+
+
+def local_cluster_config(raw: dict, idle_timeout_minutes: float | None = None) -> dict:
+    """`raw` (a `ray up` config) for Ray's fake multi-node provider, which starts each node as local
+    processes: the same node types and resources (the head's `CPU: 0` and `train_driver`), every
+    worker type from 0 nodes, a worker's GPUs as the `LOCAL_GPU` resource, a small object store
+    per node. `idle_timeout_minutes` overrides the file's."""
+    head = raw["head_node_type"]
+    types = {}
+    for name, spec in raw["available_node_types"].items():
+        resources = dict(spec.get("resources", {}))
+        if name == head:
+            types[FAKE_HEAD] = {"resources": resources, "node_config": {}, "max_workers": 0}
+            continue
+        if "GPU" in resources:
+            resources[LOCAL_GPU] = resources.pop("GPU")
+        types[name] = {
+            "resources": resources | {"object_store_memory": 500 * 1024**2},
+            "node_config": {},
+            "min_workers": 0,
+            "max_workers": spec.get("max_workers", raw.get("max_workers", 1)),
+        }
+    timeout = (
+        raw.get("idle_timeout_minutes", 5) if idle_timeout_minutes is None else idle_timeout_minutes
+    )
+    empty = ["initialization_commands", "setup_commands", "head_setup_commands"]
+    empty += ["worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands"]
+    return {
+        "cluster_name": f"{raw['cluster_name']}-local",
+        "max_workers": raw.get("max_workers", 1),
+        "upscaling_speed": raw.get("upscaling_speed", 1.0),
+        "idle_timeout_minutes": timeout,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "auth": {},
+        "docker": {},
+        "available_node_types": types,
+        "head_node_type": FAKE_HEAD,
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+    } | {key: [] for key in empty}

@@ -97,6 +97,9 @@ class TrainConfig:
     num_workers: int = 1  # DDP workers per run: one per GPU
     use_gpu: bool = False
     gpus_per_worker: float = 1.0  # with use_gpu; fractions share a GPU between workers
+    # the resource a worker's GPU share is asked as: "GPU", or the stand-in of a rehearsal cluster
+    # (`turbo-ray local-cluster`: fake nodes have no CUDA), where the workers then train on CPU
+    gpu_resource: str = "GPU"
     cpus_per_worker: float = 1.0
     # Ray placement of the workers: PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
     placement_strategy: str = "PACK"

@@ -20,7 +20,14 @@ from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.iemocap import Fold
 from turbo_ray.data.pipeline import collate_for, configure_ray_data, split_dataset
 from turbo_ray.paths import RunPaths
-from turbo_ray.train import best_checkpoint, evaluate, load_model, prune_checkpoints
+from turbo_ray.train import (
+    best_checkpoint,
+    evaluate,
+    load_model,
+    prune_checkpoints,
+    uses_cuda,
+    worker_resources,
+)
 from turbo_ray.tune import (
     SearchSpace,
     best_trials,
@@ -93,12 +100,11 @@ def test_selected(
     checkpoint."""
     run = ray.train.Result.from_path(paths.trial_run(trial_id(trial)))
     checkpoint, metrics = best_checkpoint(run, cfg.tune.metric)
-    resources = {"num_cpus": cfg.train.cpus_per_worker} | (
-        {"num_gpus": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {}
-    )
+    custom = worker_resources(cfg)
+    cpus, gpus = custom.pop("CPU"), custom.pop("GPU", 0)
     scores = ray.get(
-        _evaluate.options(**resources).remote(
-            checkpoint, corpus.shards, fold.test.utterance_id.tolist(), cfg.train.use_gpu
+        _evaluate.options(num_cpus=cpus, num_gpus=gpus, resources=custom).remote(
+            checkpoint, corpus.shards, fold.test.utterance_id.tolist(), uses_cuda(cfg)
         )
     )
     searched = pd.concat([fold.train, fold.val])

@@ -400,9 +400,6 @@ def build_trainer(
     """A TorchTrainer for one Turbo run: only "train" is split across workers; "val"/"test" are read
     whole by rank 0 so that evaluation never drops or repeats a sample. `loop`: the worker function
     (tests pass a wrapper of `fit_worker` that inspects the replicas or injects a failure)."""
-    resources = {"CPU": cfg.train.cpus_per_worker} | (
-        {"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {}
-    )
     loop_config = {
         "config": cfg.to_dict(),
         "classes": list(classes),
@@ -414,8 +411,8 @@ def build_trainer(
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
-            use_gpu=cfg.train.use_gpu,
-            resources_per_worker=resources,
+            use_gpu=uses_cuda(cfg),
+            resources_per_worker=worker_resources(cfg),
             placement_strategy=cfg.train.placement_strategy,
         ),
         datasets=datasets,
@@ -432,6 +429,18 @@ def build_trainer(
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )
+
+
+def worker_resources(cfg: Config) -> dict[str, float]:
+    """What one training worker asks Ray for (a test pass asks the same, to run where one would)."""
+    t = cfg.train
+    return {"CPU": t.cpus_per_worker} | ({t.gpu_resource: t.gpus_per_worker} if t.use_gpu else {})
+
+
+def uses_cuda(cfg: Config) -> bool:
+    """GPUs asked as "GPU" are real: the workers train on CUDA. A stand-in resource (a rehearsal
+    cluster's) only places them."""
+    return cfg.train.use_gpu and cfg.train.gpu_resource == "GPU"
 
 
 def best_checkpoint(result, metric: str) -> tuple[Checkpoint, dict[str, Any]]:

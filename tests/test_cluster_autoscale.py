@@ -1,0 +1,98 @@
+"""`turbo-ray local-cluster`: the shipped cluster.yaml as a real autoscaling Ray cluster on this
+machine (Ray's fake multi-node provider); the main job submitted through the dashboard with the
+token, a GPU worker node added for its trial and removed once idle."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+DASHBOARD = "http://127.0.0.1:8265"
+TOKEN = {"RAY_AUTH_MODE": "token"}
+
+
+def run(*command, env=None, check=True):
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert not check or done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def worker_nodes(env) -> int:
+    """Alive nodes other than the head, from the dashboard's state API (with the token)."""
+    nodes = run(RAY, "list", "nodes", "--format", "json", "--address", DASHBOARD, env=env | TOKEN)
+    return sum(n["state"] == "ALIVE" and not n["is_head_node"] for n in json.loads(nodes.stdout))
+
+
+def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
+    demo_corpus, tmp_path
+):
+    # the client side of every command: no token unless TOKEN is added
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    turbo_ray = [sys.executable, "-m", "turbo_ray.cli", "local-cluster"]
+    up = run(*turbo_ray, "up", "cluster.yaml", "--idle-timeout-minutes", "0.1", env=env)
+    try:
+        assert "gpu_worker: 0-4 nodes of {'CPU': 4, 'local_gpu': 1" in up.stdout
+        assert worker_nodes(env) == 0  # nothing runs: only the head
+        out = tmp_path / "job"
+        entrypoint = [
+            sys.executable,
+            "experiments/tune_iemocap.py",
+            "--address",
+            "auto",
+            "--use-gpu",
+            "--folds",
+            "1",
+            "--num-samples",
+            "1",
+            "--output-dir",
+            str(out),
+            f"data.cache_dir={demo_corpus.root.parents[1]}",
+            "data.demo_utterances_per_speaker=12",
+            "data.val_fraction=0.25",
+            "data.max_seconds=1.0",
+            "train.epochs=1",
+            "train.gpu_resource=local_gpu",
+            "model.head_hidden=64",
+        ]
+        submit = [RAY, "job", "submit", "--address", DASHBOARD, "--no-wait", "--", *entrypoint]
+        refused = run(*submit, env=env, check=False)
+        assert refused.returncode != 0 and "Authentication" in refused.stdout + refused.stderr
+        submitted = run(*submit, env=env | TOKEN)
+        job_id = re.search(r"Job '(\S+)' submitted", submitted.stdout + submitted.stderr)[1]
+
+        seen, deadline = [], time.time() + 300
+        while (status := job(job_id)["status"]) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            assert time.time() < deadline, status
+            seen.append(worker_nodes(env))
+        logs = run(RAY, "job", "logs", job_id, "--address", DASHBOARD, env=env | TOKEN).stdout
+        assert status == "SUCCEEDED", logs[-3000:]
+        assert max(seen) >= 1  # a gpu_worker node was added for the trial
+        results = json.loads((out / "results.json").read_text())
+        assert [f["test_session"] for f in results["folds"]] == [1]
+
+        # idle for 6 s, but Ray Train's resource request to the autoscaler stays 180 s after the
+        # run (AUTOSCALING_REQUESTS_EXPIRE_TIME_S), and holds the node until then
+        deadline = time.time() + 260
+        while worker_nodes(env):
+            assert time.time() < deadline, "the idle worker node was not removed"
+            time.sleep(2)
+    finally:
+        run(*turbo_ray, "down", env=env)
+
+
+def job(job_id: str) -> dict:
+    """The job's record from the dashboard's REST API, with the token."""
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    request = urllib.request.Request(
+        f"{DASHBOARD}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
