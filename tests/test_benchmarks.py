@@ -11,12 +11,12 @@ from pathlib import Path
 REPO = Path(__file__).parents[1]
 
 
-def run_quick(script, tmp_path_factory, *args):
-    env = os.environ | {
+def run_script(script, tmp_path_factory, *args, env=None):
+    env = (env or os.environ) | {
         "RAY_TMPDIR": str(tmp_path_factory.getbasetemp() / "rb")
     }  # short socket paths
     done = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / script), "--quick", *args],
+        [sys.executable, str(REPO / "experiments" / script), *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -26,6 +26,10 @@ def run_quick(script, tmp_path_factory, *args):
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done.stdout
+
+
+def run_quick(script, tmp_path_factory, *args):
+    return run_script(script, tmp_path_factory, "--quick", *args)
 
 
 def ratios(output, names):
@@ -92,16 +96,7 @@ def test_bench_startup(tmp_path_factory):
     assert out.strip().splitlines()[-1].startswith("startup/import (this project): ")
 
 
-def test_gpu_check_without_cuda_says_so_and_passes():
+def test_gpu_check_without_cuda_says_so_and_passes(tmp_path_factory):
     env = os.environ | {"CUDA_VISIBLE_DEVICES": ""}  # no GPU seen, whatever the machine has
-    done = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "gpu_check.py")],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "gpu_check: no CUDA device here; nothing to check (exit 0)"
+    out = run_script("gpu_check.py", tmp_path_factory, env=env)
+    assert out.strip() == "gpu_check: no CUDA device here; nothing to check (exit 0)"

@@ -245,51 +245,27 @@ def fetch_stored_config(out: Path, given: Config) -> None:
 def cmd_local_cluster(args: argparse.Namespace) -> int:
     """Start (or stop) the cluster of a `ray up` config as local processes, Ray's fake multi-node
     provider: the same node types, autoscaled from 0, token auth, the dashboard on 127.0.0.1."""
-    import json
-    import subprocess
-
-    from turbo_ray.cluster import FAKE_HEAD, LOCAL_GPU, local_cluster_config
+    from turbo_ray.cluster import FAKE_HEAD, LOCAL_GPU, start_local_cluster, stop_local_cluster
     from turbo_ray.config import DataConfig
 
-    ray = str(Path(sys.executable).parent / "ray")
     if args.action == "down":
-        subprocess.run([ray, "stop", "--force"], check=True, capture_output=True)
+        stop_local_cluster()
         print("local cluster stopped")
         return 0
-    raw = yaml.safe_load(Path(args.path).read_text())
-    fake = local_cluster_config(raw, args.idle_timeout_minutes)
     config = Path(DataConfig().cache_dir).expanduser() / "local-cluster.yaml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(yaml.safe_dump(fake, sort_keys=False))
-    head = dict(fake["available_node_types"][FAKE_HEAD]["resources"])
-    # the nodes' environment, as the file's containers get it (`-e KEY=VALUE` run options)
-    container_env = dict(
-        option.split(maxsplit=1)[1].split("=", 1)
-        for option in raw.get("docker", {}).get("run_options", [])
-        if option.startswith("-e ")
-    )
-    env = os.environ | container_env | {"RAY_FAKE_CLUSTER": "1", "RAY_AUTH_MODE": "token"}
-    env |= {"AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    subprocess.run([ray, "get-auth-token", "--generate"], check=True, capture_output=True, env=env)
-    command = [
-        ray,
-        "start",
-        "--head",
-        f"--autoscaling-config={config}",
-        f"--num-cpus={head.pop('CPU', 0)}",
-        f"--num-gpus={head.pop('GPU', 0)}",
-        f"--resources={json.dumps(head)}",
-        "--dashboard-host=127.0.0.1",
-        f"--object-store-memory={500 * 1024**2}",
-    ]
-    started = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if started.returncode:
-        raise UsageError(f"`ray start` failed:\n{started.stdout[-2000:]}{started.stderr[-2000:]}")
-    workers = {n: t for n, t in fake["available_node_types"].items() if n != FAKE_HEAD}
+    raw = yaml.safe_load(Path(args.path).read_text())
+    try:
+        fake = start_local_cluster(raw, config, args.idle_timeout_minutes)
+    except RuntimeError as err:
+        raise UsageError(str(err)) from err
     print(f"local cluster up from {args.path} ({config}):")
-    print(f"  head: {fake['available_node_types'][FAKE_HEAD]['resources']} (drivers only)")
-    for name, spec in workers.items():
-        print(f"  {name}: 0-{spec['max_workers']} nodes of {spec['resources']}, added on demand")
+    for name, spec in fake["available_node_types"].items():
+        if name == FAKE_HEAD:
+            print(f"  head: {spec['resources']} (drivers only)")
+        else:
+            print(
+                f"  {name}: 0-{spec['max_workers']} nodes of {spec['resources']}, added on demand"
+            )
     print(
         f"  idle workers removed after {fake['idle_timeout_minutes']} min; "
         "token auth on (the token: ~/.ray/auth_token); dashboard http://127.0.0.1:8265\n"

@@ -8,7 +8,11 @@ fake = local_cluster_config(yaml.safe_load(open("cluster.yaml")))   # for `turbo
 from __future__ import annotations
 
 import copy
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,8 @@ PRIVATE_PORTS = {6379: "GCS", 8265: "dashboard", 10001: "Ray client"}
 # `train.gpu_resource=local_gpu`
 LOCAL_GPU = "local_gpu"
 FAKE_HEAD = "ray.head.default"  # the head type name Ray's fake provider expects
+NODE_OBJECT_STORE = 500 * 1024**2  # per fake node: they all share this machine's memory
+RAY = str(Path(sys.executable).parent / "ray")  # the CLI of the Ray this project runs
 
 
 def check_cluster_config(path: str | Path) -> list[str]:
@@ -157,7 +163,7 @@ def local_cluster_config(raw: dict, idle_timeout_minutes: float | None = None) -
         if "GPU" in resources:
             resources[LOCAL_GPU] = resources.pop("GPU")
         types[name] = {
-            "resources": resources | {"object_store_memory": 500 * 1024**2},
+            "resources": resources | {"object_store_memory": NODE_OBJECT_STORE},
             "node_config": {},
             "min_workers": 0,
             "max_workers": spec.get("max_workers", raw.get("max_workers", 1)),
@@ -188,3 +194,41 @@ def local_cluster_config(raw: dict, idle_timeout_minutes: float | None = None) -
         "rsync_exclude": [],
         "rsync_filter": [],
     } | {key: [] for key in empty}
+
+
+def start_local_cluster(raw: dict, config: Path, idle_timeout_minutes: float | None) -> dict:
+    """Write `local_cluster_config(raw)` to `config` and start its head here (token auth, the
+    dashboard on 127.0.0.1, the nodes' environment from the file's `-e KEY=VALUE` run options);
+    the autoscaler adds the workers. Returns the fake config."""
+    fake = local_cluster_config(raw, idle_timeout_minutes)
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(yaml.safe_dump(fake, sort_keys=False))
+    head = dict(fake["available_node_types"][FAKE_HEAD]["resources"])
+    container_env = dict(
+        option.split(maxsplit=1)[1].split("=", 1)
+        for option in raw.get("docker", {}).get("run_options", [])
+        if option.startswith("-e ")
+    )
+    env = os.environ | container_env | {"RAY_FAKE_CLUSTER": "1", "RAY_AUTH_MODE": "token"}
+    env |= {"AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, env=env)
+    command = [
+        RAY,
+        "start",
+        "--head",
+        f"--autoscaling-config={config}",
+        f"--num-cpus={head.pop('CPU', 0)}",
+        f"--num-gpus={head.pop('GPU', 0)}",
+        f"--resources={json.dumps(head)}",
+        "--dashboard-host=127.0.0.1",
+        f"--object-store-memory={NODE_OBJECT_STORE}",
+    ]
+    started = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if started.returncode:
+        raise RuntimeError(f"`ray start` failed:\n{started.stdout[-2000:]}{started.stderr[-2000:]}")
+    return fake
+
+
+def stop_local_cluster() -> None:
+    """`ray stop --force`: every Ray process of this machine."""
+    subprocess.run([RAY, "stop", "--force"], check=True, capture_output=True)
