@@ -162,7 +162,7 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
 
     deadline = time.time() + 420
     while (
-        len(list((out / "trials").glob("trial-*"))) < 3
+        len(list((out / "search").glob("trial-*"))) < 3
     ):  # folds 1 and 2 searched, fold 3's started
         assert time.time() < deadline and driver.poll() is None, (
             tmp_path / "first.log"
@@ -170,7 +170,7 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
         time.sleep(1)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray die at once
     driver.wait()
-    finished = sorted((out / "trials").glob("trial-*"), key=lambda p: p.stat().st_mtime)[:2]
+    finished = sorted((out / "search").glob("trial-*"), key=lambda p: p.stat().st_mtime)[:2]
     before = {
         p.name: sorted(c.name for c in p.glob("checkpoint_*") if c.is_dir()) for p in finished
     }
@@ -200,7 +200,7 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
         assert set(fold["params"]) == {"train.lr"} and 1 <= fold["best_epoch"] <= 2
         assert {"trial", "val_ua", "wa", "ua", "f1", "confusion"} <= set(fold)
     # the finished job kept only the weights of each fold's selected checkpoint
-    kept = sorted(str(c) for c in (out / "trials").glob("trial-*/checkpoint_*") if c.is_dir())
+    kept = sorted(str(c) for c in (out / "search").glob("trial-*/checkpoint_*") if c.is_dir())
     assert kept == sorted(fold["checkpoint"] for fold in results["folds"])
     assert all(sorted(f.name for f in Path(c).iterdir()) == ["meta.json", "model.pt"] for c in kept)
     trials = pd.read_csv(out / "trials.csv")
@@ -220,7 +220,7 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
     # id: its record stays, and is checked too)
     records = [
         json.loads((run / "utterances.json").read_text())
-        for run in (out / "trials").glob("trial-*")
+        for run in (out / "search").glob("trial-*")
     ]
     assert {r["fold"] for r in records} == {1, 2, 3}
     for record in records:

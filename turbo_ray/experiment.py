@@ -15,7 +15,7 @@ import ray
 import ray.train
 import torch
 
-from turbo_ray.config import Config
+from turbo_ray.config import Config, override
 from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.iemocap import Fold
 from turbo_ray.data.pipeline import collate_for, configure_ray_data, split_dataset
@@ -32,6 +32,8 @@ from turbo_ray.tune import (
     SearchSpace,
     best_trials,
     run_search,
+    searched,
+    trains_in_trial,
     trial_id,
     write_search_outputs,
 )
@@ -60,7 +62,7 @@ def run_nested(
         for fold in folds
     ]
     if not cfg.train.keep_checkpoints:  # the losing and stopped trials' checkpoints go
-        prune_checkpoints(paths.trials, {row["checkpoint"] for row in rows})
+        prune_checkpoints(paths.search, {row["checkpoint"] for row in rows})
     return pd.DataFrame(rows), written
 
 
@@ -98,8 +100,7 @@ def test_selected(
 ) -> dict:
     """The fold's row: what its search saw and chose, and the test scores of the chosen
     checkpoint."""
-    run = ray.train.Result.from_path(paths.trial_run(trial_id(trial)))
-    checkpoint, metrics = best_checkpoint(run, cfg.tune.metric)
+    checkpoint, metrics = best_checkpoint(trial_run(trial, cfg, paths), cfg.tune.metric)
     custom = worker_resources(cfg)
     cpus, gpus = custom.pop("CPU"), custom.pop("GPU", 0)
     scores = ray.get(
@@ -120,6 +121,14 @@ def test_selected(
         "confusion": scores["confusion"],
         "checkpoint": checkpoint.path,
     }
+
+
+def trial_run(trial: ray.tune.Result, cfg: Config, paths: RunPaths):
+    """The run that kept a trial's checkpoints, with their epochs' metrics: the Tune trial itself
+    when it trained in its own process, else its TorchTrainer's run (in the trial's folder)."""
+    if trains_in_trial(override(cfg, searched(trial.config))):
+        return trial
+    return ray.train.Result.from_path(paths.trial_dir(trial_id(trial)))
 
 
 @ray.remote

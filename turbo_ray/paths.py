@@ -1,7 +1,7 @@
 """Where every file goes: the one place that decides a job's folder, its Ray storage, the shards.
 
     paths = RunPaths.of(Path("runs/tune-20261128-101500"), cfg.train.storage_path)
-    paths.config, paths.checkpoints, paths.search, paths.trial_run(trial_id)
+    paths.config, paths.checkpoints, paths.search, paths.trial_dir(trial_id)
 
 A job has a local output folder (`out`: its config, results, plots) and a Ray storage (`storage`:
 checkpoints and Tune state) that is the same folder, or `<train.storage_path>/<folder name>` when
@@ -80,19 +80,17 @@ class RunPaths:
 
     @property
     def search(self) -> str:
+        """Tune's experiment: its state and a folder per trial (`trial_dir`)."""
         return f"{self.storage}/{self.SEARCH}"
-
-    @property
-    def trials(self) -> str:
-        """The Train runs of the search's trials, one per trial: `trial_run(trial id)`."""
-        return f"{self.storage}/trials"
 
     @staticmethod
     def trial_name(trial_id: str) -> str:
         return f"trial-{trial_id}"
 
-    def trial_run(self, trial_id: str) -> str:
-        return f"{self.trials}/{self.trial_name(trial_id)}"
+    def trial_dir(self, trial_id: str) -> str:
+        """A trial's folder: Tune's records, the utterances it saw, its checkpoints (its own, or
+        its TorchTrainer run's: that run is named the same)."""
+        return f"{self.search}/{self.trial_name(trial_id)}"
 
     @property
     def ray_log(self) -> Path:

@@ -8,7 +8,7 @@ import ray
 
 from turbo_ray.data.pipeline import configure_ray_data
 
-# a trial (Tune driver of one TorchTrainer) takes a sliver of this, no CPU
+# a trial that drives a TorchTrainer takes a sliver of this, no CPU
 DRIVER_RESOURCE = "train_driver"
 # Ray kills idle worker processes beyond one per CPU within a second, so every Ray Data execution
 # (each evaluation, each epoch after one) cold-started its processes (Python, torch, tokenizer).
@@ -31,9 +31,10 @@ def init_ray(
     else:
         # Train runs and their workers on the dashboard's HTTP API (/api/train/v2/runs)
         os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
-        # one logical CPU more than cores: Train workers take whole CPUs, Ray Data's feeding tasks
-        # (fractions of one) need what is left, or a 2-core laptop hangs
-        num_cpus = num_cpus or os.cpu_count() + 1
+        # two logical CPUs per core: a training process takes a whole CPU and the Ray Data tasks
+        # that feed it (fractions of one, mostly waiting on their consumer) need CPUs beside it,
+        # or a 2-core laptop runs one trial at a time, or hangs
+        num_cpus = num_cpus or 2 * os.cpu_count()
         context = ray.init(
             num_cpus=num_cpus,
             resources={DRIVER_RESOURCE: 64},

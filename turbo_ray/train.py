@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable, Collection
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
+import ray.tune
 import torch
 from ray.train import (
     Checkpoint,
@@ -161,24 +163,78 @@ def load_model(
     return model.to(device).eval(), meta
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """All that differs between the two runners of `fit`: inside a Tune trial (one process) or
+    as a TorchTrainer worker (DDP)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    checkpoint: Checkpoint | None  # the run's last checkpoint, to resume from
+    report: Callable[..., None]  # report(metrics, checkpoint_dir=None)
+    dataset: Callable[[str], Any]  # a split's rows for this rank (anything with iter_torch_batches)
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module]  # on the device (and DDP)
+
+
+def worker_context() -> RunContext:
+    """The context of a TorchTrainer worker: Ray Train's rank, checkpoint, report and shards."""
+    ctx = ray.train.get_context()
+    return RunContext(
+        rank=ctx.get_world_rank(),
+        world=ctx.get_world_size(),
+        device=ray.train.torch.get_device(),
+        checkpoint=ray.train.get_checkpoint(),
+        report=_reporter(ray.train),
+        dataset=ray.train.get_dataset_shard,
+        prepare_model=ray.train.torch.prepare_model,
+    )
+
+
+def trial_context(datasets: dict[str, Any], device: torch.device) -> RunContext:
+    """The context of a run inside a Tune trial: one process, Tune's checkpoint and report, the
+    whole datasets."""
+    return RunContext(
+        rank=0,
+        world=1,
+        device=device,
+        checkpoint=ray.tune.get_checkpoint(),
+        report=_reporter(ray.tune),
+        dataset=datasets.__getitem__,
+        prepare_model=lambda model: model.to(device),
+    )
+
+
+def _reporter(library) -> Callable[..., None]:
+    """`report(metrics, checkpoint_dir=None)` through `library` (ray.train or ray.tune: each has
+    its own Checkpoint class)."""
+
+    def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
+        checkpoint = library.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        library.report(metrics, checkpoint=checkpoint)
+
+    return report
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """The Ray Train worker function
     (it returns nothing: Ray ships a return value to the controller)."""
-    fit_worker(loop_config)
+    fit(loop_config, worker_context())
 
 
-def fit_worker(loop_config: dict) -> TurboModel:
-    """Train this worker's replica epoch by epoch, resuming from the last checkpoint; returns the
-    model. `loop_config`: config (dict), classes, train_rows, eval_splits (see `build_trainer`)."""
+def fit(loop_config: dict, ctx: RunContext) -> TurboModel:
+    """Train this rank's replica epoch by epoch, resuming from the last checkpoint; returns the
+    model. `loop_config`: config (dict), classes, train_rows, eval_splits (see `build_trainer`).
+    Everything a run depends on is set here, so a process that ran another run before (a reused
+    Tune trial) starts from the same state as a fresh one."""
     at_start = time.time()
     cfg, classes = Config.from_dict(loop_config["config"]), loop_config["classes"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    rank, world, device = ctx.rank, ctx.world, ctx.device
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model, state, last = _restore(build_model(cfg, len(classes)), ray.train.get_checkpoint())
+    model, state, last = _restore(build_model(cfg, len(classes)), ctx.checkpoint)
     # on the device now: optimizer state is loaded onto it
-    model = ray.train.torch.prepare_model(model)
+    model = ctx.prepare_model(model)
     core = _unwrap(model)
     optimizer = build_optimizer(core, cfg)
     steps = steps_per_epoch(
@@ -191,10 +247,10 @@ def fit_worker(loop_config: dict) -> TurboModel:
         scheduler.load_state_dict(state["scheduler"])
         done, best = state["epoch"], state["best"]
 
-    train_shard = ray.train.get_dataset_shard("train")
+    train_rows = ctx.dataset("train")
     for epoch in range(done + 1, cfg.train.epochs + 1):
         torch.manual_seed(_seed(cfg.train.seed, rank, epoch))  # dropout masks: per rank and epoch
-        batches = train_shard.iter_torch_batches(
+        batches = train_rows.iter_torch_batches(
             batch_size=cfg.data.batch_size,
             collate_fn=collate_for(cfg, epoch),
             local_shuffle_buffer_size=LOCAL_SHUFFLE_ROWS,
@@ -203,10 +259,10 @@ def fit_worker(loop_config: dict) -> TurboModel:
         metrics = {"epoch": epoch, "at_worker_start": at_start}
         metrics |= train_epoch(model, batches, optimizer, scheduler, cfg, device)
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
+            checkpoint_dir = None
             if rank == 0:  # evaluates every split whole, so no sample is dropped or repeated
                 metrics |= validate_epoch(
-                    core, loop_config["eval_splits"], cfg, len(classes), device
+                    core, ctx, loop_config["eval_splits"], cfg, len(classes), device
                 )
                 score = cfg.tune.metric
                 if score in metrics:
@@ -216,12 +272,12 @@ def fit_worker(loop_config: dict) -> TurboModel:
                 save_checkpoint(
                     Path(tmp), core, optimizer, scheduler, epoch, best, cfg, classes, metrics
                 )
-                checkpoint = Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+                checkpoint_dir = tmp
+            ctx.report(metrics, checkpoint_dir)
     # resumed with nothing left: a Tune trial restored after its run finished but before Tune
     # recorded it still gets its final result
     if done == cfg.train.epochs and last:
-        ray.train.report(last)
+        ctx.report(last)
     return core
 
 
@@ -242,13 +298,18 @@ def _restore(
 
 
 def validate_epoch(
-    model: TurboModel, splits: list[str], cfg: Config, num_classes: int, device: torch.device
+    model: TurboModel,
+    ctx: RunContext,
+    splits: list[str],
+    cfg: Config,
+    num_classes: int,
+    device: torch.device,
 ) -> dict[str, Any]:
     """`evaluate` on each named evaluation split ("val", and "test" where a run reports it, never to
     select), as `<split>_<score>` metrics."""
     started, metrics = time.perf_counter(), {}
     for name in splits:
-        batches = ray.train.get_dataset_shard(name).iter_torch_batches(
+        batches = ctx.dataset(name).iter_torch_batches(
             batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg)
         )
         result = evaluate(model, batches, num_classes, device, cfg.train.precision)
@@ -388,6 +449,28 @@ def _mean_over_ranks(sums: dict[str, float], steps: int, device: torch.device) -
     return {k: float(v) / max(1.0, float(values[-1])) for k, v in zip(keys, values[:-1])}
 
 
+def loop_config(cfg: Config, classes: list[str], train_rows: int, splits: Collection[str]) -> dict:
+    """What `fit` needs besides its context: the config, the classes, the training split's size
+    and the evaluation splits present ("val" selects, "test" is only reported)."""
+    return {
+        "config": cfg.to_dict(),
+        "classes": list(classes),
+        "train_rows": int(train_rows),
+        "eval_splits": [n for n in ("val", "test") if n in splits],
+    }
+
+
+def retention(cfg: Config, validated: bool) -> dict[str, Any]:
+    """Which checkpoints a run keeps while it trains (either runner's CheckpointConfig): the
+    `train.num_to_keep` best by validation score, ties to the earlier epoch (Ray also keeps the
+    latest, to resume from)."""
+    return {
+        "num_to_keep": cfg.train.num_to_keep,
+        "checkpoint_score_attribute": KEEP_SCORE if validated else None,
+        "checkpoint_score_order": "max",
+    }
+
+
 def build_trainer(
     cfg: Config,
     datasets: dict[str, Any],
@@ -399,16 +482,10 @@ def build_trainer(
 ) -> TorchTrainer:
     """A TorchTrainer for one Turbo run: only "train" is split across workers; "val"/"test" are read
     whole by rank 0 so that evaluation never drops or repeats a sample. `loop`: the worker function
-    (tests pass a wrapper of `fit_worker` that inspects the replicas or injects a failure)."""
-    loop_config = {
-        "config": cfg.to_dict(),
-        "classes": list(classes),
-        "train_rows": int(train_rows),
-        "eval_splits": [n for n in ("val", "test") if n in datasets],
-    }
+    (tests pass a wrapper of `fit` that inspects the replicas or injects a failure)."""
     return TorchTrainer(
         loop,
-        train_loop_config=loop_config,
+        train_loop_config=loop_config(cfg, classes, train_rows, datasets),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=uses_cuda(cfg),
@@ -421,11 +498,7 @@ def build_trainer(
             name=name,
             storage_path=storage_uri(cfg.train.storage_path),
             callbacks=callbacks,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=cfg.train.num_to_keep,
-                checkpoint_score_attribute=KEEP_SCORE if "val" in datasets else None,
-                checkpoint_score_order="max",
-            ),
+            checkpoint_config=CheckpointConfig(**retention(cfg, "val" in datasets)),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )
@@ -435,6 +508,11 @@ def worker_resources(cfg: Config) -> dict[str, float]:
     """What one training worker asks Ray for (a test pass asks the same, to run where one would)."""
     t = cfg.train
     return {"CPU": t.cpus_per_worker} | ({t.gpu_resource: t.gpus_per_worker} if t.use_gpu else {})
+
+
+def device_of(cfg: Config) -> torch.device:
+    """Where a run inside a Tune trial trains (a TorchTrainer worker asks Ray Train)."""
+    return torch.device("cuda" if uses_cuda(cfg) else "cpu")
 
 
 def uses_cuda(cfg: Config) -> bool:

@@ -1,5 +1,6 @@
 """Ray Tune: one search per outer LOSO fold, Optuna (TPE) proposes, ASHA stops early, each trial
-fits one TorchTrainer on its fold's training sessions.
+trains on its fold's training sessions: inside its own process with one worker (processes are
+reused from trial to trial), through a TorchTrainer with more (DDP).
 
     space = load_search_space("experiments/configs/search_space.yaml")
     grid = run_search(cfg, folds, space, corpus, paths)     # resume=True continues a killed one
@@ -38,11 +39,19 @@ from ray.tune.search.optuna import OptunaSearch
 from turbo_ray.config import Config, ConfigError, override
 from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.iemocap import Fold
-from turbo_ray.data.pipeline import configure_ray_data, split_dataset
+from turbo_ray.data.pipeline import configure_ray_data, feed_cpus, split_dataset
 from turbo_ray.paths import RunPaths
 from turbo_ray.plots import plot_curves, plot_importances, plot_search_history
 from turbo_ray.runtime import DRIVER_RESOURCE
-from turbo_ray.train import build_trainer
+from turbo_ray.train import (
+    build_trainer,
+    device_of,
+    fit,
+    loop_config,
+    retention,
+    trial_context,
+    worker_resources,
+)
 
 # the trial-config keys of a trial's outer fold (= its test session) and of its launch order
 # within the fold (0, 1, …): ties go to the earlier trial
@@ -264,26 +273,63 @@ class SchedulerState(Callback):
             self.scheduler.ashas[k].__dict__.update(saved)
 
 
-def _trial(params: dict, *, base: dict, shards: str, splits: dict, classes: list) -> None:
-    """One Tune trial = one TorchTrainer on its fold's train/val split. It records the utterances it
-    trains and validates on (`utterances.json` beside its checkpoints) and resumes its own Train run
-    (named by trial id) after a restore."""
-    configure_ray_data()  # this runs in the trial's own process
+def trains_in_trial(cfg: Config) -> bool:
+    """One worker: the trial trains in its own process (Ray's pattern for a GPU per trial). More:
+    the trial drives a TorchTrainer of that many DDP workers."""
+    return cfg.train.num_workers == 1
+
+
+def trial_resources(cfg: Config) -> ray.tune.PlacementGroupFactory:
+    """What a trial reserves. Training in the trial: a worker's CPU (and GPU) plus a bundle for
+    the Ray Data tasks that feed it, placed together. Driving a TorchTrainer: a sliver of the
+    driver resource and no CPU, since Train reserves its workers itself."""
+    if not trains_in_trial(cfg):
+        return ray.tune.PlacementGroupFactory([{DRIVER_RESOURCE: 0.01}])
+    return ray.tune.PlacementGroupFactory(
+        [worker_resources(cfg), {"CPU": feed_cpus(cfg.data)}], strategy="PACK"
+    )
+
+
+def _trial(
+    params: dict, *, base: dict, shards: str, splits: dict, classes: list, paths: RunPaths
+) -> None:
+    """One Tune trial: one run on its fold's train/val split, inside this process (one worker) or
+    through a TorchTrainer (DDP) that writes its checkpoints to this trial's folder. It records the
+    utterances it trains and validates on (`utterances.json`, in the trial's folder) and resumes
+    from its last checkpoint after a restore or a failure."""
     fold = params[FOLD]
     cfg = override(Config.from_dict(base), searched(params))
-    split_ids, name = splits[fold], RunPaths.trial_name(ray.tune.get_context().get_trial_id())
-    fs, run_dir = pafs.FileSystem.from_uri(f"{cfg.train.storage_path}/{name}")
+    split_ids, trial = splits[fold], ray.tune.get_context().get_trial_id()
+    fs, run_dir = pafs.FileSystem.from_uri(paths.trial_dir(trial))
     fs.create_dir(run_dir)
     with fs.open_output_stream(f"{run_dir}/{UTTERANCES_FILE}") as f:
         f.write(json.dumps({"fold": fold, **split_ids}).encode())
+    configure_ray_data()  # in this process, which may have run another trial before
+    in_trial = trains_in_trial(cfg)
+    # training here: the feed runs in this trial's reservation (`trial_resources`)
+    group = ray.util.get_current_placement_group() if in_trial else None
     datasets = {
-        split: split_dataset(cfg, shards, ids, train=split == "train")
+        split: split_dataset(cfg, shards, ids, split == "train", group)
         for split, ids in split_ids.items()
     }
+    if in_trial:
+        config = loop_config(cfg, classes, len(split_ids["train"]), datasets)
+        fit(config, trial_context(datasets, device_of(cfg)))
+        return
+    # Ray Train's preemption watcher is one more process per run, for spot instances
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    cfg = override(cfg, {"train.storage_path": paths.search})
+    name = RunPaths.trial_name(trial)  # the run's folder is the trial's
     trainer = build_trainer(
         cfg, datasets, classes, len(split_ids["train"]), name, callbacks=[TuneReportCallback()]
     )
     trainer.fit()
+
+
+def _trial_dirname(trial: ray.tune.experiment.Trial) -> str:
+    """A trial's folder under the search holds Tune's records of it and its checkpoints, whichever
+    runner trained (a TorchTrainer's run is named the same)."""
+    return RunPaths.trial_name(trial.trial_id)
 
 
 def run_search(
@@ -297,28 +343,27 @@ def run_search(
 ) -> ray.tune.ResultGrid:
     """One Tune experiment holding an independent search per fold (`FoldSearch`, `FoldASHA`): each
     fold's trials train and validate on the other sessions only. TPE and ASHA are told each trial's
-    best validation score so far (`best_<tune.metric>`: the score that selects). Trials' Train runs
-    go to `paths.trials`, Tune's state (ASHA's rungs included) to `paths.search`. `resume`
+    best validation score so far (`best_<tune.metric>`: the score that selects). Tune's state
+    (ASHA's rungs included) and a folder per trial go to `paths.search`. `resume`
     continues an interrupted search. `callbacks`: Tune callbacks, e.g. progress lines (Tune's own
     output is off)."""
     # Tune's own tables and hints off (`verbose=0` silences only its legacy reporter): the job
     # prints its progress through `callbacks`
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    base = override(cfg, {"train.storage_path": paths.trials})
     splits = {
         f.test_session: {"train": f.train.utterance_id.tolist(), "val": f.val.utterance_id.tolist()}
         for f in folds
     }
-    # the trial only drives its TorchTrainer: no CPU of its own
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(
             _trial,
-            base=base.to_dict(),
+            base=cfg.to_dict(),
             shards=corpus.shards,
             splits=splits,
             classes=list(corpus.classes),
+            paths=paths,
         ),
-        {DRIVER_RESOURCE: 0.01},
+        trial_resources(cfg),
     )
     if resume:
         if not Tuner.can_restore(paths.search):
@@ -330,7 +375,7 @@ def run_search(
         raise FileExistsError(
             f"{paths.search} already holds a search: pass --resume, or another --output-dir"
         )
-    t, sessions = cfg.tune, list(splits)
+    t, sessions, in_trial = cfg.tune, list(splits), trains_in_trial(cfg)
     score = f"best_{t.metric}"  # a trial's best epoch so far: the score that selects its config
     asha = FoldASHA(
         sessions,
@@ -349,11 +394,20 @@ def run_search(
             scheduler=asha,
             num_samples=t.num_samples * len(sessions),
             max_concurrent_trials=t.max_concurrent_trials,
+            # a trial that trains in its process hands it to the next trial (a TorchTrainer's
+            # driver cannot: stopped inside `fit`, its thread never ends)
+            reuse_actors=in_trial,
+            trial_dirname_creator=_trial_dirname,
         ),
         run_config=ray.tune.RunConfig(
             name=RunPaths.SEARCH,
             storage_path=paths.storage,
             callbacks=[*(callbacks or []), SchedulerState(asha)],
+            checkpoint_config=ray.tune.CheckpointConfig(**retention(cfg, validated=True)),
+            # a trial that trains in its process is restarted by Tune (a TorchTrainer by Train)
+            failure_config=ray.tune.FailureConfig(
+                max_failures=cfg.train.max_failures if in_trial else 0
+            ),
             verbose=0,
         ),
     )
@@ -397,7 +451,7 @@ def searched(config: dict) -> dict:
 
 
 def trial_id(result: ray.tune.Result) -> str:
-    """Tune's id of the trial; its Train run is `RunPaths.trial_run(id)`."""
+    """Tune's id of the trial; its folder is `RunPaths.trial_dir(id)`."""
     return (result.metrics or {}).get("trial_id", "")
 
 

@@ -18,6 +18,7 @@ import functools
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import ray
@@ -26,8 +27,10 @@ import torch
 from ray.data import RandomSeedConfig
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.expressions import col
+from ray.util.placement_group import PlacementGroup
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from turbo_ray.config import Config
+from turbo_ray.config import Config, DataConfig
 from turbo_ray.data.shards import ROWS_PER_SHARD, decode_audio, resample, shard_files
 from turbo_ray.presets import encoder_names
 
@@ -35,6 +38,7 @@ from turbo_ray.presets import encoder_names
 LOCAL_SHUFFLE_ROWS = ROWS_PER_SHARD
 COLUMNS = ["utterance_id", "label_id", "text", "audio", "audio_format", "sample_rate"]
 PREPROCESS_BATCH = 16
+TASK_CPUS = 0.25  # what each read and preprocessing task asks Ray for
 
 
 def configure_ray_data() -> None:
@@ -46,6 +50,11 @@ def configure_ray_data() -> None:
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = False
     ctx.target_max_block_size = 32 * 1024**2
+
+
+def feed_cpus(cfg: DataConfig) -> float:
+    """The CPUs a split's feed takes at most: its concurrent read and preprocessing tasks."""
+    return TASK_CPUS * (cfg.read_tasks + cfg.preprocess_tasks)
 
 
 def tokenizer_name(cfg: Config) -> str:
@@ -157,15 +166,20 @@ def collate_for(cfg: Config, epoch: int | None = None) -> PadCollate:
     return PadCollate(pad_token_id(cfg), int(cfg.data.max_seconds * cfg.data.sample_rate), seed)
 
 
-def read_rows(shards: str, utterance_ids: Sequence[str], read_tasks: int) -> ray.data.Dataset:
+def read_rows(
+    shards: str, utterance_ids: Sequence[str], read_tasks: int, **options: Any
+) -> ray.data.Dataset:
     """The rows of `utterance_ids` in one Ray Data block per shard (Ray pushes projection and
     filter into the Parquet read). Left to itself, Ray sizes reads by the data and cuts each shard
     into 4–7 blocks of a few rows; every block then costs a task hop, which more than halved the
-    feed's utterances per CPU-second."""
+    feed's utterances per CPU-second. `options`: more Ray options of the read tasks."""
     files = shard_files(shards)
     return (
         ray.data.read_parquet(
-            files, num_cpus=0.25, concurrency=read_tasks, override_num_blocks=len(files)
+            files,
+            concurrency=read_tasks,
+            override_num_blocks=len(files),
+            ray_remote_args={"num_cpus": TASK_CPUS, **options},
         )
         .select_columns(COLUMNS)
         .filter(expr=col("utterance_id").is_in(list(utterance_ids)))
@@ -173,7 +187,11 @@ def read_rows(shards: str, utterance_ids: Sequence[str], read_tasks: int) -> ray
 
 
 def split_dataset(
-    cfg: Config, shards: str, utterance_ids: Sequence[str], train: bool
+    cfg: Config,
+    shards: str,
+    utterance_ids: Sequence[str],
+    train: bool,
+    placement_group: PlacementGroup | None = None,
 ) -> ray.data.Dataset:
     """The rows of `utterance_ids` (`read_rows`), preprocessed lazily. The training split's blocks
     (one per shard, each a hash-ordered mix of sessions and speakers) come in a new order every
@@ -181,9 +199,13 @@ def split_dataset(
     index, one execution per epoch; each worker then shuffles its rows through a buffer
     (`LOCAL_SHUFFLE_ROWS`, seeded by seed, rank and epoch). No all-to-all shuffle: the first batch
     of an epoch waits for the read, not for the whole split to move. Evaluation splits keep the
-    shards' order."""
+    shards' order. The feed's tasks run in `placement_group` when one is given (a Tune trial's
+    own reservation, `feed_cpus` of it); else Ray Data spreads them over the cluster."""
     d = cfg.data
-    rows = read_rows(shards, utterance_ids, d.read_tasks)
+    options = {}
+    if placement_group is not None:
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group)
+    rows = read_rows(shards, utterance_ids, d.read_tasks, **options)
     if train:
         rows = rows.randomize_block_order(
             seed=RandomSeedConfig(cfg.train.seed, reseed_after_execution=True)
@@ -191,6 +213,7 @@ def split_dataset(
     return rows.map_batches(
         Preprocess(tokenizer_name(cfg), d.sample_rate, d.max_text_tokens),
         batch_size=PREPROCESS_BATCH,
-        num_cpus=0.25,
+        num_cpus=TASK_CPUS,
         compute=ray.data.TaskPoolStrategy(size=d.preprocess_tasks),
+        **options,
     )
