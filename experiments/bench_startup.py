@@ -1,15 +1,18 @@
-"""Start-up of one training run as the main job starts it, against the import floor, side by side.
+"""A trial's start-up, as the main job starts its trials, against the import floor, side by side.
 
-    python experiments/bench_startup.py              # 3 runs
-    python experiments/bench_startup.py --quick      # 1 run: checks that it runs, not a speed
+    python experiments/bench_startup.py              # 3 searches of 3 trials, and a 2-worker one
+    python experiments/bench_startup.py --quick      # checks that it runs, not a speed
 
 import floor   a fresh `python -c "import turbo_ray.train"` (median of several, interleaved with the
-               runs): what any process that trains must pay once
-run start-up   a one-trial, one-epoch search on fold 1, started as `turbo-ray tune` starts trials
-               (Tune trial → TorchTrainer → workers → Ray Data), from the Tuner's fit call to the
-               workers' entry, to the first batch and to the first training step (rank 0's
-               wall-clock stamps); runs after the first find Ray's worker pool warm, as every trial
-               of a search but its first does
+               searches): what any process that trains must pay once
+trial start-up a search on fold 1 of one-epoch trials, one at a time (one lane), started as
+               `turbo-ray tune` starts them, timed to rank 0's wall-clock stamps (reported with
+               every epoch): the lane's first trial from the Tuner's fit call (a new process:
+               Tune's trial actor, Ray Data's tasks); each later trial from the end of the one
+               before (a process Tune reuses). Searches after the first find Ray's worker pool
+               warm, as every search on a running cluster does.
+two workers    the same with `train.num_workers=2`: each trial drives a TorchTrainer (its controller
+               and workers are new processes every time)
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray
+from ray.tune import Callback
 
-from turbo_ray.config import load_config
+from turbo_ray.config import load_config, override
 from turbo_ray.data.corpus import prepare_corpus
 from turbo_ray.paths import RunPaths
 from turbo_ray.runtime import init_ray
-from turbo_ray.tune import load_search_space, run_search
+from turbo_ray.tune import FOLD, RANK, load_search_space, run_search
 
 STAMPS = ("at_worker_start", "at_first_batch", "at_first_step")
 
@@ -44,16 +48,38 @@ def import_floor() -> float:
     return time.perf_counter() - started
 
 
-def one_run(cfg, corpus, space, out: Path) -> dict[str, float]:
-    """Seconds from the Tuner's fit call to each of the first epoch's stamps."""
-    fold = corpus.fold(cfg.data)
-    started = time.time()
-    grid = run_search(cfg, [fold], space, corpus, RunPaths.of(out, cfg.train.storage_path))
-    history = grid[0].metrics_dataframe
-    if history is None or STAMPS[-1] not in history:
-        raise RuntimeError(f"the run reported no epoch: {grid[0].error}")
-    first = history.sort_values("epoch").iloc[0]
-    return {stamp: float(first[stamp]) - started for stamp in STAMPS}
+class TrialEnds(Callback):
+    """The wall-clock time each trial ended, by its launch order."""
+
+    def __init__(self):
+        self.ended: dict[int, float] = {}
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.ended[trial.config[RANK]] = time.time()
+
+
+def one_search(cfg, corpus, space, out: Path) -> list[dict[str, float]]:
+    """Per trial, in launch order: seconds from its start (the fit call for the first, the end of
+    the one before for the others) to each of its first epoch's stamps."""
+    ends, started = TrialEnds(), time.time()
+    paths = RunPaths.of(out, cfg.train.storage_path)
+    grid = run_search(cfg, corpus.folds(cfg.data)[:1], space, corpus, paths, callbacks=[ends])
+    firsts = {}
+    for result in grid:
+        history = result.metrics_dataframe
+        if history is None or STAMPS[-1] not in history:
+            raise RuntimeError(f"a trial reported no epoch: {result.error}")
+        assert result.config[FOLD] == 1
+        firsts[result.config[RANK]] = history.sort_values("epoch").iloc[0]
+    begins = [started] + [ends.ended[k] for k in sorted(firsts)[:-1]]
+    return [
+        {stamp: float(firsts[k][stamp]) - begin for stamp in STAMPS}
+        for k, begin in zip(sorted(firsts), begins)
+    ]
+
+
+def describe(stamps: dict[str, float]) -> str:
+    return ", ".join(f"{k[3:]} {v:.1f} s" for k, v in stamps.items())
 
 
 def main() -> None:
@@ -61,37 +87,56 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. train.num_workers=1")
+    parser.add_argument("--searches", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=3, help="trials per search (one lane)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.max_seconds=1")
     args = parser.parse_args()
-    runs = 1 if args.quick else args.runs
+    searches, trials = (1, 2) if args.quick else (args.searches, args.trials)
     tmp = Path(tempfile.mkdtemp(prefix="bench_startup_"))
     cfg = load_config(
         None,
-        ["train.epochs=1", "tune.num_samples=1", "tune.folds=1", *args.overrides],
+        [
+            "train.epochs=1",
+            f"tune.num_samples={trials}",
+            "tune.max_concurrent_trials=1",
+            *args.overrides,
+        ],
     )
     corpus = prepare_corpus(cfg.data)
     space = load_search_space(cfg.tune.search_space)
     init_ray()
 
-    floors, starts = [], []
-    for run in range(runs):
+    floors, firsts, reused = [], [], []
+    for search in range(searches):
         floors += [import_floor() for _ in range(2)]
-        starts.append(one_run(cfg, corpus, space, tmp / f"run{run}"))
-        line = ", ".join(f"{k[3:]} {v:.1f} s" for k, v in starts[-1].items())
-        print(f"  run {run} ({'cold' if run == 0 else 'warm'} pool): from fit to {line}")
+        lane = one_search(cfg, corpus, space, tmp / f"search{search}")
+        pool, opening = "cold" if search == 0 else "warm", describe(lane[0])
+        print(f"  search {search} ({pool} pool), trial 0 (new process): from fit to {opening}")
+        for k, stamps in enumerate(lane[1:], 1):
+            print(
+                f"  search {search}, trial {k} (reused process): from the end of trial {k - 1} "
+                f"to {describe(stamps)}"
+            )
+        firsts.append(lane[0]["at_first_step"])
+        reused += [s["at_first_step"] for s in lane[1:]]
+    two = override(cfg, {"train.num_workers": 2, "tune.num_samples": 1})
+    ddp = one_search(two, corpus, space, tmp / "two-workers")[0]
+    print(f"  two workers (TorchTrainer), warm pool: from fit to {describe(ddp)}")
     ray.shutdown()  # before the summary: nothing of Ray's is printed after it
+
     floor = statistics.median(floors)
-    warm = starts[1:] or starts
-    step = statistics.median(s["at_first_step"] for s in warm)
-    batch = statistics.median(s["at_first_batch"] for s in warm)
+    warm = firsts[1:] or firsts
+    first, again = statistics.median(warm), statistics.median(reused)
     print(f"import floor (fresh `import turbo_ray.train`, median of {len(floors)}): {floor:.1f} s")
     print(
-        f"run start-up, median of {len(warm)} {'warm' if starts[1:] else 'cold'} run(s): "
-        f"first batch {batch:.1f} s, first step {step:.1f} s (cold run: "
-        f"{starts[0]['at_first_step']:.1f} s)"
+        f"first step of a lane's first trial, median of {len(warm)} "
+        f"{'warm' if firsts[1:] else 'cold'} search(es): {first:.1f} s (cold: {firsts[0]:.1f} s); "
+        f"of a reused trial, median of {len(reused)}: {again:.1f} s; "
+        f"of a two-worker trial: {ddp['at_first_step']:.1f} s"
     )
-    print(f"startup/import (this project): {step / floor:.2f}")
+    print(f"two-worker trial/import: {ddp['at_first_step'] / floor:.2f}")
+    print(f"reused trial/import: {again / floor:.2f}")
+    print(f"startup/import (this project): {first / floor:.2f}")
 
 
 if __name__ == "__main__":

@@ -27,15 +27,15 @@ def seeded():
 
 @pytest.fixture(scope="module")
 def ray_local(tmp_path_factory):
-    """A real local Ray per test module (the cluster tests need their own): 4 logical CPUs on 2
-    cores so that two 1-CPU Train workers leave room for the Ray Data operators; the dashboard on
-    (Tune needs the State API). Yields the dashboard URL."""
+    """A real local Ray per test module (the cluster tests need their own), as a job starts it
+    (logical CPUs for the trials' feeds, the dashboard on: Tune needs the State API). Yields the
+    dashboard URL."""
     import ray
 
     from turbo_ray.runtime import init_ray
 
     os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.getbasetemp() / "ray"))
-    yield init_ray(num_cpus=4, object_store_mb=512)  # the dashboard URL
+    yield init_ray(object_store_mb=512)  # the dashboard URL
     ray.shutdown()
 
 

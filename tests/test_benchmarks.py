@@ -87,12 +87,15 @@ def test_bench_scaling(tmp_path_factory):
     ratios(out, ["speed-up 2 vs 1 workers", "scaling/ceiling (this project)"])
 
 
-def test_bench_startup(tmp_path_factory):
-    out = run_quick("bench_startup.py", tmp_path_factory)
-    assert re.search(r"^  run 0 \(cold pool\): from fit to worker_start [0-9.]+ s, ", out, re.M), (
-        out
+def test_bench_startup(tmp_path_factory, demo_corpus):
+    small = [f"data.cache_dir={demo_corpus.root.parents[1]}", "data.demo_utterances_per_speaker=12"]
+    out = run_quick("bench_startup.py", tmp_path_factory, *small, "data.max_seconds=1.0")
+    assert re.search(r"^  search 0 \(cold pool\), trial 0 \(new process\): from fit to ", out, re.M)
+    assert re.search(
+        r"^  search 0, trial 1 \(reused process\): from the end of trial 0 to ", out, re.M
     )
-    ratios(out, ["startup/import (this project)"])
+    assert re.search(r"^  two workers \(TorchTrainer\), warm pool: from fit to ", out, re.M), out
+    ratios(out, ["two-worker trial/import", "reused trial/import", "startup/import (this project)"])
     assert out.strip().splitlines()[-1].startswith("startup/import (this project): ")
 
 

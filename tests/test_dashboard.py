@@ -1,5 +1,6 @@
-"""The dashboard of a local Ray (as `init_ray` starts it): token auth on, a running TorchTrainer
-and its workers visible through the HTTP API the pages read."""
+"""The dashboard of a local Ray (as `init_ray` starts it): token auth on; a one-worker trial (its
+own process) and a running TorchTrainer with its workers, visible through the HTTP API the pages
+read."""
 
 import json
 import os
@@ -10,8 +11,12 @@ import urllib.request
 from pathlib import Path
 
 import ray.train
+import ray.tune
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+
+from turbo_ray.config import load_config
+from turbo_ray.tune import trial_resources
 
 # the state API behind the dashboard's Actors page
 ALIVE_ACTORS = (
@@ -22,6 +27,13 @@ ALIVE_ACTORS = (
 def wait_for(config):
     """A real (idle) Train run that lasts until the test says so."""
     ray.train.report({"started": 1})
+    while not Path(config["marker"]).exists():
+        time.sleep(0.2)
+
+
+def trial_waits_for(config):
+    """A real (idle) Tune trial, reserved as a one-worker trial of the search is."""
+    ray.tune.report({"started": 1})
     while not Path(config["marker"]).exists():
         time.sleep(0.2)
 
@@ -51,8 +63,14 @@ def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(ray_
         scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
         run_config=RunConfig(name="visible-run", storage_path=str(tmp_path)),
     )
-    run = threading.Thread(target=trainer.fit)
-    run.start()
+    tuner = ray.tune.Tuner(
+        ray.tune.with_resources(trial_waits_for, trial_resources(load_config(None))),
+        param_space={"marker": str(marker)},
+        run_config=ray.tune.RunConfig(name="visible-search", storage_path=str(tmp_path)),
+    )
+    runs = [threading.Thread(target=trainer.fit), threading.Thread(target=tuner.fit)]
+    for run in runs:
+        run.start()
     try:
         deadline, runs, last = time.time() + 120, [], None
         while not any(r["name"] == "visible-run" and r["status"] == "RUNNING" for r in runs):
@@ -68,6 +86,8 @@ def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(ray_
         actors = get(f"{url}{ALIVE_ACTORS}", auth_token())[1]["data"]["result"]["result"]
         names = [a["class_name"] for a in actors]
         assert names.count("RayTrainWorker") == 2 and "TrainController" in names, names
+        # the one-worker trial: a single process (Tune's trial actor), nothing of Ray Train's
+        assert names.count("ImplicitFunc") == 1, names
 
         for api in ("/api/train/v2/runs/v1", ALIVE_ACTORS):
             try:
@@ -77,4 +97,5 @@ def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(ray_
                 assert err.code in (401, 403)
     finally:
         marker.touch()
-        run.join(timeout=120)
+        for run in runs:
+            run.join(timeout=120)

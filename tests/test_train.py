@@ -23,9 +23,10 @@ from turbo_ray.train import (
     build_optimizer,
     build_trainer,
     evaluate,
-    fit_worker,
+    fit,
     keep_score,
     load_model,
+    worker_context,
 )
 
 FAST = [
@@ -38,7 +39,7 @@ FAST = [
 ]
 
 
-def fit(cfg, corpus, name, **kwargs):
+def fit_fold(cfg, corpus, name, **kwargs):
     fold = corpus.fold(cfg.data)
     datasets = fold_datasets(cfg, corpus, fold, with_test=False)
     trainer = build_trainer(cfg, datasets, corpus.classes, len(fold.train), name, **kwargs)
@@ -46,7 +47,7 @@ def fit(cfg, corpus, name, **kwargs):
 
 
 def report_tied_epochs(loop_config):
-    """Validation scores 0.5, 0.5, 0.25 (a checkpoint each), ranked as `fit_worker` ranks them."""
+    """Validation scores 0.5, 0.5, 0.25 (a checkpoint each), ranked as `fit` ranks them."""
     for epoch, score in ((1, 0.5), (2, 0.5), (3, 0.25)):
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "epoch").write_text(str(epoch))
@@ -100,7 +101,7 @@ def fit_and_compare_replicas(loop_config):
     """The production worker loop, then: how far apart are the replicas' parameters? Rank 0 writes
     the largest difference to `<train.storage_path>/replicas.json` (Train's result keeps
     checkpointed reports only)."""
-    model = fit_worker(loop_config)
+    model = fit(loop_config, worker_context())
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     copies = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(copies, flat)
@@ -165,7 +166,7 @@ def test_two_worker_run_survives_a_worker_failure_learns_and_restores(
     rows_per_worker = len(demo_corpus.fold(cfg.data).train) // 2
     assert math.ceil(rows_per_worker / 7) % 3 == 2
     marker = tmp_path / "failed-once"
-    result = fit(cfg, demo_corpus, "two-workers", loop=fail_in_epoch_2_then_compare_replicas)
+    result = fit_fold(cfg, demo_corpus, "two-workers", loop=fail_in_epoch_2_then_compare_replicas)
     assert marker.exists(), "the injected failure did not fire"
     assert result.error is None
     assert (
@@ -209,7 +210,7 @@ def test_two_worker_run_survives_a_worker_failure_learns_and_restores(
 
     # the same run name again resumes from its last checkpoint: nothing is retrained
     before = sorted(p.name for p in Path(result.path).glob("checkpoint_*"))
-    again = fit(cfg, demo_corpus, "two-workers", loop=fit_and_compare_replicas)
+    again = fit_fold(cfg, demo_corpus, "two-workers", loop=fit_and_compare_replicas)
     assert again.error is None
     assert sorted(p.name for p in Path(again.path).glob("checkpoint_*")) == before
 

@@ -7,6 +7,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
+from ray.util.state import list_actors
 
 from turbo_ray.cli import main
 from turbo_ray.tune import (
@@ -268,3 +270,75 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
     for fold, optuna_search in searcher.searchers.items():
         told = [t.value for t in optuna_search._ot_study.trials]
         assert told == pytest.approx(trials[trials.fold == fold].best_val_ua.tolist())
+
+
+def small_job(cache: Path, out: Path, *args: str) -> list[str]:
+    """Arguments of a one-fold, two-epoch job on the small demo corpus."""
+    return [
+        "--folds",
+        "1",
+        "--output-dir",
+        str(out),
+        f"data.cache_dir={cache}",
+        "data.demo_utterances_per_speaker=12",
+        "data.val_fraction=0.25",
+        "data.max_seconds=1.0",
+        "train.epochs=2",
+        "model.head_hidden=64",
+        *args,
+    ]
+
+
+def scores(out: Path) -> dict:
+    (fold,) = json.loads((out / "results.json").read_text())["folds"]
+    return {k: fold[k] for k in ("wa", "ua", "f1", "confusion", "best_epoch", "val_ua")}
+
+
+def test_one_worker_scores_the_same_in_its_trial_as_through_a_torch_trainer(
+    ray_local, demo_corpus, tmp_path
+):
+    # the search's one trial trains inside its Tune trial; `turbo-ray train` runs the same config
+    # (the space holds only the default lr) and seed through a one-worker TorchTrainer
+    cache = demo_corpus.root.parents[1]
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {choice: [1.0e-3]}\n")
+    tuned = small_job(cache, tmp_path / "tune", "--num-samples", "1", "--search-space", str(space))
+    assert main(["tune", *tuned]) == 0
+    assert main(["train", *small_job(cache, tmp_path / "train")]) == 0
+    assert scores(tmp_path / "tune") == scores(tmp_path / "train")
+    (trial,) = (tmp_path / "tune" / "search").glob("trial-*")
+    assert not list(trial.glob("train_state*"))  # no Train run: Tune kept its checkpoints
+
+
+def test_a_trial_whose_process_dies_is_restarted_by_tune_from_its_last_checkpoint(
+    ray_local, demo_corpus, tmp_path
+):
+    cache, out = demo_corpus.root.parents[1], tmp_path / "killed"
+    job = small_job(cache, out, "--num-samples", "1", "train.max_failures=1", "train.epochs=3")
+    killed = []
+
+    def kill_the_trial_after_its_first_checkpoint():
+        deadline = time.time() + 300
+        while not list((out / "search").glob("trial-*/checkpoint_000000")):
+            assert time.time() < deadline
+            time.sleep(0.2)
+        (actor,) = list_actors(
+            filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")]
+        )
+        os.kill(actor.pid, signal.SIGKILL)
+        killed.append(actor.pid)
+
+    killer = threading.Thread(target=kill_the_trial_after_its_first_checkpoint)
+    killer.start()
+    assert main(["tune", *job]) == 0
+    killer.join()
+    trials = pd.read_csv(out / "trials.csv")
+    assert killed and trials.epochs.tolist() == [3] and trials.error.isna().all()
+    (trial,) = (out / "search").glob("trial-*")
+    history = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+    # epoch 1 in the killed process; epochs 2 and 3 in a new one, from epoch 1's checkpoint
+    assert [(r["epoch"], r["pid"] == killed[0]) for r in history] == [
+        (1, True),
+        (2, False),
+        (3, False),
+    ]

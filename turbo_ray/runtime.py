@@ -32,9 +32,11 @@ def init_ray(
         # Train runs and their workers on the dashboard's HTTP API (/api/train/v2/runs)
         os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
         # two logical CPUs per core: a training process takes a whole CPU and the Ray Data tasks
-        # that feed it (fractions of one, mostly waiting on their consumer) need CPUs beside it,
-        # or a 2-core laptop runs one trial at a time, or hangs
-        num_cpus = num_cpus or 2 * os.cpu_count()
+        # that feed it (fractions of one, mostly waiting on their consumer) reserve CPU beside
+        # it; and one more that no trial reserves, for the whole CPU that Ray Data's Parquet
+        # sampling asks whenever a trial builds its datasets. Fewer, and a 2-core laptop runs one
+        # trial at a time, or hangs
+        num_cpus = num_cpus or 2 * os.cpu_count() + 1
         context = ray.init(
             num_cpus=num_cpus,
             resources={DRIVER_RESOURCE: 64},
