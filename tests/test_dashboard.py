@@ -68,9 +68,9 @@ def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(ray_
         param_space={"marker": str(marker)},
         run_config=ray.tune.RunConfig(name="visible-search", storage_path=str(tmp_path)),
     )
-    runs = [threading.Thread(target=trainer.fit), threading.Thread(target=tuner.fit)]
-    for run in runs:
-        run.start()
+    threads = [threading.Thread(target=trainer.fit), threading.Thread(target=tuner.fit)]
+    for thread in threads:
+        thread.start()
     try:
         deadline, runs, last = time.time() + 120, [], None
         while not any(r["name"] == "visible-run" and r["status"] == "RUNNING" for r in runs):
@@ -97,5 +97,5 @@ def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(ray_
                 assert err.code in (401, 403)
     finally:
         marker.touch()
-        for run in runs:
-            run.join(timeout=120)
+        for thread in threads:
+            thread.join(timeout=120)

@@ -272,8 +272,9 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
         assert told == pytest.approx(trials[trials.fold == fold].best_val_ua.tolist())
 
 
-def small_job(cache: Path, out: Path, *args: str) -> list[str]:
-    """Arguments of a one-fold, two-epoch job on the small demo corpus."""
+def small_job(cache: Path, out: Path, *overrides: str) -> list[str]:
+    """Arguments of a one-fold, two-epoch job on the small demo corpus (flags, then the config
+    overrides and `overrides`: the command's own flags go before them)."""
     return [
         "--folds",
         "1",
@@ -285,7 +286,7 @@ def small_job(cache: Path, out: Path, *args: str) -> list[str]:
         "data.max_seconds=1.0",
         "train.epochs=2",
         "model.head_hidden=64",
-        *args,
+        *overrides,
     ]
 
 
@@ -302,8 +303,8 @@ def test_one_worker_scores_the_same_in_its_trial_as_through_a_torch_trainer(
     cache = demo_corpus.root.parents[1]
     space = tmp_path / "space.yaml"
     space.write_text("train.lr: {choice: [1.0e-3]}\n")
-    tuned = small_job(cache, tmp_path / "tune", "--num-samples", "1", "--search-space", str(space))
-    assert main(["tune", *tuned]) == 0
+    tuned = ["--num-samples", "1", "--search-space", str(space)]
+    assert main(["tune", *tuned, *small_job(cache, tmp_path / "tune")]) == 0
     assert main(["train", *small_job(cache, tmp_path / "train")]) == 0
     assert scores(tmp_path / "tune") == scores(tmp_path / "train")
     (trial,) = (tmp_path / "tune" / "search").glob("trial-*")
@@ -314,14 +315,14 @@ def test_a_trial_whose_process_dies_is_restarted_by_tune_from_its_last_checkpoin
     ray_local, demo_corpus, tmp_path
 ):
     cache, out = demo_corpus.root.parents[1], tmp_path / "killed"
-    job = small_job(cache, out, "--num-samples", "1", "train.max_failures=1", "train.epochs=3")
-    killed = []
+    job = ["--num-samples", "1", *small_job(cache, out, "train.max_failures=1", "train.epochs=3")]
+    killed, finished = [], threading.Event()
 
     def kill_the_trial_after_its_first_checkpoint():
-        deadline = time.time() + 300
-        while not list((out / "search").glob("trial-*/checkpoint_000000")):
-            assert time.time() < deadline
-            time.sleep(0.2)
+        # Tune recorded epoch 1 (and so its checkpoint): the trial is training epoch 2
+        while not any(p.stat().st_size for p in (out / "search").glob("trial-*/result.json")):
+            if finished.wait(0.2):
+                return
         (actor,) = list_actors(
             filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")]
         )
@@ -330,8 +331,11 @@ def test_a_trial_whose_process_dies_is_restarted_by_tune_from_its_last_checkpoin
 
     killer = threading.Thread(target=kill_the_trial_after_its_first_checkpoint)
     killer.start()
-    assert main(["tune", *job]) == 0
-    killer.join()
+    try:
+        assert main(["tune", *job]) == 0
+    finally:
+        finished.set()
+        killer.join()
     trials = pd.read_csv(out / "trials.csv")
     assert killed and trials.epochs.tolist() == [3] and trials.error.isna().all()
     (trial,) = (out / "search").glob("trial-*")
@@ -341,4 +345,4 @@ def test_a_trial_whose_process_dies_is_restarted_by_tune_from_its_last_checkpoin
         (1, True),
         (2, False),
         (3, False),
-    ]
+    ], history

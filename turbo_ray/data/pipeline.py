@@ -18,7 +18,6 @@ import functools
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import ray
@@ -53,8 +52,9 @@ def configure_ray_data() -> None:
 
 
 def feed_cpus(cfg: DataConfig) -> float:
-    """The CPUs a split's feed takes at most: its concurrent read and preprocessing tasks."""
-    return TASK_CPUS * (cfg.read_tasks + cfg.preprocess_tasks)
+    """The CPUs a split's preprocessing (decode, resample, tokenize) takes at most: its
+    concurrent tasks. (Its Parquet reads are Ray Data's to place.)"""
+    return TASK_CPUS * cfg.preprocess_tasks
 
 
 def tokenizer_name(cfg: Config) -> str:
@@ -166,20 +166,15 @@ def collate_for(cfg: Config, epoch: int | None = None) -> PadCollate:
     return PadCollate(pad_token_id(cfg), int(cfg.data.max_seconds * cfg.data.sample_rate), seed)
 
 
-def read_rows(
-    shards: str, utterance_ids: Sequence[str], read_tasks: int, **options: Any
-) -> ray.data.Dataset:
+def read_rows(shards: str, utterance_ids: Sequence[str], read_tasks: int) -> ray.data.Dataset:
     """The rows of `utterance_ids` in one Ray Data block per shard (Ray pushes projection and
     filter into the Parquet read). Left to itself, Ray sizes reads by the data and cuts each shard
     into 4–7 blocks of a few rows; every block then costs a task hop, which more than halved the
-    feed's utterances per CPU-second. `options`: more Ray options of the read tasks."""
+    feed's utterances per CPU-second."""
     files = shard_files(shards)
     return (
         ray.data.read_parquet(
-            files,
-            concurrency=read_tasks,
-            override_num_blocks=len(files),
-            ray_remote_args={"num_cpus": TASK_CPUS, **options},
+            files, num_cpus=TASK_CPUS, concurrency=read_tasks, override_num_blocks=len(files)
         )
         .select_columns(COLUMNS)
         .filter(expr=col("utterance_id").is_in(list(utterance_ids)))
@@ -199,13 +194,13 @@ def split_dataset(
     index, one execution per epoch; each worker then shuffles its rows through a buffer
     (`LOCAL_SHUFFLE_ROWS`, seeded by seed, rank and epoch). No all-to-all shuffle: the first batch
     of an epoch waits for the read, not for the whole split to move. Evaluation splits keep the
-    shards' order. The feed's tasks run in `placement_group` when one is given (a Tune trial's
-    own reservation, `feed_cpus` of it); else Ray Data spreads them over the cluster."""
+    shards' order. The preprocessing tasks run in `placement_group` when one is given (a Tune
+    trial's own reservation, `feed_cpus` of it); else Ray Data spreads them over the cluster."""
     d = cfg.data
     options = {}
     if placement_group is not None:
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group)
-    rows = read_rows(shards, utterance_ids, d.read_tasks, **options)
+    rows = read_rows(shards, utterance_ids, d.read_tasks)
     if train:
         rows = rows.randomize_block_order(
             seed=RandomSeedConfig(cfg.train.seed, reseed_after_execution=True)
