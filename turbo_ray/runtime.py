@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import ray
+import ray.data
 
 from turbo_ray.data.pipeline import configure_ray_data
 
@@ -28,6 +29,7 @@ def init_ray(
         return None
     if address:
         context = ray.init(address=address, log_to_driver=False)
+        place_ray_data_actors()
     else:
         # Train runs and their workers on the dashboard's HTTP API (/api/train/v2/runs)
         os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
@@ -48,6 +50,15 @@ def init_ray(
         )
     configure_ray_data()
     return f"http://{context.dashboard_url}" if context.dashboard_url else None
+
+
+def place_ray_data_actors() -> None:
+    """Ray Data keeps detached bookkeeping actors (its stats, its autoscaling coordinator) on the
+    node of the first process that runs a pipeline, for as long as the cluster lives. If that were
+    a trial on an autoscaled GPU node, the node would never be idle again and never scaled down:
+    run a one-row pipeline here first, on the driver's node (no CPU asked, so a CPU-less head
+    takes it)."""
+    ray.data.from_items([{"row": 0}]).map_batches(lambda batch: batch, num_cpus=0).materialize()
 
 
 def require_driver_resource() -> None:
