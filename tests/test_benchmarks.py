@@ -99,6 +99,15 @@ def test_bench_startup(tmp_path_factory, demo_corpus):
     assert out.strip().splitlines()[-1].startswith("startup/import (this project): ")
 
 
+def test_bench_search(tmp_path_factory, demo_corpus):
+    small = [f"data.cache_dir={demo_corpus.root.parents[1]}", "data.demo_utterances_per_speaker=12"]
+    out = run_quick("bench_search.py", tmp_path_factory, *small, "data.max_seconds=1.0")
+    for name in ("under ASHA", "run to the end"):
+        assert re.search(rf"^  {name} +\d+ +\d+ +config \d +[0-9.]+ +[0-9.]+$", out, re.M), out
+    ratios(out, ["asha/full wall", "asha/full trial-epochs"])
+    assert out.strip().splitlines()[-1].startswith("asha/full trial-epochs: ")
+
+
 def test_gpu_check_without_cuda_says_so_and_passes(tmp_path_factory):
     env = os.environ | {"CUDA_VISIBLE_DEVICES": ""}  # no GPU seen, whatever the machine has
     out = run_script("gpu_check.py", tmp_path_factory, env=env)

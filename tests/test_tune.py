@@ -17,7 +17,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
-from ray.util.state import list_actors
 
 from turbo_ray.cli import main
 from turbo_ray.tune import (
@@ -295,20 +294,33 @@ def scores(out: Path) -> dict:
     return {k: fold[k] for k in ("wa", "ua", "f1", "confusion", "best_epoch", "val_ua")}
 
 
-def test_one_worker_scores_the_same_in_its_trial_as_through_a_torch_trainer(
+def history(trial: Path) -> list[dict]:
+    """What Tune recorded of a trial, epoch by epoch."""
+    return [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+
+
+def test_one_worker_scores_the_same_in_a_trial_a_reused_trial_and_a_torch_trainer(
     ray_local, demo_corpus, tmp_path
 ):
-    # the search's one trial trains inside its Tune trial; `turbo-ray train` runs the same config
-    # (the space holds only the default lr) and seed through a one-worker TorchTrainer
+    # the space holds only the default lr: the search's two trials (one lane) and `turbo-ray train`
+    # (a one-worker TorchTrainer) run one config and seed; the second trial runs in the process
+    # Tune kept from the first
     cache = demo_corpus.root.parents[1]
     space = tmp_path / "space.yaml"
     space.write_text("train.lr: {choice: [1.0e-3]}\n")
-    tuned = ["--num-samples", "1", "--search-space", str(space)]
+    tuned = ["--num-samples", "2", "--max-concurrent-trials", "1", "--search-space", str(space)]
     assert main(["tune", *tuned, *small_job(cache, tmp_path / "tune")]) == 0
     assert main(["train", *small_job(cache, tmp_path / "train")]) == 0
     assert scores(tmp_path / "tune") == scores(tmp_path / "train")
-    (trial,) = (tmp_path / "tune" / "search").glob("trial-*")
-    assert not list(trial.glob("train_state*"))  # no Train run: Tune kept its checkpoints
+    trials = pd.read_csv(tmp_path / "tune" / "trials.csv")
+    first, second = (history(tmp_path / "tune" / "search" / f"trial-{t}") for t in trials.trial)
+    assert first[0]["pid"] == second[0]["pid"]  # reused
+    for a, b in zip(first, second, strict=True):
+        assert {k: v for k, v in a.items() if k.startswith(("train_", "val_"))} == {
+            k: v for k, v in b.items() if k.startswith(("train_", "val_"))
+        }
+    # no Train run: Tune kept the trials' checkpoints
+    assert not list((tmp_path / "tune" / "search").glob("trial-*/checkpoint_manager_snapshot*"))
 
 
 def test_a_trial_whose_process_dies_is_restarted_by_tune_from_its_last_checkpoint(
@@ -320,14 +332,13 @@ def test_a_trial_whose_process_dies_is_restarted_by_tune_from_its_last_checkpoin
 
     def kill_the_trial_after_its_first_checkpoint():
         # Tune recorded epoch 1 (and so its checkpoint): the trial is training epoch 2
-        while not any(p.stat().st_size for p in (out / "search").glob("trial-*/result.json")):
+        while not (recorded := list((out / "search").glob("trial-*/result.json"))) or not (
+            epochs := history(recorded[0].parent)
+        ):
             if finished.wait(0.2):
                 return
-        (actor,) = list_actors(
-            filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")]
-        )
-        os.kill(actor.pid, signal.SIGKILL)
-        killed.append(actor.pid)
+        os.kill(epochs[0]["pid"], signal.SIGKILL)  # the trial's process
+        killed.append(epochs[0]["pid"])
 
     killer = threading.Thread(target=kill_the_trial_after_its_first_checkpoint)
     killer.start()
@@ -339,10 +350,6 @@ def test_a_trial_whose_process_dies_is_restarted_by_tune_from_its_last_checkpoin
     trials = pd.read_csv(out / "trials.csv")
     assert killed and trials.epochs.tolist() == [3] and trials.error.isna().all()
     (trial,) = (out / "search").glob("trial-*")
-    history = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
     # epoch 1 in the killed process; epochs 2 and 3 in a new one, from epoch 1's checkpoint
-    assert [(r["epoch"], r["pid"] == killed[0]) for r in history] == [
-        (1, True),
-        (2, False),
-        (3, False),
-    ], history
+    epochs = [(r["epoch"], r["pid"] == killed[0]) for r in history(trial)]
+    assert epochs == [(1, True), (2, False), (3, False)], epochs
