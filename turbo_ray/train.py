@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable, Collection
@@ -482,7 +483,10 @@ def build_trainer(
 ) -> TorchTrainer:
     """A TorchTrainer for one Turbo run: only "train" is split across workers; "val"/"test" are read
     whole by rank 0 so that evaluation never drops or repeats a sample. `loop`: the worker function
-    (tests pass a wrapper of `fit` that inspects the replicas or injects a failure)."""
+    (tests pass a wrapper of `fit` that inspects the replicas or injects a failure). Ray Train's
+    preemption watcher, one more process per run that matters only on spot instances, is off unless
+    RAY_TRAIN_ENABLE_PREEMPTION_WATCHER is set (the run's controller reads this process's value)."""
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     return TorchTrainer(
         loop,
         train_loop_config=loop_config(cfg, classes, train_rows, datasets),

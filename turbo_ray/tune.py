@@ -316,8 +316,6 @@ def _trial(
         config = loop_config(cfg, classes, len(split_ids["train"]), datasets)
         fit(config, trial_context(datasets, device_of(cfg)))
         return
-    # Ray Train's preemption watcher is one more process per run, for spot instances
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     cfg = override(cfg, {"train.storage_path": paths.search})
     name = RunPaths.trial_name(trial)  # the run's folder is the trial's
     trainer = build_trainer(
