@@ -27,6 +27,7 @@ from turbo_ray.config import load_config, override
 from turbo_ray.data.corpus import prepare_corpus
 from turbo_ray.experiment import test_selected
 from turbo_ray.paths import RunPaths
+from turbo_ray.progress import quiet_ray_logs
 from turbo_ray.runtime import init_ray
 from turbo_ray.tune import (
     RANK,
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.max_seconds=1")
     args = parser.parse_args()
-    configs, epochs = (2, 2) if args.quick else (args.configs, args.epochs)
+    configs, epochs = (2, 1) if args.quick else (args.configs, args.epochs)
     cfg = load_config(
         None, [f"tune.num_samples={configs}", f"train.epochs={epochs}", *args.overrides]
     )
@@ -75,6 +76,7 @@ def main() -> None:
     fold = corpus.folds(cfg.data)[0]
     space = load_search_space(cfg.tune.search_space)
     tmp = Path(tempfile.mkdtemp(prefix="bench_search_"))
+    print(f"Ray's own log: {quiet_ray_logs(tmp / 'ray.log')}")
     init_ray()
 
     asha = search(cfg, corpus, fold, space, tmp / "asha")

@@ -4,7 +4,8 @@
     python experiments/bench_startup.py --quick      # checks that it runs, not a speed
 
 import floor   a fresh `python -c "import turbo_ray.train"` (median of several, interleaved with the
-               searches): what any process that trains must pay once
+               searches): what any process that trains must pay once; also with the default model
+               built, since transformers imports the encoders' modeling code only then
 trial start-up a search on fold 1 of one-epoch trials, one at a time (one lane), started as
                `turbo-ray tune` starts them, timed to rank 0's wall-clock stamps (reported with
                every epoch): the lane's first trial from the Tuner's fit call (a new process:
@@ -35,16 +36,26 @@ from ray.tune import Callback
 from turbo_ray.config import load_config, override
 from turbo_ray.data.corpus import prepare_corpus
 from turbo_ray.paths import RunPaths
+from turbo_ray.progress import quiet_ray_logs
 from turbo_ray.runtime import init_ray
 from turbo_ray.tune import FOLD, RANK, load_search_space, run_search
 
 STAMPS = ("at_worker_start", "at_first_batch", "at_first_step")
 
 
-def import_floor() -> float:
-    """Seconds for a fresh interpreter to import the training module."""
+IMPORT = "import turbo_ray.train"
+# what a training process also pays before its first step: transformers imports the encoders'
+# modeling code lazily, when the model is built
+BUILD = (
+    f"{IMPORT}; from turbo_ray.config import Config; from turbo_ray.model import build_model; "
+    "build_model(Config(), 4)"
+)
+
+
+def floor(code: str) -> float:
+    """Seconds for a fresh interpreter to run `code`."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import turbo_ray.train"], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True)
     return time.perf_counter() - started
 
 
@@ -93,6 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     searches, trials = (1, 2) if args.quick else (args.searches, args.trials)
     tmp = Path(tempfile.mkdtemp(prefix="bench_startup_"))
+    print(f"Ray's own log: {quiet_ray_logs(tmp / 'ray.log')}")
     cfg = load_config(
         None,
         [
@@ -106,9 +118,10 @@ def main() -> None:
     space = load_search_space(cfg.tune.search_space)
     init_ray()
 
-    floors, firsts, reused = [], [], []
+    floors, builds, firsts, reused = [], [], [], []
     for search in range(searches):
-        floors += [import_floor() for _ in range(2)]
+        floors += [floor(IMPORT) for _ in range(2)]
+        builds.append(floor(BUILD))
         lane = one_search(cfg, corpus, space, tmp / f"search{search}")
         pool, opening = "cold" if search == 0 else "warm", describe(lane[0])
         print(f"  search {search} ({pool} pool), trial 0 (new process): from fit to {opening}")
@@ -124,19 +137,21 @@ def main() -> None:
     print(f"  two workers (TorchTrainer), warm pool: from fit to {describe(ddp)}")
     ray.shutdown()  # before the summary: nothing of Ray's is printed after it
 
-    floor = statistics.median(floors)
+    imported, built = statistics.median(floors), statistics.median(builds)
     warm = firsts[1:] or firsts
     first, again = statistics.median(warm), statistics.median(reused)
-    print(f"import floor (fresh `import turbo_ray.train`, median of {len(floors)}): {floor:.1f} s")
+    print(f"import floor (fresh `{IMPORT}`, median of {len(floors)}): {imported:.1f} s")
+    print(f"the same and the default model built (median of {len(builds)}): {built:.1f} s")
     print(
         f"first step of a lane's first trial, median of {len(warm)} "
         f"{'warm' if firsts[1:] else 'cold'} search(es): {first:.1f} s (cold: {firsts[0]:.1f} s); "
         f"of a reused trial, median of {len(reused)}: {again:.1f} s; "
         f"of a two-worker trial: {ddp['at_first_step']:.1f} s"
     )
-    print(f"two-worker trial/import: {ddp['at_first_step'] / floor:.2f}")
-    print(f"reused trial/import: {again / floor:.2f}")
-    print(f"startup/import (this project): {first / floor:.2f}")
+    print(f"startup/(import and model built): {first / built:.2f}")
+    print(f"two-worker trial/import: {ddp['at_first_step'] / imported:.2f}")
+    print(f"reused trial/import: {again / imported:.2f}")
+    print(f"startup/import (this project): {first / imported:.2f}")
 
 
 if __name__ == "__main__":

@@ -95,7 +95,8 @@ def test_bench_startup(tmp_path_factory, demo_corpus):
         r"^  search 0, trial 1 \(reused process\): from the end of trial 0 to ", out, re.M
     )
     assert re.search(r"^  two workers \(TorchTrainer\), warm pool: from fit to ", out, re.M), out
-    ratios(out, ["two-worker trial/import", "reused trial/import", "startup/import (this project)"])
+    names = ["startup/(import and model built)", "two-worker trial/import", "reused trial/import"]
+    ratios(out, [*names, "startup/import (this project)"])
     assert out.strip().splitlines()[-1].startswith("startup/import (this project): ")
 
 
