@@ -25,18 +25,30 @@ def seeded():
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory):
-    """A real local Ray per test module (the cluster tests need their own), as a job starts it
-    (logical CPUs for the trials' feeds, the dashboard on: Tune needs the State API). Yields the
-    dashboard URL."""
+@pytest.fixture(scope="session")
+def shared_ray():
+    """What `ray_local` started (its dashboard URL), shut down when the session ends."""
+    import ray
+
+    started = {}
+    yield started
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(shared_ray, tmp_path_factory):
+    """A real local Ray as a job starts it (logical CPUs for the trials' feeds, the dashboard on:
+    Tune needs the State API), shared by the tests that ask for it: the first starts it, the next
+    find it running (a test that needs no Ray, or another cluster, shuts it down: the next use
+    starts it again). Returns the dashboard URL."""
     import ray
 
     from turbo_ray.runtime import init_ray
 
-    os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.getbasetemp() / "ray"))
-    yield init_ray(object_store_mb=512)  # the dashboard URL
-    ray.shutdown()
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.getbasetemp() / "ray"))
+        shared_ray["dashboard"] = init_ray(object_store_mb=512)
+    return shared_ray["dashboard"]
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,12 @@ import ray
 from turbo_ray.cli import main
 
 
+@pytest.fixture(autouse=True)
+def no_ray_running():
+    """Each command here must fail before starting Ray: none may run beforehand (another test's)."""
+    ray.shutdown()
+
+
 def run(capsys, *args: str) -> str:
     """The command's exit code must be 2 and Ray must not have started; returns its one-line
     error."""

@@ -23,6 +23,7 @@ def three_node_cluster(tmp_path_factory):
     """A head with no CPU (it only hosts the drivers) and three 1-CPU worker nodes; a lost node is
     declared dead after ~3 s of failed health checks (Ray's default is ~15 s)."""
     os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.getbasetemp() / "ray"))
+    ray.shutdown()  # another test's local Ray: this test joins its own cluster
     fast_health_checks = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
     cluster = Cluster(
         initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": fast_health_checks}
