@@ -353,3 +353,20 @@ def test_a_trial_whose_process_dies_is_restarted_by_tune_from_its_last_checkpoin
     # epoch 1 in the killed process; epochs 2 and 3 in a new one, from epoch 1's checkpoint
     epochs = [(r["epoch"], r["pid"] == killed[0]) for r in history(trial)]
     assert epochs == [(1, True), (2, False), (3, False)], epochs
+
+
+def test_a_two_worker_trial_keeps_its_torch_trainer_run_in_its_folder_and_resumes(
+    ray_local, demo_corpus, tmp_path
+):
+    cache, out = demo_corpus.root.parents[1], tmp_path / "ddp"
+    job = ["--num-samples", "1", "--workers-per-trial", "2", *small_job(cache, out)]
+    assert main(["tune", *job, "train.epochs=1"]) == 0
+    (trial,) = (out / "search").glob("trial-*")
+    # the TorchTrainer's run is the trial's folder: its checkpoint, beside the trial's records
+    (checkpoint,) = [p for p in trial.glob("checkpoint_*") if p.is_dir()]
+    assert (trial / "checkpoint_manager_snapshot.json").is_file()
+    assert (trial / "utterances.json").is_file() and history(trial)[0]["epoch"] == 1
+    first = scores(out)
+    assert main(["tune", *job, "train.epochs=1", "--resume"]) == 0
+    assert scores(out) == first  # selected again from the Train run
+    assert [p for p in trial.glob("checkpoint_*") if p.is_dir()] == [checkpoint]  # none trained
