@@ -1,5 +1,5 @@
-"""Losing a node mid-run: a real multi-node Ray cluster on one machine
-(ray.cluster_utils.Cluster)."""
+"""Losing a node mid-run, with either runner: a real multi-node Ray cluster on one machine
+(ray.cluster_utils.Cluster), shared by the module's tests (each kills one of its nodes)."""
 
 import json
 import os
@@ -12,24 +12,30 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
+from turbo_ray.cli import main
 from turbo_ray.config import load_config
 from turbo_ray.loso import fold_datasets
-from turbo_ray.runtime import init_ray
+from turbo_ray.runtime import DRIVER_RESOURCE, init_ray
 from turbo_ray.train import build_trainer
 
 
-@pytest.fixture
-def three_node_cluster(tmp_path_factory):
-    """A head with no CPU (it only hosts the drivers) and three 1-CPU worker nodes; a lost node is
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head with no CPU (it only hosts the drivers) and four 2-CPU worker nodes; a lost node is
     declared dead after ~3 s of failed health checks (Ray's default is ~15 s)."""
     os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.getbasetemp() / "ray"))
-    ray.shutdown()  # another test's local Ray: this test joins its own cluster
+    ray.shutdown()  # another test's local Ray: these tests join their own cluster
     fast_health_checks = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
     cluster = Cluster(
-        initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": fast_health_checks}
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "resources": {DRIVER_RESOURCE: 64},
+            "_system_config": fast_health_checks,
+        },
     )
-    for _ in range(3):
-        cluster.add_node(num_cpus=1)
+    for _ in range(4):
+        cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     init_ray(address=cluster.address)
     yield cluster
@@ -37,11 +43,7 @@ def three_node_cluster(tmp_path_factory):
     cluster.shutdown()
 
 
-def test_losing_a_worker_node_resumes_from_last_checkpoint(
-    three_node_cluster, demo_corpus, tmp_path
-):
-    # half a CPU per worker: after losing a node, the two survivors still host both workers and the
-    # data tasks
+def test_losing_a_worker_node_resumes_from_last_checkpoint(cluster, demo_corpus, tmp_path):
     cfg = load_config(
         None,
         [
@@ -76,8 +78,8 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(
     workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     worker_nodes = {a.node_id for a in workers}
     assert len(worker_nodes) == 2  # SPREAD: one worker per node
-    victim = next(n for n in three_node_cluster.list_all_nodes() if n.node_id in worker_nodes)
-    three_node_cluster.remove_node(victim, allow_graceful=False)
+    victim = next(n for n in cluster.list_all_nodes() if n.node_id in worker_nodes)
+    cluster.remove_node(victim, allow_graceful=False)
 
     run.join(timeout=600)
     assert not run.is_alive(), "the run did not finish after losing a node"
@@ -89,3 +91,44 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(
     assert sorted(m["epoch"] for m in metas) == [1, 2]  # resumed: no epoch repeated or skipped
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert victim.node_id not in alive
+
+
+def test_losing_a_one_worker_trials_node_restarts_it_elsewhere_from_its_checkpoint(
+    cluster, demo_corpus, tmp_path
+):
+    out = tmp_path / "job"
+    job = [
+        "tune",
+        "--folds",
+        "1",
+        "--num-samples",
+        "1",
+        "--output-dir",
+        str(out),
+        f"data.cache_dir={demo_corpus.root.parents[1]}",
+        "data.demo_utterances_per_speaker=12",
+        "data.val_fraction=0.25",
+        "data.max_seconds=1.0",
+        "model.head_hidden=64",
+        "train.epochs=3",
+        "train.max_failures=1",
+    ]
+    outcome = {}
+    run = threading.Thread(target=lambda: outcome.setdefault("code", main(job)))
+    run.start()
+    deadline = time.time() + 300
+    while not (recorded := list((out / "search").glob("trial-*/result.json"))) or not (
+        recorded[0].read_text().strip()
+    ):  # Tune recorded epoch 1 (and its checkpoint)
+        assert time.time() < deadline and run.is_alive(), "no epoch was recorded"
+        time.sleep(0.2)
+    (trial,) = list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")])
+    victim = next(n for n in cluster.list_all_nodes() if n.node_id == trial.node_id)
+    cluster.remove_node(victim, allow_graceful=False)
+
+    run.join(timeout=300)
+    assert not run.is_alive() and outcome["code"] == 0
+    history = [json.loads(line) for line in recorded[0].read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2, 3]  # resumed: no epoch repeated or skipped
+    assert history[0]["pid"] == trial.pid != history[1]["pid"]  # epochs 2, 3: another process
+    assert json.loads((out / "results.json").read_text())["folds"][0]["test_session"] == 1
