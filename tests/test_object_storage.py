@@ -1,6 +1,6 @@
 """Object storage over the real S3 protocol: an S3-compatible server (moto) on 127.0.0.1 holds the
-shards, the checkpoints, Tune's state and the job's config; a finished search is resumed from the
-bucket alone, its local output folder deleted."""
+shards, the checkpoints (a two-worker trial's TorchTrainer run), Tune's state and the job's config;
+a finished search is resumed from the bucket alone, its local output folder deleted."""
 
 import json
 import os
@@ -94,7 +94,7 @@ def test_search_in_a_bucket_resumes_from_the_bucket_alone(
         "--folds",
         "1",
         "--workers-per-trial",
-        "1",
+        "2",  # the trial drives a TorchTrainer (one-worker trials: tests/test_tune.py)
         *corpus,
         *storage,
         "data.val_fraction=0.25",
@@ -109,6 +109,8 @@ def test_search_in_a_bucket_resumes_from_the_bucket_alone(
     assert any(k.startswith("runs/tune-s3/search/") for k in stored)  # Tune's state
     (checkpoint,) = {m[1] for k in stored if (m := re.match(r"(.*/checkpoint_[^/]+)/", k))}
     assert checkpoint.startswith("runs/tune-s3/search/trial-")
+    # the TorchTrainer's run is the trial's folder, in the bucket
+    assert f"{checkpoint.rsplit('/', 1)[0]}/checkpoint_manager_snapshot.json" in stored
     assert first["folds"][0]["checkpoint"].endswith(checkpoint)  # the selected one, kept
     assert not list(out.glob("search"))  # nothing of Ray's storage on the local disk
 

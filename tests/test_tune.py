@@ -7,7 +7,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -321,52 +320,3 @@ def test_one_worker_scores_the_same_in_a_trial_a_reused_trial_and_a_torch_traine
         }
     # no Train run: Tune kept the trials' checkpoints
     assert not list((tmp_path / "tune" / "search").glob("trial-*/checkpoint_manager_snapshot*"))
-
-
-def test_a_trial_whose_process_dies_is_restarted_by_tune_from_its_last_checkpoint(
-    ray_local, demo_corpus, tmp_path
-):
-    cache, out = demo_corpus.root.parents[1], tmp_path / "killed"
-    job = ["--num-samples", "1", *small_job(cache, out, "train.max_failures=1", "train.epochs=3")]
-    killed, finished = [], threading.Event()
-
-    def kill_the_trial_after_its_first_checkpoint():
-        # Tune recorded epoch 1 (and so its checkpoint): the trial is training epoch 2
-        while not (recorded := list((out / "search").glob("trial-*/result.json"))) or not (
-            epochs := history(recorded[0].parent)
-        ):
-            if finished.wait(0.2):
-                return
-        os.kill(epochs[0]["pid"], signal.SIGKILL)  # the trial's process
-        killed.append(epochs[0]["pid"])
-
-    killer = threading.Thread(target=kill_the_trial_after_its_first_checkpoint)
-    killer.start()
-    try:
-        assert main(["tune", *job]) == 0
-    finally:
-        finished.set()
-        killer.join()
-    trials = pd.read_csv(out / "trials.csv")
-    assert killed and trials.epochs.tolist() == [3] and trials.error.isna().all()
-    (trial,) = (out / "search").glob("trial-*")
-    # epoch 1 in the killed process; epochs 2 and 3 in a new one, from epoch 1's checkpoint
-    epochs = [(r["epoch"], r["pid"] == killed[0]) for r in history(trial)]
-    assert epochs == [(1, True), (2, False), (3, False)], epochs
-
-
-def test_a_two_worker_trial_keeps_its_torch_trainer_run_in_its_folder_and_resumes(
-    ray_local, demo_corpus, tmp_path
-):
-    cache, out = demo_corpus.root.parents[1], tmp_path / "ddp"
-    job = ["--num-samples", "1", "--workers-per-trial", "2", *small_job(cache, out)]
-    assert main(["tune", *job, "train.epochs=1"]) == 0
-    (trial,) = (out / "search").glob("trial-*")
-    # the TorchTrainer's run is the trial's folder: its checkpoint, beside the trial's records
-    (checkpoint,) = [p for p in trial.glob("checkpoint_*") if p.is_dir()]
-    assert (trial / "checkpoint_manager_snapshot.json").is_file()
-    assert (trial / "utterances.json").is_file() and history(trial)[0]["epoch"] == 1
-    first = scores(out)
-    assert main(["tune", *job, "train.epochs=1", "--resume"]) == 0
-    assert scores(out) == first  # selected again from the Train run
-    assert [p for p in trial.glob("checkpoint_*") if p.is_dir()] == [checkpoint]  # none trained
