@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from jobs import small_job
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
@@ -96,22 +97,12 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(cluster, demo_corpus,
 def test_losing_a_one_worker_trials_node_restarts_it_elsewhere_from_its_checkpoint(
     cluster, demo_corpus, tmp_path
 ):
-    out = tmp_path / "job"
+    out, cache = tmp_path / "job", demo_corpus.root.parents[1]
     job = [
         "tune",
-        "--folds",
-        "1",
         "--num-samples",
         "1",
-        "--output-dir",
-        str(out),
-        f"data.cache_dir={demo_corpus.root.parents[1]}",
-        "data.demo_utterances_per_speaker=12",
-        "data.val_fraction=0.25",
-        "data.max_seconds=1.0",
-        "model.head_hidden=64",
-        "train.epochs=3",
-        "train.max_failures=1",
+        *small_job(cache, out, "train.epochs=3", "train.max_failures=1"),
     ]
     outcome = {}
     run = threading.Thread(target=lambda: outcome.setdefault("code", main(job)))

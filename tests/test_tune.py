@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from jobs import small_job
 from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
@@ -268,24 +269,6 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
     for fold, optuna_search in searcher.searchers.items():
         told = [t.value for t in optuna_search._ot_study.trials]
         assert told == pytest.approx(trials[trials.fold == fold].best_val_ua.tolist())
-
-
-def small_job(cache: Path, out: Path, *overrides: str) -> list[str]:
-    """Arguments of a one-fold, two-epoch job on the small demo corpus (flags, then the config
-    overrides and `overrides`: the command's own flags go before them)."""
-    return [
-        "--folds",
-        "1",
-        "--output-dir",
-        str(out),
-        f"data.cache_dir={cache}",
-        "data.demo_utterances_per_speaker=12",
-        "data.val_fraction=0.25",
-        "data.max_seconds=1.0",
-        "train.epochs=2",
-        "model.head_hidden=64",
-        *overrides,
-    ]
 
 
 def scores(out: Path) -> dict:
