@@ -22,10 +22,10 @@ from turbo_ray.data.pipeline import collate_for, configure_ray_data, split_datas
 from turbo_ray.paths import RunPaths
 from turbo_ray.train import (
     best_checkpoint,
+    device_of,
     evaluate,
     load_model,
     prune_checkpoints,
-    uses_cuda,
     worker_resources,
 )
 from turbo_ray.tune import (
@@ -105,7 +105,7 @@ def test_selected(
     cpus, gpus = custom.pop("CPU"), custom.pop("GPU", 0)
     scores = ray.get(
         _evaluate.options(num_cpus=cpus, num_gpus=gpus, resources=custom).remote(
-            checkpoint, corpus.shards, fold.test.utterance_id.tolist(), uses_cuda(cfg)
+            checkpoint, corpus.shards, fold.test.utterance_id.tolist(), device_of(cfg)
         )
     )
     searched = pd.concat([fold.train, fold.val])
@@ -133,12 +133,11 @@ def trial_run(trial: ray.tune.Result, cfg: Config, paths: RunPaths):
 
 @ray.remote
 def _evaluate(
-    checkpoint: ray.train.Checkpoint, shards: str, test_ids: list[str], use_gpu: bool
+    checkpoint: ray.train.Checkpoint, shards: str, test_ids: list[str], device: torch.device
 ) -> dict:
     """One deterministic pass of a checkpoint over a test split,
     where a training worker would run."""
     configure_ray_data()
-    device = torch.device("cuda" if use_gpu else "cpu")
     with checkpoint.as_directory() as directory:
         model, meta = load_model(directory, device)
     cfg = Config.from_dict(meta["config"])
