@@ -32,7 +32,9 @@ def wait_for(config):
 
 
 def trial_waits_for(config):
-    """A real (idle) Tune trial, reserved as a one-worker trial of the search is."""
+    """A real (idle) Tune trial, reserved as a one-worker trial of the search is; it says when it
+    runs."""
+    Path(config["started"]).touch()
     ray.tune.report({"started": 1})
     while not Path(config["marker"]).exists():
         time.sleep(0.2)
@@ -65,7 +67,7 @@ def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(ray_
     )
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(trial_waits_for, trial_resources(load_config(None))),
-        param_space={"marker": str(marker)},
+        param_space={"marker": str(marker), "started": str(tmp_path / "trial-started")},
         run_config=ray.tune.RunConfig(name="visible-search", storage_path=str(tmp_path)),
     )
     threads = [threading.Thread(target=trainer.fit), threading.Thread(target=tuner.fit)]
@@ -80,6 +82,9 @@ def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(ray_
                 runs = get(f"{url}/api/train/v2/runs/v1", auth_token())[1].get("train_runs", [])
             except urllib.error.HTTPError as err:  # 500 until Train's state actor exists
                 last = f"{err.code}: {err.read()[:300]!r}"
+        while not (tmp_path / "trial-started").exists():
+            assert time.time() < deadline, "the trial did not start"
+            time.sleep(0.2)
         run_info = next(r for r in runs if r["name"] == "visible-run")
         assert len(run_info["attempts"][-1]["workers"]) == 2
         # what the Actors page lists: the run's two workers, alive, beside its controller
