@@ -1,15 +1,20 @@
 """`turbo-ray local-cluster`: the shipped cluster.yaml as a real autoscaling Ray cluster on this
 machine (Ray's fake multi-node provider); the main job submitted through the dashboard with the
-token, a GPU worker node added for its trial and removed once idle."""
+token, a GPU worker node added for its trial and removed once idle; `down` stops its processes
+and spares another Ray instance of this machine."""
 
+import contextlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import psutil
 
 REPO = Path(__file__).parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -31,13 +36,49 @@ def worker_nodes(env) -> int:
     return sum(n["state"] == "ALIVE" and not n["is_head_node"] for n in json.loads(nodes.stdout))
 
 
+def ray_processes(gcs_port: int) -> set[psutil.Process]:
+    """A Ray instance's running processes: those naming its GCS port, and their children."""
+    named = re.compile(rf"(--gcs-address=\S+:|--gcs_server_port=|--address=\S+:){gcs_port}(?!\d)")
+    found = {
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if named.search(" ".join(p.info["cmdline"] or []))
+    }
+    for root in list(found):
+        with contextlib.suppress(psutil.Error):
+            found.update(root.children(recursive=True))
+    return {p for p in found if running(p)}
+
+
+def running(process: psutil.Process) -> bool:
+    """Not exited (a zombie, exited but not yet reaped, has)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def start_other_ray(temp_dir: Path, env) -> int:
+    """A one-node Ray on free ports with its own temp folder; returns its GCS port."""
+    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(4)]
+    gcs, dashboard, client, agent = (s.getsockname()[1] for s in sockets)
+    for s in sockets:
+        s.close()
+    start = [RAY, "start", "--head", f"--temp-dir={temp_dir}", "--num-cpus=0", f"--port={gcs}"]
+    start += ["--include-dashboard=false", f"--dashboard-port={dashboard}"]
+    start += [f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}"]
+    run(*start, env=env)
+    return gcs
+
+
 def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
-    demo_corpus, tmp_path
+    demo_corpus, tmp_path, tmp_path_factory
 ):
     # the client side of every command: no token unless TOKEN is added
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     turbo_ray = [sys.executable, "-m", "turbo_ray.cli", "local-cluster"]
     up = run(*turbo_ray, "up", "cluster.yaml", "--idle-timeout-minutes", "0.1", env=env)
+    down, other_port = None, None
     try:
         assert "gpu_worker: 0-4 nodes of {'CPU': 4, 'local_gpu': 1" in up.stdout
         assert worker_nodes(env) == 0  # nothing runs: only the head
@@ -86,8 +127,23 @@ def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
             assert time.time() < deadline, "the idle worker node was not removed"
             time.sleep(2)
         print(f"worker node removed {time.time() - ended:.0f} s after the job ended")
+
+        # `down` kills the local cluster's processes (GCS port 6379), not another Ray's
+        other_port = start_other_ray(tmp_path_factory.mktemp("ray"), env)
+        cluster, other = ray_processes(6379), ray_processes(other_port)
+        assert cluster and other and not cluster & other
+        down = run(*turbo_ray, "down", env=env).stdout
+        assert re.search(r"stopped the local cluster at \S+:6379: head and 0 worker node", down)
+        assert not [p for p in cluster if running(p)] and not ray_processes(6379)
+        assert all(running(p) for p in other), "another Ray instance was stopped"
+        assert "no local cluster is running" in run(*turbo_ray, "down", env=env).stdout
     finally:
-        run(*turbo_ray, "down", env=env)
+        if down is None:
+            run(*turbo_ray, "down", env=env)
+        if other_port:
+            for p in ray_processes(other_port):
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
 
 
 def job(job_id: str) -> dict:

@@ -97,26 +97,37 @@ def check_output_dir(out: Path, resume: bool) -> None:
         )
 
 
-def start_job(cfg: Config, paths: RunPaths, address: str | None, resume: bool = False) -> Corpus:
+def start_job(
+    cfg: Config,
+    paths: RunPaths,
+    address: str | None,
+    resume: bool = False,
+    drives_trainers: bool = False,
+) -> Corpus:
     """Check the corpus (its problem report is printed) and its folds before Ray starts, as the
-    caller checked the output folder; then save the job's config and start (or join) Ray."""
+    caller checked the output folder; then start (or join) Ray, check it (`drives_trainers`: the
+    job's trials drive TorchTrainers) and only then save the job's config, so that a Ray that
+    cannot run the job leaves the folder free for the same command."""
     from turbo_ray.data.corpus import prepare_corpus
     from turbo_ray.progress import quiet_ray_logs
-    from turbo_ray.runtime import init_ray
+    from turbo_ray.runtime import init_ray, require_driver_resource, running_ray
 
     corpus = prepare_corpus(cfg.data)
     print_corpus(corpus)
     corpus.folds(cfg.data)  # every split non-empty
-    if not resume:
-        paths.out.mkdir(parents=True, exist_ok=True)
-        paths.config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        if paths.stored_config:
-            write_text(paths.stored_config, paths.config.read_text())
     print(f"experiment {paths.out}{'  (resumed)' if resume else ''}")
     print(f"Ray's own log: {quiet_ray_logs(paths.ray_log)}")
+    if not address and (running := running_ray()):
+        print(f"joining the Ray already running here at {running} (--address picks another)")
     dashboard = init_ray(address)
     if dashboard:
         print(f"Ray dashboard: {dashboard}  (trials, workers, CPU/GPU and memory use)")
+    if drives_trainers:
+        require_driver_resource()
+    if not resume:
+        paths.config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if paths.stored_config:
+            write_text(paths.stored_config, paths.config.read_text())
     return corpus
 
 
@@ -158,7 +169,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_output_dir(paths.out, resume=False)
     cfg = override(cfg, {"train.storage_path": paths.checkpoints})
     corpus = start_job(cfg, paths, args.address)
-    results, by = run_modes(cfg, corpus, modes, seeds, args.folds)
+    sessions = [args.fold] if args.fold else list(range(1, args.folds + 1))
+    results, by = run_modes(cfg, corpus, modes, seeds, sessions)
     print("\n" + format_table(results, f"Test scores of the best-val epoch, {corpus.label}", by))
     for path in write_results(results, paths.out, list(corpus.classes), cfg, PROTOCOL, by):
         print(f"wrote {path}")
@@ -170,9 +182,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from turbo_ray.experiment import PROTOCOL, run_nested, selection_table
     from turbo_ray.loso import format_table, write_results
     from turbo_ray.progress import SearchProgress
-    from turbo_ray.runtime import require_driver_resource
-    from turbo_ray.tracking import Tracker, TrialRuns
-    from turbo_ray.tune import load_search_space
+    from turbo_ray.tracking import Tracker
+    from turbo_ray.tune import load_search_space, search_record, trains_in_trial
 
     out = resume_dir(args) if args.resume else Path(args.output_dir or new_output_dir("tune"))
     if args.resume:
@@ -182,8 +193,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cfg = load_config(out / RunPaths.CONFIG) if args.resume else config_from_args(args)
     paths = RunPaths.of(out, cfg.train.storage_path)
     space = load_search_space(cfg.tune.search_space)
-    corpus = start_job(cfg, paths, args.address, resume=args.resume)
-    require_driver_resource()
+    corpus = start_job(cfg, paths, args.address, args.resume, not trains_in_trial(cfg))
     print(
         f"nested leave-one-session-out over {cfg.tune.folds} folds: "
         f"per fold, {cfg.tune.num_samples} "
@@ -194,9 +204,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     total = cfg.tune.folds * cfg.tune.num_samples
     searched = [p.key for p in space.params]
     progress = SearchProgress(total, cfg.tune.metric, cfg.train.epochs, searched)
-    callbacks = [progress, TrialRuns(tracker, cfg)]
-    results, written = run_nested(cfg, corpus, space, paths, args.resume, callbacks)
-    written += write_results(results, paths.out, list(corpus.classes), cfg, PROTOCOL)
+    results, written = run_nested(cfg, corpus, space, paths, tracker, args.resume, [progress])
+    search = search_record(space, cfg, results.test_session.tolist())
+    written += write_results(results, paths.out, list(corpus.classes), cfg, PROTOCOL, search=search)
     tracker.log_folds(results, cfg, list(corpus.classes))
     tracker.finish(results, written)
     print("\n" + selection_table(results, cfg))
@@ -248,11 +258,10 @@ def cmd_local_cluster(args: argparse.Namespace) -> int:
     from turbo_ray.cluster import FAKE_HEAD, LOCAL_GPU, start_local_cluster, stop_local_cluster
     from turbo_ray.config import DataConfig
 
-    if args.action == "down":
-        stop_local_cluster()
-        print("local cluster stopped")
-        return 0
     config = Path(DataConfig().cache_dir).expanduser() / "local-cluster.yaml"
+    if args.action == "down":
+        print(stop_local_cluster(config))
+        return 0
     raw = yaml.safe_load(Path(args.path).read_text())
     try:
         fake = start_local_cluster(raw, config, args.idle_timeout_minutes)
@@ -274,7 +283,8 @@ def cmd_local_cluster(args: argparse.Namespace) -> int:
         "  RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 -- \\\n"
         f"    {sys.executable} experiments/tune_iemocap.py --address auto --use-gpu "
         f"train.gpu_resource={LOCAL_GPU}\n"
-        "Stop it (every Ray process of this machine): turbo-ray local-cluster down"
+        "Stop it (its processes only, not another Ray of this machine): "
+        "turbo-ray local-cluster down"
     )
     return 0
 
@@ -324,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one config over the leave-one-session-out folds")
     add_run_args(p)
     p.add_argument("--mode", default="turbo", help=f"comma-separated subset of {','.join(MODES)}")
-    p.add_argument("--folds", type=int, default=5, help="number of LOSO folds (test sessions 1..N)")
+    folds = p.add_mutually_exclusive_group()
+    folds.add_argument("--folds", type=int, default=5, help="LOSO folds: test sessions 1..N")
+    folds.add_argument("--fold", type=int, help="one LOSO fold: test session K only")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
     p.set_defaults(func=cmd_train)
 
@@ -371,11 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from turbo_ray.data.iemocap import CorpusError
     from turbo_ray.data.shards import ShardError
+    from turbo_ray.runtime import ClusterError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CorpusError, ShardError, UsageError) as err:
+    except (ClusterError, ConfigError, CorpusError, ShardError, UsageError) as err:
         print(f"turbo-ray: error: {err}", file=sys.stderr)
         return 2
 

@@ -7,16 +7,19 @@ fake = local_cluster_config(yaml.safe_load(open("cluster.yaml")))   # for `turbo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import psutil
 import ray
 import yaml
 
@@ -229,6 +232,54 @@ def start_local_cluster(raw: dict, config: Path, idle_timeout_minutes: float | N
     return fake
 
 
-def stop_local_cluster() -> None:
-    """`ray stop --force`: every Ray process of this machine."""
-    subprocess.run([RAY, "stop", "--force"], check=True, capture_output=True)
+def stop_local_cluster(config: Path) -> str:
+    """Kill the processes of the local cluster started from `config` (found by its autoscaler's
+    `--autoscaling-config`) and nothing else: another Ray of this machine keeps running. Returns
+    one line: what was stopped, or that no local cluster runs."""
+    flag = f"--autoscaling-config={config}"
+    cmdlines = (p.info["cmdline"] or [] for p in psutil.process_iter(["cmdline"]))
+    monitor = next((cmdline for cmdline in cmdlines if flag in cmdline), None)
+    if monitor is None:
+        return f"no local cluster is running (none started from {config})"
+    args = dict(a.split("=", 1) for a in monitor if a.startswith("--") and "=" in a)
+    session = Path(args["--logs-dir"]).parent
+    nodes, procs = _cluster_processes(session, args["--gcs-address"])
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    deadline = time.time() + 10
+    while _alive(procs) and time.time() < deadline:
+        time.sleep(0.2)
+    current = session.parent / "ray_current_cluster"  # `ray start`'s, read by address="auto"
+    if current.is_file() and current.read_text().strip() == args["--gcs-address"]:
+        current.unlink()
+    stopped = f"head and {max(nodes - 1, 0)} worker node(s), {len(procs)} processes"
+    return f"stopped the local cluster at {args['--gcs-address']}: {stopped}"
+
+
+def _cluster_processes(session: Path, address: str) -> tuple[int, list[psutil.Process]]:
+    """The number of raylets (nodes) and the processes of the Ray instance of `session` and GCS
+    `address`: those naming the folder (GCS, dashboard, autoscaler, raylets: the fake nodes' too),
+    its Ray Client server and all their children (workers, agents, job drivers)."""
+    roots = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if f"{session}/" in (cmdline := " ".join(p.info["cmdline"] or []))
+        or ("ray.util.client.server" in cmdline and f"--address={address}" in cmdline.split())
+    ]
+    found = set(roots)
+    for root in roots:
+        with contextlib.suppress(psutil.Error):
+            found.update(root.children(recursive=True))
+    found.discard(psutil.Process())
+    return sum(Path(p.info["cmdline"][0]).name == "raylet" for p in roots), _alive(found)
+
+
+def _alive(procs) -> list[psutil.Process]:
+    """Those still running (a zombie, exited but not yet reaped, is not)."""
+    alive = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            if p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+    return alive

@@ -2,12 +2,13 @@
 validates on the other sessions only, and fold k's test score is that of the checkpoint its own
 search selected (best trial, best epoch). Session k's utterances never touch fold k's selection.
 
-    results, written = run_nested(cfg, corpus, space, RunPaths.of(out, cfg.train.storage_path))
+    results, written = run_nested(cfg, corpus, space, paths, Tracker.open(cfg, paths, …))
     print(selection_table(results, cfg)); print(format_table(results, title))   # one row per fold
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -19,9 +20,10 @@ from turbo_ray.config import Config, override
 from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.iemocap import Fold
 from turbo_ray.data.pipeline import collate_for, configure_ray_data, split_dataset
-from turbo_ray.paths import RunPaths
+from turbo_ray.paths import RunPaths, read_text, write_text
+from turbo_ray.tracking import Tracker
 from turbo_ray.train import (
-    best_checkpoint,
+    checkpoint_at,
     device_of,
     evaluate,
     load_model,
@@ -33,6 +35,7 @@ from turbo_ray.tune import (
     best_trials,
     run_search,
     searched,
+    selected_epoch,
     trains_in_trial,
     trial_id,
     write_search_outputs,
@@ -46,24 +49,48 @@ def run_nested(
     corpus: Corpus,
     space: SearchSpace,
     paths: RunPaths,
+    tracker: Tracker,
     resume: bool = False,
     callbacks: list | None = None,
 ) -> tuple[pd.DataFrame, list[Path]]:
-    """Search every outer fold (`tune.folds` of them), test each fold's selected checkpoint on its
-    held-out session, then keep only those checkpoints' weights (unless `train.keep_checkpoints`);
-    returns one row per fold and the search outputs written to `paths.out`.
-    `callbacks`: Tune callbacks for the search (progress lines)."""
+    """Search every outer fold (`tune.folds` of them), log the trials to `tracker`, test each
+    fold's selected checkpoint on its held-out session, then keep only those checkpoints' weights
+    (unless `train.keep_checkpoints`); returns one row per fold and the search outputs written to
+    `paths.out`. `callbacks`: Tune callbacks for the search (progress lines)."""
     folds = corpus.folds(cfg.data)[: cfg.tune.folds]
     grid = run_search(cfg, folds, space, corpus, paths, resume, callbacks)
+    tracker.log_trials(grid, cfg)
     written = write_search_outputs(grid, space, cfg, paths.out)
     selected = best_trials(grid, cfg)
-    rows = [
-        test_selected(cfg, corpus, fold, selected[fold.test_session], space, paths)
-        for fold in folds
-    ]
+    rows = [tested(cfg, corpus, fold, selected[fold.test_session], space, paths) for fold in folds]
     if not cfg.train.keep_checkpoints:  # the losing and stopped trials' checkpoints go
         prune_checkpoints(paths.search, {row["checkpoint"] for row in rows})
     return pd.DataFrame(rows), written
+
+
+def tested(
+    cfg: Config,
+    corpus: Corpus,
+    fold: Fold,
+    trial: ray.tune.Result,
+    space: SearchSpace,
+    paths: RunPaths,
+) -> dict:
+    """The fold's test row: recorded in the job's storage once tested (a resumed job, on any
+    machine, reads it back; its checkpoints may be pruned by then), else `test_selected`."""
+    record = paths.test_record(fold.test_session)
+    if (text := read_text(record)) is not None:
+        row = json.loads(text)
+    else:
+        row = test_selected(cfg, corpus, fold, trial, space, paths)
+        write_text(record, json.dumps(row))
+    chosen = (trial_id(trial), selected_epoch(trial, cfg.tune.metric))
+    if (row["trial"], row["best_epoch"]) != chosen:
+        raise RuntimeError(
+            f"{record} tested {row['trial']} epoch {row['best_epoch']}, "
+            f"but fold {fold.test_session}'s search selected {chosen}"
+        )
+    return row
 
 
 def selection_table(results: pd.DataFrame, cfg: Config) -> str:
@@ -100,7 +127,8 @@ def test_selected(
 ) -> dict:
     """The fold's row: what its search saw and chose, and the test scores of the chosen
     checkpoint."""
-    checkpoint, metrics = best_checkpoint(trial_run(trial, cfg, paths), cfg.tune.metric)
+    epoch = selected_epoch(trial, cfg.tune.metric)
+    checkpoint, metrics = checkpoint_at(trial_run(trial, cfg, paths), epoch)
     custom = worker_resources(cfg)
     cpus, gpus = custom.pop("CPU"), custom.pop("GPU", 0)
     scores = ray.get(
@@ -113,7 +141,7 @@ def test_selected(
         "test_session": fold.test_session,
         "search_sessions": sorted(int(s) for s in searched.session.unique()),
         "trial": trial_id(trial),
-        "best_epoch": int(metrics["epoch"]),
+        "best_epoch": epoch,
         cfg.tune.metric: metrics[cfg.tune.metric],
         "params": {p.key: trial.config[p.key] for p in space.params},
         **{k: scores[k] for k in ("wa", "ua", "f1")},

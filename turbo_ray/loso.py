@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from turbo_ray.config import Config, override
+from turbo_ray.config import Config, ConfigError, override
 from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.iemocap import Fold
 from turbo_ray.data.pipeline import split_dataset
@@ -49,10 +49,13 @@ def run_fold(cfg: Config, corpus: Corpus, fold: Fold, name: str) -> dict:
     }
 
 
-def run_loso(cfg: Config, corpus: Corpus, folds: int = 5, name: str = "loso") -> pd.DataFrame:
-    """The first `folds` LOSO folds (test sessions 1, 2, …), one row per fold."""
-    runs = [f"{name}-s{fold.test_session}" for fold in corpus.folds(cfg.data)[:folds]]
-    rows = [run_fold(cfg, corpus, fold, run) for fold, run in zip(corpus.folds(cfg.data), runs)]
+def run_loso(cfg: Config, corpus: Corpus, sessions: list[int], name: str = "loso") -> pd.DataFrame:
+    """The LOSO folds that test `sessions`, one row per fold."""
+    folds = [fold for fold in corpus.folds(cfg.data) if fold.test_session in sessions]
+    if not folds:
+        raise ConfigError(f"no LOSO fold tests session(s) {sessions} in {corpus.label}")
+    runs = [f"{name}-s{fold.test_session}" for fold in folds]
+    rows = [run_fold(cfg, corpus, fold, run) for fold, run in zip(folds, runs)]
     if not cfg.train.keep_checkpoints:  # only the weights the table came from stay
         for run, row in zip(runs, rows):
             prune_checkpoints(f"{storage_uri(cfg.train.storage_path)}/{run}", {row["checkpoint"]})
@@ -60,7 +63,7 @@ def run_loso(cfg: Config, corpus: Corpus, folds: int = 5, name: str = "loso") ->
 
 
 def run_modes(
-    cfg: Config, corpus: Corpus, modes: list[str], seeds: list[int], folds: int = 5
+    cfg: Config, corpus: Corpus, modes: list[str], seeds: list[int], sessions: list[int]
 ) -> tuple[pd.DataFrame, list[str] | None]:
     """`run_loso` for each loss mode and training seed; returns the rows (with `mode` and `seed`
     columns) and the columns to group the table by (None for a single run)."""
@@ -68,7 +71,7 @@ def run_modes(
     for mode in modes:
         for seed in seeds:
             run_cfg = override(cfg, {"loss.mode": mode, "train.seed": seed})
-            rows = run_loso(run_cfg, corpus, folds, name=f"{mode}-seed{seed}")
+            rows = run_loso(run_cfg, corpus, sessions, name=f"{mode}-seed{seed}")
             frames.append(rows.assign(mode=mode, seed=seed))
     by = ["mode"] if len(modes) > 1 or len(seeds) > 1 else None
     return pd.concat(frames, ignore_index=True), by
@@ -80,7 +83,7 @@ def with_mean_std(results: pd.DataFrame, by: list[str] | None = None) -> pd.Data
     groups = results.groupby(by, sort=False) if by else [((), results)]
     frames = []
     for key, group in groups:
-        stats = group[list(SCORES)].agg(["mean", "std"]).fillna(0.0)
+        stats = group[list(SCORES)].agg(["mean", "std"])  # one fold: no std (NaN)
         extra = dict(zip(by, key if isinstance(key, tuple) else (key,))) if by else {}
         frames += [
             group,
@@ -94,7 +97,9 @@ def format_table(results: pd.DataFrame, title: str, by: list[str] | None = None)
     columns = (by or []) + [c for c in ("seed",) if c in table] + ["test_session", *SCORES]
     if "seed" in table:  # an integer label, blank on the mean/std rows
         table["seed"] = table["seed"].map(lambda seed: "" if pd.isna(seed) else str(int(seed)))
-    body = table[columns].to_string(index=False, float_format=lambda x: f"{100 * x:6.2f}")
+    body = table[columns].to_string(
+        index=False, float_format=lambda x: "     –" if np.isnan(x) else f"{100 * x:6.2f}"
+    )
     return f"{title}\n(WA = accuracy, UA = mean per-class recall, F1 = macro-F1; in %)\n{body}"
 
 
@@ -105,9 +110,10 @@ def write_results(
     cfg: Config,
     protocol: str,
     by: list[str] | None = None,
+    search: dict | None = None,
 ) -> list[Path]:
-    """results.csv, results.json (the protocol, the config, per-fold rows) and a summed
-    confusion-matrix PNG."""
+    """results.csv, results.json (the protocol, the config, `search`: what selected the configs,
+    per-fold rows) and a summed confusion-matrix PNG."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = with_mean_std(results, by)
     paths = [out_dir / "results.csv", out_dir / "results.json", out_dir / "confusion.png"]
@@ -118,6 +124,7 @@ def write_results(
                 "protocol": protocol,
                 "config": cfg.to_dict(),
                 "classes": list(classes),
+                **({"search": search} if search else {}),
                 "folds": json.loads(results.to_json(orient="records")),
             },
             indent=1,

@@ -92,6 +92,11 @@ class RunPaths:
         its TorchTrainer run's: that run is named the same)."""
         return f"{self.search}/{self.trial_name(trial_id)}"
 
+    def test_record(self, fold: int) -> str:
+        """A fold's test row, written once its selected checkpoint is tested: a resumed job
+        (on any machine) reads it instead of testing again."""
+        return f"{self.storage}/tested/fold-{fold}.json"
+
     @property
     def ray_log(self) -> Path:
         """Ray's driver-side log records (the terminal shows the job's own progress)."""

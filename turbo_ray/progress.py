@@ -20,7 +20,7 @@ def quiet_ray_logs(log_file: Path) -> Path:
     """Send Ray's (and Optuna's, MLflow's) driver-side log records to `log_file`, not to the
     terminal."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(log_file)
+    handler = logging.FileHandler(log_file, delay=True)  # created by the first record
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in RAY_LOGGERS:
         logger = logging.getLogger(name)

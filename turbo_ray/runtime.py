@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import ray
 import ray.data
@@ -27,6 +28,7 @@ def init_ray(
     if ray.is_initialized():
         configure_ray_data()
         return None
+    address = address or running_ray()
     if address:
         context = ray.init(address=address, log_to_driver=False)
         place_ray_data_actors()
@@ -39,7 +41,12 @@ def init_ray(
         # sampling asks whenever a trial builds its datasets. Fewer, and a 2-core laptop runs one
         # trial at a time, or hangs
         num_cpus = num_cpus or 2 * os.cpu_count() + 1
+        # this Ray's own address, told to its processes: Ray's code that looks for "the" local
+        # cluster (Train's placement-group cleaner) must not find another job's Ray beside it
+        gcs = f"{ray.util.get_node_ip_address()}:{free_port()}"
+        os.environ["RAY_GCS_SERVER_PORT"] = gcs.rsplit(":", 1)[1]
         context = ray.init(
+            runtime_env={"env_vars": {"RAY_ADDRESS": gcs}},
             num_cpus=num_cpus,
             resources={DRIVER_RESOURCE: 64},
             object_store_memory=object_store_mb * 1024**2,
@@ -52,6 +59,20 @@ def init_ray(
     return f"http://{context.dashboard_url}" if context.dashboard_url else None
 
 
+def running_ray() -> str | None:
+    """The Ray a job without `--address` joins: $RAY_ADDRESS, else one started on this machine by
+    `ray start` (Ray's own rule). None: the job starts its own, beside any other job's."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    return canonicalize_bootstrap_address(None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
 def place_ray_data_actors() -> None:
     """Ray Data keeps detached bookkeeping actors (its stats, its autoscaling coordinator) on the
     node of the first process that runs a pipeline, for as long as the cluster lives. If that were
@@ -61,11 +82,16 @@ def place_ray_data_actors() -> None:
     ray.data.from_items([{"row": 0}]).map_batches(lambda batch: batch, num_cpus=0).materialize()
 
 
+class ClusterError(Exception):
+    """A Ray cluster this job cannot run on; the message says what to change."""
+
+
 def require_driver_resource() -> None:
     """Tune trials wait forever for a resource no node has: fail now, saying how to declare it."""
     if ray.cluster_resources().get(DRIVER_RESOURCE, 0) <= 0:
-        raise RuntimeError(
-            f"this Ray cluster has no {DRIVER_RESOURCE!r} resource, which each Tune trial "
-            f"needs (it runs no compute); declare it on the head node, e.g. "
-            f"`resources: {{{DRIVER_RESOURCE}: 64}}` in cluster.yaml (see cluster.yaml)"
+        raise ClusterError(
+            f"this Ray cluster has no {DRIVER_RESOURCE!r} resource, which a trial that drives "
+            f"a multi-worker TorchTrainer needs; declare it on the head node: "
+            f"`resources: {{{DRIVER_RESOURCE}: 64}}` in cluster.yaml, or `ray start --head "
+            f"--resources '{{\"{DRIVER_RESOURCE}\": 64}}'`"
         )

@@ -1,9 +1,11 @@
-"""Experiment tracking in MLflow: one parent run per experiment, under it a run per Tune trial (its
-full config, every epoch's metrics) and a run per outer fold (the checkpoint its search selected:
-test scores, confusion matrix, checkpoint path).
+"""Experiment tracking in MLflow, written when the search has ended: one parent run per experiment,
+under it a run per Tune trial (its full config, every epoch's metrics, from Tune's records in the
+job's storage) and a run per outer fold (the checkpoint its search selected: test scores, confusion
+matrix, checkpoint path). While the search runs, the dashboard, the progress lines and TensorBoard
+(Tune's event files) show it.
 
     tracker = Tracker.open(cfg, paths, protocol, corpus_label)
-    callbacks = [TrialRuns(tracker, cfg)]                  # Tune callback: a run per trial
+    tracker.log_trials(grid, cfg)                          # a run per trial, from Tune's records
     tracker.log_folds(results, cfg, classes); tracker.finish(results, files)
     print(tracker.ui_command())
 
@@ -24,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
-from ray.tune import Callback
+from ray.tune import ResultGrid
 
 from turbo_ray.config import Config, override
 from turbo_ray.paths import RunPaths
@@ -124,6 +126,45 @@ class Tracker:
             trial_run, _ = self.run(row.trial, {"role": "trial", "trial_id": row.trial})
             client.set_tag(trial_run, "selected_for_fold", fold)
 
+    def log_trials(self, grid: ResultGrid, cfg: Config) -> None:
+        """A run per Tune trial, from Tune's own records of the search (so a resumed job, on any
+        machine, logs every trial with its whole history into its own store): the trial's full
+        config as params, its fold as a tag, each epoch's losses, scores and timings as metrics
+        (step = epoch), whether ASHA stopped it."""
+        from turbo_ray.tune import FOLD, RANK, searched, trial_id
+
+        for result in sorted(grid, key=lambda r: (r.config[FOLD], r.config[RANK])):
+            fold = str(result.config[FOLD])
+            run_id, created = self.run(
+                f"fold {fold} trial {result.config[RANK]}",
+                {"role": "trial", "trial_id": trial_id(result), "fold": fold},
+            )
+            client = self.client
+            run = client.get_run(run_id)
+            if run.info.status in ("FINISHED", "FAILED"):
+                continue  # logged whole before a restart
+            if created:
+                config = override(cfg, searched(result.config))
+                self.log_params(run_id, flat_config(config))
+            logged = int(run.data.metrics.get("epoch", 0))
+            history = result.metrics_dataframe
+            epochs = (
+                history.drop_duplicates("epoch", keep="last").sort_values("epoch")
+                if history is not None and "epoch" in history
+                else pd.DataFrame(columns=["epoch"])
+            )
+            for _, row in epochs[epochs.epoch > logged].iterrows():
+                metrics = {
+                    k: float(v)
+                    for k, v in row.items()
+                    if k.startswith(EPOCH_METRICS) and isinstance(v, (int, float)) and v == v
+                }
+                self.log_metrics(run_id, metrics | {"epoch": int(row.epoch)}, step=int(row.epoch))
+            last = int(epochs.epoch.max()) if len(epochs) else 0
+            stopped = 0 < last < cfg.train.epochs and result.error is None  # by ASHA
+            client.set_tag(run_id, "stopped_early", str(stopped).lower())
+            client.set_terminated(run_id, "FAILED" if result.error else "FINISHED")
+
     def finish(self, results: pd.DataFrame, files: list[Path]) -> None:
         """The parent run: the folds' mean test scores and the experiment's output files."""
         self.log_metrics(self.parent, {f"mean_test_{k}": results[k].mean() for k in ("wa", "ua")})
@@ -137,52 +178,3 @@ class Tracker:
             return f"open {self.uri}"
         mlflow = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
         return f"{os.path.relpath(mlflow)} ui --backend-store-uri {self.uri}"
-
-
-class TrialRuns(Callback):
-    """A run per Tune trial under the experiment's parent: the trial's full config as params, its
-    fold as a tag, each epoch's losses, scores and timings as metrics (step = epoch)."""
-
-    def __init__(self, tracker: Tracker, cfg: Config):
-        self.tracker, self.base = tracker, cfg.to_dict()
-        self.runs: dict[str, tuple[str, int]] = {}  # trial id → (run id, last epoch logged)
-
-    def _run(self, trial) -> tuple[str, int]:
-        if trial.trial_id not in self.runs:
-            from turbo_ray.tune import FOLD, RANK, searched
-
-            run_id, created = self.tracker.run(
-                f"fold {trial.config[FOLD]} trial {trial.config[RANK]}",
-                {"role": "trial", "trial_id": trial.trial_id, "fold": str(trial.config[FOLD])},
-            )
-            if created:
-                config = override(Config.from_dict(self.base), searched(trial.config))
-                self.tracker.log_params(run_id, flat_config(config))
-            logged = self.tracker.client.get_run(run_id).data.metrics.get("epoch", 0)
-            self.runs[trial.trial_id] = (run_id, int(logged))
-        return self.runs[trial.trial_id]
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._run(trial)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id, last = self._run(trial)
-        epoch = result.get("epoch", 0)
-        if epoch <= last:  # an epoch logged before a restart, reported again
-            return
-        metrics = {
-            k: float(v)
-            for k, v in result.items()
-            if k.startswith(EPOCH_METRICS) and isinstance(v, (int, float))
-        }
-        self.tracker.log_metrics(run_id, metrics | {"epoch": epoch}, step=epoch)
-        self.runs[trial.trial_id] = (run_id, epoch)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id, last = self._run(trial)
-        stopped = last < self.base["train"]["epochs"]  # by ASHA
-        self.tracker.client.set_tag(run_id, "stopped_early", str(stopped).lower())
-        self.tracker.client.set_terminated(run_id, "FINISHED")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracker.client.set_terminated(self._run(trial)[0], "FAILED")

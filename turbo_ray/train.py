@@ -129,14 +129,14 @@ def save_checkpoint(
     model: TurboModel,
     optimizer,
     scheduler,
-    epoch: int,
-    best: float,
+    progress: tuple[int, float, int],
     cfg: Config,
     classes: list[str],
     metrics: dict,
 ) -> None:
     """Weights and optimizer state as plain tensors (loadable with `torch.load(weights_only=True)`);
-    `best`: the best selection score up to this epoch."""
+    `progress`: (this epoch, the best selection score up to it, that score's epoch)."""
+    epoch, best, best_epoch = progress
     torch.save(model.state_dict(), directory / MODEL_FILE)
     torch.save(
         {
@@ -144,6 +144,7 @@ def save_checkpoint(
             "scheduler": scheduler.state_dict(),
             "epoch": epoch,
             "best": best,
+            "best_epoch": best_epoch,
         },
         directory / STATE_FILE,
     )
@@ -242,11 +243,12 @@ def fit(loop_config: dict, ctx: RunContext) -> TurboModel:
         loop_config["train_rows"], world, cfg.data.batch_size, cfg.train.grad_accum
     )
     scheduler = build_scheduler(optimizer, cfg, steps)
-    done, best = 0, float("-inf")  # epochs completed (numbered from 1); best selection score so far
+    # epochs completed (numbered from 1); the best selection score so far and its epoch
+    done, best, best_epoch = 0, float("-inf"), 0
     if state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        done, best = state["epoch"], state["best"]
+        done, best, best_epoch = state["epoch"], state["best"], state["best_epoch"]
 
     train_rows = ctx.dataset("train")
     for epoch in range(done + 1, cfg.train.epochs + 1):
@@ -267,11 +269,20 @@ def fit(loop_config: dict, ctx: RunContext) -> TurboModel:
                 )
                 score = cfg.tune.metric
                 if score in metrics:
-                    best = max(best, metrics[score])
-                    metrics[f"best_{score}"] = best  # what Tune's searcher and scheduler see
+                    if metrics[score] > best:  # ties go to the earlier epoch
+                        best, best_epoch = metrics[score], epoch
+                    # what Tune's searcher and scheduler see, and the epoch selection tests
+                    metrics |= {f"best_{score}": best, "best_epoch": best_epoch}
                     metrics[KEEP_SCORE] = keep_score(metrics[score], epoch)
                 save_checkpoint(
-                    Path(tmp), core, optimizer, scheduler, epoch, best, cfg, classes, metrics
+                    Path(tmp),
+                    core,
+                    optimizer,
+                    scheduler,
+                    (epoch, best, best_epoch),
+                    cfg,
+                    classes,
+                    metrics,
                 )
                 checkpoint_dir = tmp
             ctx.report(metrics, checkpoint_dir)
@@ -534,6 +545,16 @@ def best_checkpoint(result, metric: str) -> tuple[Checkpoint, dict[str, Any]]:
             f"run {result.path} reported no validation metrics (error: {result.error})"
         )
     return max(scored, key=lambda cm: (cm[1][metric], -cm[1]["epoch"]))
+
+
+def checkpoint_at(result, epoch: int) -> tuple[Checkpoint, dict[str, Any]]:
+    """The run's kept checkpoint of `epoch` (the one selection chose) and its metrics."""
+    kept = result.best_checkpoints or []
+    for checkpoint, metrics in kept:
+        if metrics.get("epoch") == epoch:
+            return checkpoint, metrics
+    epochs = sorted(m.get("epoch") for _, m in kept)
+    raise RuntimeError(f"run {result.path} kept no checkpoint of epoch {epoch} (kept: {epochs})")
 
 
 def prune_checkpoints(storage: str, keep: Collection[str]) -> int:

@@ -164,10 +164,12 @@ def _hashable(value: Any) -> Any:
 
 class FoldSearch(Searcher):
     """One independent TPE search per outer LOSO fold, all in one Tune experiment (so the folds'
-    trials share the cluster): each new trial goes to the fold with the fewest trials so far, whose
-    own OptunaSearch proposes its parameters; its config carries `fold` (the test session it must
-    never see) and `fold_trial` (its launch order in the fold). Results reach only that fold's
-    searcher."""
+    searches share the cluster). A fold runs one trial at a time: its TPE proposes each trial
+    knowing every earlier trial's result, and its ASHA sees them in launch order, so the same seed
+    gives the same search whatever the machine's speed; the folds run side by side. Each new trial
+    goes to the free fold with the fewest trials so far; its config carries `fold` (the test
+    session it must never see) and `fold_trial` (its launch order in the fold). Results reach only
+    that fold's searcher; a failed trial is told to it when a resumed run completes it."""
 
     def __init__(
         self, folds: list[int], trials_per_fold: int, metric: str, start: list[dict], seed: int
@@ -178,12 +180,13 @@ class FoldSearch(Searcher):
             k: OptunaSearch(
                 metric=metric,
                 mode="max",
-                seed=seed + k,  # its own proposals
+                seed=sampler_seed(seed, k),
                 points_to_evaluate=copy.deepcopy(start) or None,
             )
             for k in folds
         }
-        self.fold_of: dict[str, int] = {}
+        self.fold_of: dict[str, int] = {}  # the trials this searcher proposed
+        self.running: dict[int, str] = {}  # fold → its running trial
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         done = [
@@ -196,20 +199,41 @@ class FoldSearch(Searcher):
         open_folds = [k for k, n in counts.items() if n < self.trials_per_fold]
         if not open_folds:
             return Searcher.FINISHED
-        fold = min(open_folds, key=lambda k: (counts[k], k))
+        free = [k for k in open_folds if k not in self.running]
+        if not free:
+            return None  # asked again when a trial ends
+        fold = min(free, key=lambda k: (counts[k], k))
         params = self.searchers[fold].suggest(trial_id)
         if not isinstance(params, dict):
             return params
         self.fold_of[trial_id] = fold
+        self.running[fold] = trial_id
         return params | {FOLD: fold, RANK: counts[fold]}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self.searchers[self.fold_of[trial_id]].on_trial_result(trial_id, result)
+        if trial_id in self.fold_of:
+            self.searchers[self.fold_of[trial_id]].on_trial_result(trial_id, result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        self.searchers[self.fold_of[trial_id]].on_trial_complete(trial_id, result, error)
+        """A finished (or ASHA-stopped) trial's best score goes to its fold's TPE. Its fold is
+        read from its config (Tune's state and this searcher's are saved apart: a restored
+        experiment can hold a trial this searcher never proposed; its result is added as an
+        evaluated point). A failed trial frees its fold but is not told as failed: Optuna would
+        drop the completion of the resumed run."""
+        config = (result or {}).get("config") or {}
+        fold = config.get(FOLD, self.fold_of.get(trial_id))
+        if fold is None:
+            return  # failed before reporting, and never proposed by this searcher
+        if self.running.get(fold) == trial_id:
+            del self.running[fold]
+        if error or not result or self.metric not in result:
+            return
+        if trial_id in self.fold_of:
+            self.searchers[fold].on_trial_complete(trial_id, result)
+        else:
+            self.searchers[fold].add_evaluated_point(searched(config), result[self.metric])
 
     def save(self, checkpoint_path: str) -> None:
         states = {}
@@ -217,15 +241,32 @@ class FoldSearch(Searcher):
             for k, searcher in self.searchers.items():
                 searcher.save(f"{tmp}/{k}")
                 states[k] = Path(f"{tmp}/{k}").read_bytes()
-        Path(checkpoint_path).write_bytes(pickle.dumps({"fold_of": self.fold_of, "states": states}))
+        state = {"fold_of": self.fold_of, "running": self.running, "states": states}
+        Path(checkpoint_path).write_bytes(pickle.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
         saved = pickle.loads(Path(checkpoint_path).read_bytes())
-        self.fold_of = saved["fold_of"]
+        self.fold_of, self.running = saved["fold_of"], saved["running"]
         with tempfile.TemporaryDirectory() as tmp:
             for k, state in saved["states"].items():
                 Path(f"{tmp}/{k}").write_bytes(state)
                 self.searchers[k].restore(f"{tmp}/{k}")
+
+
+def search_record(space: SearchSpace, cfg: Config, folds: list[int]) -> dict:
+    """What selected each fold's config, for results.json: the space, its start points, the
+    trials per fold and each fold's TPE seed."""
+    return {
+        "space": {p.key: {p.kind: list(p.args)} for p in space.params},
+        "start": space.start,
+        "trials_per_fold": cfg.tune.num_samples,
+        "sampler_seeds": {k: sampler_seed(cfg.train.seed, k) for k in folds},
+    }
+
+
+def sampler_seed(seed: int, fold: int) -> int:
+    """The seed of fold `fold`'s TPE sampler (`results.json` records it)."""
+    return seed + fold
 
 
 class FoldASHA(FIFOScheduler):
@@ -342,9 +383,9 @@ def run_search(
     """One Tune experiment holding an independent search per fold (`FoldSearch`, `FoldASHA`): each
     fold's trials train and validate on the other sessions only. TPE and ASHA are told each trial's
     best validation score so far (`best_<tune.metric>`: the score that selects). Tune's state
-    (ASHA's rungs included) and a folder per trial go to `paths.search`. `resume`
-    continues an interrupted search. `callbacks`: Tune callbacks, e.g. progress lines (Tune's own
-    output is off)."""
+    (ASHA's rungs included) and a folder per trial go to `paths.search`. `resume` continues an
+    interrupted search (a finished one returns its results, training nothing). `callbacks`: Tune
+    callbacks, e.g. progress lines (Tune's own output is off)."""
     # Tune's own tables and hints off (`verbose=0` silences only its legacy reporter): the job
     # prints its progress through `callbacks`
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -363,16 +404,15 @@ def run_search(
         ),
         trial_resources(cfg),
     )
-    if resume:
-        if not Tuner.can_restore(paths.search):
-            raise FileNotFoundError(f"--resume: no search to resume in {paths.search}")
+    if Tuner.can_restore(paths.search):
+        if not resume:
+            raise FileExistsError(
+                f"{paths.search} already holds a search: pass --resume, or another --output-dir"
+            )
         return Tuner.restore(
             paths.search, trainable, resume_unfinished=True, resume_errored=True
         ).fit()
-    if Tuner.can_restore(paths.search):
-        raise FileExistsError(
-            f"{paths.search} already holds a search: pass --resume, or another --output-dir"
-        )
+    # a new search; or resuming a job killed before Tune first saved its state: nothing to keep
     t, sessions, in_trial = cfg.tune, list(splits), trains_in_trial(cfg)
     score = f"best_{t.metric}"  # a trial's best epoch so far: the score that selects its config
     asha = FoldASHA(
@@ -441,6 +481,13 @@ def _best(history: pd.DataFrame, metric: str) -> float:
     restored trial's history lacks the epochs between Tune's last snapshot and its Train
     checkpoint)."""
     return history[f"best_{metric}"].max()
+
+
+def selected_epoch(result: ray.tune.Result, metric: str) -> int:
+    """The epoch of a trial's best validation score, as its runs reported it (exact where a
+    restored trial's history lacks epochs)."""
+    history = result.metrics_dataframe
+    return int(history.loc[history[f"best_{metric}"].idxmax(), "best_epoch"])
 
 
 def searched(config: dict) -> dict:
@@ -528,7 +575,7 @@ def write_search_outputs(
         header = (
             f"# fold {fold} (test session {fold}): trial {trial_id(result)}, best {metric} "
             f"{_best(result.metrics_dataframe, metric):.4f}, chosen on sessions other than {fold}\n"
-            f"# re-run: turbo-ray train --config {path}\n"
+            f"# re-run this fold: turbo-ray train --config {path} --fold {fold}\n"
         )
         config = override(cfg, searched(result.config))
         path.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
