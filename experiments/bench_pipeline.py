@@ -36,7 +36,7 @@ import torch
 from turbo_ray.config import load_config
 from turbo_ray.data.corpus import prepare_corpus
 from turbo_ray.data.iemocap import CLASS_SETS
-from turbo_ray.data.pipeline import collate_for, split_dataset
+from turbo_ray.data.pipeline import TrainFeed, collate_for
 from turbo_ray.data.shards import write_shards
 from turbo_ray.model import build_model
 from turbo_ray.runtime import init_ray
@@ -76,8 +76,10 @@ def feed(cfg, corpus) -> tuple[float, int, int, list[dict]]:
     """(samples/s after the first batch, samples, peak RSS bytes, first batches) for one training
     epoch."""
     ids = corpus.manifest.utterance_id.tolist()
-    batches = split_dataset(cfg, corpus.shards, ids, train=True).iter_torch_batches(
-        batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg, epoch=1)
+    batches = (
+        TrainFeed(cfg, corpus.shards, ids)
+        .epoch(1)
+        .iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg, epoch=1))
     )
     kept, n, start = [], 0, None
     with PeakRSS() as memory:
@@ -138,15 +140,15 @@ def cpu_seconds() -> float:
 
 def feed_per_core(cfg, shards: str, ids: list[str]) -> float:
     """Utterances per CPU-second of one training epoch's feed (first epoch excluded: warm-up)."""
-    dataset = split_dataset(cfg, shards, ids, train=True)
-    for _ in dataset.iter_torch_batches(
+    feed = TrainFeed(cfg, shards, ids)
+    for _ in feed.epoch(1).iter_torch_batches(
         batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg, 1)
     ):
         pass
     used = cpu_seconds()
     n = sum(
         len(b["labels"])
-        for b in dataset.iter_torch_batches(
+        for b in feed.epoch(2).iter_torch_batches(
             batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg, 2)
         )
     )

@@ -35,7 +35,7 @@ from bench_turbo_step import base_sized_model, floor, make_batch, step_times
 
 from turbo_ray.config import load_config
 from turbo_ray.data.corpus import prepare_corpus
-from turbo_ray.loso import fold_datasets
+from turbo_ray.loso import fold_splits
 from turbo_ray.losses import LossWeights, objective
 from turbo_ray.model.turbo import TurboOutput
 from turbo_ray.paths import RunPaths
@@ -89,8 +89,8 @@ def one_gpu_epoch(storage: str) -> str:
     cfg = demo_config(storage)
     corpus = prepare_corpus(cfg.data)
     fold = corpus.fold(cfg.data)
-    datasets = fold_datasets(cfg, corpus, fold, with_test=False)
-    result = build_trainer(cfg, datasets, corpus.classes, len(fold.train), "gpu-check").fit()
+    splits = fold_splits(fold, with_test=False)
+    result = build_trainer(cfg, corpus.shards, splits, corpus.classes, "gpu-check").fit()
     if result.error:
         raise CheckFailed(f"the run failed: {result.error}")
     m = result.metrics

@@ -15,7 +15,7 @@ from ray.util.state import list_actors
 
 from turbo_ray.cli import main
 from turbo_ray.config import load_config
-from turbo_ray.loso import fold_datasets
+from turbo_ray.loso import fold_splits
 from turbo_ray.runtime import DRIVER_RESOURCE, init_ray
 from turbo_ray.train import build_trainer
 
@@ -60,14 +60,8 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(cluster, demo_corpus,
             f"train.storage_path={tmp_path}",
         ],
     )
-    fold = demo_corpus.fold(cfg.data)
-    trainer = build_trainer(
-        cfg,
-        fold_datasets(cfg, demo_corpus, fold, with_test=False),
-        demo_corpus.classes,
-        len(fold.train),
-        "node-loss",
-    )
+    splits = fold_splits(demo_corpus.fold(cfg.data), with_test=False)
+    trainer = build_trainer(cfg, demo_corpus.shards, splits, demo_corpus.classes, "node-loss")
     outcome = {}
     run = threading.Thread(target=lambda: outcome.setdefault("result", trainer.fit()))
     run.start()

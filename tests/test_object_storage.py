@@ -13,6 +13,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from jobs import check_mlflow_store
 from moto.server import ThreadedMotoServer
 
 REPO = Path(__file__).parents[1]
@@ -99,11 +100,13 @@ def test_search_in_a_bucket_resumes_from_the_bucket_alone(
         *storage,
         "data.val_fraction=0.25",
         "data.max_seconds=1.0",
-        "train.epochs=1",
+        "train.epochs=3",
         "model.head_hidden=64",
     ]
     turbo_ray(s3_env, tmp_path_factory, *command)
     first = json.loads((out / "results.json").read_text())
+    # the finished job pruned every other checkpoint, the run's last among them
+    assert first["folds"][0]["best_epoch"] < 3, "this test needs a selected epoch before the last"
     stored = keys(s3_env, "runs/tune-s3/")
     assert "runs/tune-s3/config.yaml" in stored
     assert any(k.startswith("runs/tune-s3/search/") for k in stored)  # Tune's state
@@ -120,6 +123,7 @@ def test_search_in_a_bucket_resumes_from_the_bucket_alone(
     assert "(resumed)" in resumed
     again = json.loads((out / "results.json").read_text())
     assert again["folds"] == first["folds"]  # the same selection and test scores, from the bucket
+    check_mlflow_store(out, tmp_path)  # every trial's history, in the new folder's store
     # restored, not searched again: the same trial and checkpoint
     assert {k for k in keys(s3_env, "runs/tune-s3/search/") if "/checkpoint_" in k} == {
         k for k in stored if "/checkpoint_" in k

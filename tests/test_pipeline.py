@@ -1,23 +1,19 @@
-"""Ray Data pipeline: real Parquet shards → preprocessing → padded batches in a real 2-worker
-TorchTrainer."""
+"""Ray Data pipeline: real Parquet shards → preprocessing → padded batches; each epoch's training
+rows dealt to the ranks by seed and epoch."""
 
-import json
 import shutil
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-import ray.train
 import soundfile as sf
 import torch
-from ray.train import DataConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
-from turbo_ray.config import Config, load_config
+from turbo_ray.config import load_config
 from turbo_ray.data.pipeline import (
     PadCollate,
     Preprocess,
-    pad_token_id,
+    TrainFeed,
     read_rows,
     split_dataset,
     tokenizer_name,
@@ -147,37 +143,46 @@ def test_crops_are_centred_in_evaluation_and_seeded_by_seed_epoch_and_utterance_
     assert short["audio_lengths"].tolist() == [60, 100]
 
 
-def test_training_split_is_shuffled_every_epoch_seeded_and_session_mixed(
+def test_training_rows_are_dealt_anew_every_epoch_seeded_and_session_mixed(
     ray_local, demo_corpus, tmp_path
 ):
     cfg = load_config(None, ["train.seed=3"])
     fold = demo_corpus.fold(cfg.data)
+    ids = fold.train.utterance_id.tolist()
     session = dict(zip(demo_corpus.manifest.utterance_id, demo_corpus.manifest.session))
     # the order permutes whole shards: small ones, so that this small corpus has several
     shards = str(tmp_path / "shards")
     write_shards(demo_corpus.manifest, shards, rows_per_shard=16, classes=demo_corpus.classes)
 
-    def epochs(dataset, count=2):
-        return [[row["utterance_id"] for row in dataset.iter_rows()] for _ in range(count)]
+    def rows(feed, epoch):
+        return [row["utterance_id"] for row in feed.epoch(epoch).iter_rows()]
 
-    train = split_dataset(cfg, shards, fold.train.utterance_id.tolist(), train=True)
-    first, second = epochs(train)
-    assert sorted(first) == sorted(second) == sorted(fold.train.utterance_id)
+    feed = TrainFeed(cfg, shards, ids)
+    first, second = rows(feed, 1), rows(feed, 2)
+    assert sorted(first) == sorted(second) == sorted(ids)
     assert first != second  # a new order every epoch
-    again = split_dataset(cfg, shards, fold.train.utterance_id.tolist(), train=True)
-    assert epochs(again) == [first, second]  # seeded: the same orders in every run
-    other = split_dataset(
-        load_config(None, ["train.seed=4"]), shards, fold.train.utterance_id.tolist(), train=True
-    )
-    assert epochs(other, 1)[0] not in (first, second)
-    assert {session[u] for u in fold.train.utterance_id} == {2, 3, 4, 5}
+    restarted = TrainFeed(cfg, shards, ids)  # a run restarted after epoch 1 reads epoch 2 alike
+    assert rows(restarted, 2) == second and rows(restarted, 1) == first
+    other = TrainFeed(load_config(None, ["train.seed=4"]), shards, ids)
+    assert rows(other, 1) not in (first, second)
+    assert {session[u] for u in ids} == {2, 3, 4, 5}
     for order in (first, second):  # batches of 16 mix sessions
         batches = [order[i : i + 16] for i in range(0, len(order) - 15, 16)]
         mixed = [len({session[u] for u in b}) >= 3 for b in batches]
         assert sum(mixed) >= 0.9 * len(batches), mixed
 
-    val = split_dataset(cfg, shards, fold.val.utterance_id.tolist(), train=False)
-    assert epochs(val, 1) == epochs(val, 1)  # evaluation order is fixed
+    # two DDP ranks: equal, disjoint shares (an odd row left out), dealt anew every epoch
+    ranks = [TrainFeed(cfg, shards, ids, rank, world=2) for rank in (0, 1)]
+    shares = {epoch: [rows(feed, epoch) for feed in ranks] for epoch in (1, 2)}
+    for epoch, (zero, one) in shares.items():
+        assert len(zero) == len(one) == len(ids) // 2 and not set(zero) & set(one)
+        assert sorted(zero) == sorted(ranks[0].epoch_ids(epoch))
+    assert set(shares[1][0]) != set(shares[2][0])
+
+    val = split_dataset(cfg, shards, fold.val.utterance_id.tolist())
+    assert [r["utterance_id"] for r in val.iter_rows()] == [
+        r["utterance_id"] for r in val.iter_rows()
+    ]  # evaluation order is fixed
 
 
 def test_rows_are_read_a_block_per_listed_shard(ray_local, demo_corpus, tmp_path):
@@ -189,58 +194,3 @@ def test_rows_are_read_a_block_per_listed_shard(ray_local, demo_corpus, tmp_path
     rows = read_rows(str(shards), ids, read_tasks=1).materialize()
     assert rows.num_blocks() == len(listed) > 1
     assert sorted(rows.to_pandas().utterance_id) == sorted(ids)  # each row once
-
-
-class IndexedCollate(PadCollate):
-    """PadCollate plus each row's position in a known id list, to trace which rows a worker saw."""
-
-    def __init__(self, pad_id, ids):
-        super().__init__(pad_id, max_samples=32000)
-        self.index = {u: i for i, u in enumerate(ids)}
-
-    def __call__(self, batch):
-        return super().__call__(batch) | {
-            "row": torch.tensor([self.index[u] for u in batch["utterance_id"]])
-        }
-
-
-def trace_rows(loop_config):
-    rank = ray.train.get_context().get_world_rank()
-    shard = ray.train.get_dataset_shard("train")
-    collate = IndexedCollate(loop_config["pad_id"], loop_config["ids"])
-    for epoch in range(2):
-        seen = []
-        for batch in shard.iter_torch_batches(batch_size=5, collate_fn=collate):
-            assert batch["waveforms"].shape[0] == batch["input_ids"].shape[0] == len(batch["row"])
-            assert batch["waveforms"].shape[1] == int(batch["audio_lengths"].max())
-            seen += batch["row"].tolist()
-        with open(f"{loop_config['out']}/rank{rank}-epoch{epoch}.json", "w") as f:
-            json.dump(seen, f)
-        ray.train.report({"epoch": epoch})
-
-
-def test_two_worker_trainer_sees_every_sample_once_per_epoch(ray_local, demo_corpus, tmp_path):
-    cfg = Config()
-    ids = sorted(demo_corpus.fold(cfg.data).train.utterance_id)
-    ids = ids[
-        : len(ids) // 2 * 2
-    ]  # Train splits equally across workers (an odd row would be dropped)
-    trainer = TorchTrainer(
-        trace_rows,
-        train_loop_config={"pad_id": pad_token_id(cfg), "ids": ids, "out": str(tmp_path)},
-        scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
-        datasets={"train": split_dataset(cfg, demo_corpus.shards, ids, train=True)},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-        run_config=RunConfig(name="trace", storage_path=str(tmp_path / "runs")),
-    )
-    result = trainer.fit()
-    assert result.error is None
-    for epoch in range(2):
-        seen = [json.loads((tmp_path / f"rank{r}-epoch{epoch}.json").read_text()) for r in range(2)]
-        assert len(seen[0]) == len(seen[1]) == len(ids) // 2
-        assert sorted(seen[0] + seen[1]) == list(range(len(ids)))
-    for rank in range(2):  # the per-epoch shuffle reaches the workers: other rows, in another order
-        epochs = [
-            json.loads((tmp_path / f"rank{rank}-epoch{e}.json").read_text()) for e in range(2)
-        ]
-        assert epochs[0] != epochs[1]

@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+import psutil
 import pytest
-from jobs import small_job
-from mlflow.tracking import MlflowClient
+import ray
+from jobs import check_mlflow_store, small_job
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
@@ -162,13 +162,12 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
         )
 
     deadline = time.time() + 420
-    while (
-        len(list((out / "search").glob("trial-*"))) < 3
-    ):  # folds 1 and 2 searched, fold 3's started
+    # folds 1 and 2 searched, fold 3's trial has its first checkpoint: kill it mid-trial
+    while len({c.parent for c in (out / "search").glob("trial-*/checkpoint_*")}) < 3:
         assert time.time() < deadline and driver.poll() is None, (
             tmp_path / "first.log"
         ).read_text()[-3000:]
-        time.sleep(1)
+        time.sleep(0.5)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray die at once
     driver.wait()
     finished = sorted((out / "search").glob("trial-*"), key=lambda p: p.stat().st_mtime)[:2]
@@ -189,6 +188,11 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "(resumed)" in resumed.stdout and "no problems" in resumed.stdout  # the corpus report
     assert "Nested leave-one-session-out (nested-loso)" in resumed.stdout
+    # no finished trial started again; the interrupted one went on
+    assert "fold 1 trial 0  started" in (tmp_path / "first.log").read_text()
+    assert "fold 1 trial 0  started" not in resumed.stdout
+    assert "fold 2 trial 0  started" not in resumed.stdout
+    assert "fold 3 trial 0  epoch 2/2" in resumed.stdout
     # folds 1 and 2 were not searched again: what is left of their checkpoints was there before
     for p in finished:
         assert {c.name for c in p.glob("checkpoint_*") if c.is_dir()} <= set(before[p.name])
@@ -234,34 +238,7 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
     # MLflow (the run folder's SQLite store): one run per trial with its full config and every
     # epoch's score, each exactly once although the driver died and resumed mid-search
     assert f"ui --backend-store-uri sqlite:///{out / 'mlflow.db'}" in resumed.stdout
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    by_role = {role: [r for r in runs if r.data.tags["role"] == role] for role in ("trial", "fold")}
-    (parent,) = [r for r in runs if r.data.tags["role"] == "experiment"]
-    assert parent.info.status == "FINISHED" and parent.data.metrics["mean_test_ua"] == (
-        pytest.approx(np.mean([f["ua"] for f in results["folds"]]))
-    )
-    trial_runs = {r.data.tags["trial_id"]: r for r in by_role["trial"]}
-    assert len(trial_runs) == len(by_role["trial"])  # no trial logged twice
-    for _, row in trials.iterrows():
-        run = trial_runs[row.trial]
-        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert run.data.tags["fold"] == str(row.fold) and run.info.status == "FINISHED"
-        assert float(run.data.params["train.lr"]) == pytest.approx(row["train.lr"])
-        assert run.data.params["data.batch_size"] == "8"  # the full config, not only the searched
-        history = client.get_metric_history(run.info.run_id, "val_ua")
-        assert [m.step for m in history] == list(range(1, row.epochs + 1))
-        assert max(m.value for m in history) == pytest.approx(row.best_val_ua)
-    # the folds' selected checkpoints: a run per fold with its test scores and confusion matrix
-    folds = {int(r.data.tags["fold"]): r for r in by_role["fold"]}
-    assert sorted(folds) == [1, 2, 3]
-    for fold in results["folds"]:
-        run = folds[fold["test_session"]]
-        assert run.data.metrics["test_ua"] == pytest.approx(fold["ua"])
-        assert run.data.tags["trial"] == fold["trial"]
-        assert trial_runs[fold["trial"]].data.tags["selected_for_fold"] == str(fold["test_session"])
-        confusion = client.download_artifacts(run.info.run_id, "confusion.json", str(tmp_path))
-        assert json.loads(Path(confusion).read_text())["matrix"] == fold["confusion"]
+    check_mlflow_store(out, tmp_path)
 
     # each fold's TPE was told its trials' best epoch (the score that selects), not the last one
     searcher = FoldSearch([1, 2, 3], 1, "best_val_ua", [], 0)
@@ -303,3 +280,130 @@ def test_one_worker_scores_the_same_in_a_trial_a_reused_trial_and_a_torch_traine
         }
     # no Train run: Tune kept the trials' checkpoints
     assert not list((tmp_path / "tune" / "search").glob("trial-*/checkpoint_manager_snapshot*"))
+
+
+def test_the_main_job_reproduces_resumes_from_its_config_alone_and_resumes_finished(
+    ray_local, demo_corpus, tmp_path, capsys
+):
+    # 2 folds x 3 trials, two trials at once (a fold's TPE and ASHA see its trials in launch order)
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "train.lr: {loguniform: [3.0e-4, 3.0e-3]}\nmodel.dropout: {uniform: [0.05, 0.3]}\n"
+    )
+    overrides = small_job(demo_corpus.root.parents[1], tmp_path)[4:] + [
+        "tune.folds=2",
+        "tune.num_samples=3",
+        "tune.max_concurrent_trials=2",
+        f"tune.search_space={space}",
+    ]
+
+    def tune(out, *flags):
+        assert main(["tune", "--output-dir", str(out), *flags, *overrides]) == 0
+        return capsys.readouterr().out
+
+    # a job killed after it saved its config, before Tune first saved its own state, resumes
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    assert main(["config", *overrides]) == 0
+    (killed / "config.yaml").write_text(capsys.readouterr().out)
+    tune(killed, "--resume")
+    fresh = tmp_path / "fresh"
+    printed = tune(fresh)
+
+    def selection(out):
+        results = json.loads((out / "results.json").read_text())
+        trials = pd.read_csv(out / "trials.csv").drop(columns=["trial"])
+        drop = ("trial", "checkpoint")
+        return [{k: v for k, v in f.items() if k not in drop} for f in results["folds"]], trials
+
+    (killed_folds, killed_trials), (folds, trials) = selection(killed), selection(fresh)
+    assert killed_folds == folds  # the same selections and test scores
+    pd.testing.assert_frame_equal(killed_trials, trials)  # the same proposals, the same stops
+    assert len(trials) == 6
+    results = json.loads((fresh / "results.json").read_text())
+    assert results["search"]["sampler_seeds"] == {"1": 1, "2": 2}
+    assert "train.lr" in results["search"]["space"]
+
+    # resuming the finished job trains nothing and prints the same tables
+    kept = sorted(fresh.glob("search/trial-*/checkpoint_*"))
+    again = tune(fresh, "--resume")
+    assert " started " not in again and "(resumed)" in again
+    tables = printed[printed.index("Selected per fold") : printed.index("wrote ")]
+    assert tables in again
+    assert sorted(fresh.glob("search/trial-*/checkpoint_*")) == kept
+    check_mlflow_store(fresh, tmp_path)
+    header = (fresh / "best_config_s2.yaml").read_text().splitlines()[1]
+    assert header.endswith(f"--config {fresh / 'best_config_s2.yaml'} --fold 2")
+
+
+def test_two_jobs_beside_a_ray_started_by_ray_start_join_it_and_finish(
+    demo_corpus, tmp_path, tmp_path_factory
+):
+    # the README's way to keep a dashboard: `ray start --head` first; then two jobs at once,
+    # without --address (one drives a two-worker TorchTrainer), while this test process holds a
+    # Ray of its own beside them
+    ray_tmp = tmp_path_factory.getbasetemp() / "rj"  # short: Ray's socket paths
+    env = os.environ | {"RAY_TMPDIR": str(ray_tmp)}
+    started = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--port=0",
+            "--num-cpus=6",
+            '--resources={"train_driver": 8}',
+            "--include-dashboard=false",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        jobs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "turbo_ray.cli",
+                    "tune",
+                    "--num-samples",
+                    "1",
+                    "--workers-per-trial",
+                    str(workers),
+                    *small_job(demo_corpus.root.parents[1], tmp_path / f"job{workers}"),
+                    "train.epochs=1",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for workers in (1, 2)
+        ]
+        for job in jobs:
+            out, _ = job.communicate(timeout=500)
+            assert job.returncode == 0, out[-3000:]
+            assert "joining the Ray already running here at" in out
+            assert "Nested leave-one-session-out (nested-loso)" in out
+    finally:  # that Ray's processes only (`ray stop` would stop every Ray of the machine)
+        for process in psutil.process_iter(["cmdline"]):
+            if str(ray_tmp) in " ".join(process.info["cmdline"] or []):
+                process.kill()
+
+
+def test_a_cluster_without_the_driver_resource_is_one_line_and_leaves_the_folder_free(
+    demo_corpus, tmp_path, capsys
+):
+    ray.shutdown()  # the shared Ray has the resource; this test's Ray (as a user's may) has not
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        out = tmp_path / "out"
+        job = small_job(demo_corpus.root.parents[1], out)
+        assert main(["tune", "--workers-per-trial", "2", *job]) == 2
+        assert "has no 'train_driver' resource" in capsys.readouterr().err
+        assert not (out / "config.yaml").exists()  # the same command may run again
+    finally:
+        ray.shutdown()  # the next test starts the shared one again

@@ -169,7 +169,7 @@ def _evaluate(
     with checkpoint.as_directory() as directory:
         model, meta = load_model(directory, device)
     cfg = Config.from_dict(meta["config"])
-    batches = split_dataset(cfg, shards, test_ids, train=False).iter_torch_batches(
+    batches = split_dataset(cfg, shards, test_ids).iter_torch_batches(
         batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg)
     )
     return evaluate(model, batches, len(meta["classes"]), device, cfg.train.precision)

@@ -13,7 +13,6 @@ import pandas as pd
 from turbo_ray.config import Config, ConfigError, override
 from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.iemocap import Fold
-from turbo_ray.data.pipeline import split_dataset
 from turbo_ray.paths import storage_uri
 from turbo_ray.plots import plot_confusion
 from turbo_ray.train import best_checkpoint, build_trainer, prune_checkpoints
@@ -22,20 +21,16 @@ SCORES = ("wa", "ua", "f1")
 PROTOCOL = "loso"  # one given config, no search: only the best epoch is selected, on validation
 
 
-def fold_datasets(cfg: Config, corpus: Corpus, fold: Fold, with_test: bool = True) -> dict:
+def fold_splits(fold: Fold, with_test: bool = True) -> dict[str, list[str]]:
+    """The utterance ids of a fold's splits."""
     splits = {"train": fold.train, "val": fold.val} | ({"test": fold.test} if with_test else {})
-    return {
-        name: split_dataset(cfg, corpus.shards, df.utterance_id.tolist(), train=name == "train")
-        for name, df in splits.items()
-    }
+    return {name: df.utterance_id.tolist() for name, df in splits.items()}
 
 
 def run_fold(cfg: Config, corpus: Corpus, fold: Fold, name: str) -> dict:
     """Train on one fold (resuming `name` if it exists) and return the best-val epoch's
     test scores."""
-    trainer = build_trainer(
-        cfg, fold_datasets(cfg, corpus, fold), corpus.classes, len(fold.train), name
-    )
+    trainer = build_trainer(cfg, corpus.shards, fold_splits(fold), corpus.classes, name)
     result = trainer.fit()
     checkpoint, best = best_checkpoint(result, cfg.tune.metric)
     return {

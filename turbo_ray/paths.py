@@ -114,10 +114,13 @@ class RunPaths:
 
 
 def write_text(uri: str, text: str) -> None:
-    """Write a small text file to a URI (s3://, gs://, file://)."""
+    """Write a small text file to a URI (s3://, gs://, file://), whole or not at all (a job killed
+    meanwhile leaves no half file)."""
     fs, path = pafs.FileSystem.from_uri(uri)
-    with fs.open_output_stream(path) as f:
+    fs.create_dir(path.rsplit("/", 1)[0])
+    with fs.open_output_stream(f"{path}.partial") as f:
         f.write(text.encode())
+    fs.move(f"{path}.partial", path)
 
 
 def read_text(uri: str) -> str | None:

@@ -60,11 +60,14 @@ def init_ray(
 
 
 def running_ray() -> str | None:
-    """The Ray a job without `--address` joins: $RAY_ADDRESS, else one started on this machine by
-    `ray start` (Ray's own rule). None: the job starts its own, beside any other job's."""
-    from ray._private.services import canonicalize_bootstrap_address
+    """The Ray a job without `--address` joins: $RAY_ADDRESS, else the one `ray start` last
+    started on this machine, if it still runs (Ray's own rule, minus a stale address). None: the
+    job starts its own, beside any other job's."""
+    from ray._private import services
 
-    return canonicalize_bootstrap_address(None)
+    started = services.find_bootstrap_address(None)
+    alive = started in services.find_gcs_addresses()
+    return os.environ.get("RAY_ADDRESS") or (started if alive else None)
 
 
 def free_port() -> int:

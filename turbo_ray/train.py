@@ -5,8 +5,8 @@ runs it.
     parts = train_step(model, batch, optimizer, scheduler, cfg, device)
     # + grad_accum, DDP sync
     metrics = train_epoch(model, batches, optimizer, scheduler, cfg, device)
-    # fit_worker per worker
-    result = build_trainer(cfg, datasets, classes, train_rows, name).fit()
+    # `fit` on each DDP worker; splits: {"train": ids, "val": ids(, "test": ids)}
+    result = build_trainer(cfg, shards, splits, classes, name).fit()
 
 The benchmarks time these same functions. Each epoch: train on this worker's shard (DDP), then
 rank 0 evaluates the whole validation split (and the test split when given: it is reported, never
@@ -36,15 +36,21 @@ import torch
 from ray.train import (
     Checkpoint,
     CheckpointConfig,
-    DataConfig,
     FailureConfig,
     RunConfig,
     ScalingConfig,
 )
 from ray.train.torch import TorchTrainer
+from ray.util.placement_group import PlacementGroup
 
 from turbo_ray.config import Config
-from turbo_ray.data.pipeline import LOCAL_SHUFFLE_ROWS, collate_for
+from turbo_ray.data.pipeline import (
+    LOCAL_SHUFFLE_ROWS,
+    TrainFeed,
+    collate_for,
+    configure_ray_data,
+    split_dataset,
+)
 from turbo_ray.losses import LossWeights, objective
 from turbo_ray.metrics import classification_report, confusion_matrix
 from turbo_ray.model import TurboModel, build_model
@@ -175,12 +181,12 @@ class RunContext:
     device: torch.device
     checkpoint: Checkpoint | None  # the run's last checkpoint, to resume from
     report: Callable[..., None]  # report(metrics, checkpoint_dir=None)
-    dataset: Callable[[str], Any]  # a split's rows for this rank (anything with iter_torch_batches)
+    placement_group: PlacementGroup | None  # where the run's Ray Data tasks go (None: anywhere)
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module]  # on the device (and DDP)
 
 
 def worker_context() -> RunContext:
-    """The context of a TorchTrainer worker: Ray Train's rank, checkpoint, report and shards."""
+    """The context of a TorchTrainer worker: Ray Train's rank, checkpoint and report."""
     ctx = ray.train.get_context()
     return RunContext(
         rank=ctx.get_world_rank(),
@@ -188,21 +194,21 @@ def worker_context() -> RunContext:
         device=ray.train.torch.get_device(),
         checkpoint=ray.train.get_checkpoint(),
         report=_reporter(ray.train),
-        dataset=ray.train.get_dataset_shard,
+        placement_group=None,
         prepare_model=ray.train.torch.prepare_model,
     )
 
 
-def trial_context(datasets: dict[str, Any], device: torch.device) -> RunContext:
-    """The context of a run inside a Tune trial: one process, Tune's checkpoint and report, the
-    whole datasets."""
+def trial_context(device: torch.device) -> RunContext:
+    """The context of a run inside a Tune trial: one process, Tune's checkpoint and report, its
+    data fed inside the trial's reservation."""
     return RunContext(
         rank=0,
         world=1,
         device=device,
         checkpoint=ray.tune.get_checkpoint(),
         report=_reporter(ray.tune),
-        dataset=datasets.__getitem__,
+        placement_group=ray.util.get_current_placement_group(),
         prepare_model=lambda model: model.to(device),
     )
 
@@ -226,12 +232,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 def fit(loop_config: dict, ctx: RunContext) -> TurboModel:
     """Train this rank's replica epoch by epoch, resuming from the last checkpoint; returns the
-    model. `loop_config`: config (dict), classes, train_rows, eval_splits (see `build_trainer`).
+    model. `loop_config`: see `loop_config`.
     Everything a run depends on is set here, so a process that ran another run before (a reused
     Tune trial) starts from the same state as a fresh one."""
     at_start = time.time()
     cfg, classes = Config.from_dict(loop_config["config"]), loop_config["classes"]
     rank, world, device = ctx.rank, ctx.world, ctx.device
+    shards, splits = loop_config["shards"], loop_config["splits"]
+    configure_ray_data()
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     model, state, last = _restore(build_model(cfg, len(classes)), ctx.checkpoint)
@@ -239,9 +247,7 @@ def fit(loop_config: dict, ctx: RunContext) -> TurboModel:
     model = ctx.prepare_model(model)
     core = _unwrap(model)
     optimizer = build_optimizer(core, cfg)
-    steps = steps_per_epoch(
-        loop_config["train_rows"], world, cfg.data.batch_size, cfg.train.grad_accum
-    )
+    steps = steps_per_epoch(len(splits["train"]), world, cfg.data.batch_size, cfg.train.grad_accum)
     scheduler = build_scheduler(optimizer, cfg, steps)
     # epochs completed (numbered from 1); the best selection score so far and its epoch
     done, best, best_epoch = 0, float("-inf"), 0
@@ -250,10 +256,16 @@ def fit(loop_config: dict, ctx: RunContext) -> TurboModel:
         scheduler.load_state_dict(state["scheduler"])
         done, best, best_epoch = state["epoch"], state["best"], state["best_epoch"]
 
-    train_rows = ctx.dataset("train")
+    feed = TrainFeed(cfg, shards, splits["train"], rank, world, ctx.placement_group)
+    # rank 0 evaluates every split whole, so no sample is dropped or repeated
+    evaluated = {
+        name: split_dataset(cfg, shards, splits[name], ctx.placement_group)
+        for name in ("val", "test")
+        if name in splits and rank == 0
+    }
     for epoch in range(done + 1, cfg.train.epochs + 1):
         torch.manual_seed(_seed(cfg.train.seed, rank, epoch))  # dropout masks: per rank and epoch
-        batches = train_rows.iter_torch_batches(
+        batches = feed.epoch(epoch).iter_torch_batches(
             batch_size=cfg.data.batch_size,
             collate_fn=collate_for(cfg, epoch),
             local_shuffle_buffer_size=LOCAL_SHUFFLE_ROWS,
@@ -263,10 +275,8 @@ def fit(loop_config: dict, ctx: RunContext) -> TurboModel:
         metrics |= train_epoch(model, batches, optimizer, scheduler, cfg, device)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint_dir = None
-            if rank == 0:  # evaluates every split whole, so no sample is dropped or repeated
-                metrics |= validate_epoch(
-                    core, ctx, loop_config["eval_splits"], cfg, len(classes), device
-                )
+            if rank == 0:
+                metrics |= validate_epoch(core, evaluated, cfg, len(classes), device)
                 score = cfg.tune.metric
                 if score in metrics:
                     if metrics[score] > best:  # ties go to the earlier epoch
@@ -311,17 +321,16 @@ def _restore(
 
 def validate_epoch(
     model: TurboModel,
-    ctx: RunContext,
-    splits: list[str],
+    splits: dict[str, Any],
     cfg: Config,
     num_classes: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """`evaluate` on each named evaluation split ("val", and "test" where a run reports it, never to
+    """`evaluate` on each evaluation split ("val", and "test" where a run reports it, never to
     select), as `<split>_<score>` metrics."""
     started, metrics = time.perf_counter(), {}
-    for name in splits:
-        batches = ctx.dataset(name).iter_torch_batches(
+    for name, rows in splits.items():
+        batches = rows.iter_torch_batches(
             batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg)
         )
         result = evaluate(model, batches, num_classes, device, cfg.train.precision)
@@ -461,15 +470,10 @@ def _mean_over_ranks(sums: dict[str, float], steps: int, device: torch.device) -
     return {k: float(v) / max(1.0, float(values[-1])) for k, v in zip(keys, values[:-1])}
 
 
-def loop_config(cfg: Config, classes: list[str], train_rows: int, splits: Collection[str]) -> dict:
-    """What `fit` needs besides its context: the config, the classes, the training split's size
-    and the evaluation splits present ("val" selects, "test" is only reported)."""
-    return {
-        "config": cfg.to_dict(),
-        "classes": list(classes),
-        "train_rows": int(train_rows),
-        "eval_splits": [n for n in ("val", "test") if n in splits],
-    }
+def loop_config(cfg: Config, classes: list[str], shards: str, splits: dict[str, list]) -> dict:
+    """What `fit` needs besides its context: the config, the classes, the shards and the ids of
+    each split ("train"; "val" selects; "test", where given, is only reported)."""
+    return {"config": cfg.to_dict(), "classes": list(classes), "shards": shards, "splits": splits}
 
 
 def retention(cfg: Config, validated: bool) -> dict[str, Any]:
@@ -485,35 +489,33 @@ def retention(cfg: Config, validated: bool) -> dict[str, Any]:
 
 def build_trainer(
     cfg: Config,
-    datasets: dict[str, Any],
+    shards: str,
+    splits: dict[str, list],
     classes: list[str],
-    train_rows: int,
     name: str,
     callbacks: list | None = None,
     loop: Callable[[dict], None] = train_loop_per_worker,
 ) -> TorchTrainer:
-    """A TorchTrainer for one Turbo run: only "train" is split across workers; "val"/"test" are read
-    whole by rank 0 so that evaluation never drops or repeats a sample. `loop`: the worker function
+    """A TorchTrainer for one Turbo run (`loop_config`): each worker feeds itself its share of
+    "train" (`TrainFeed`); rank 0 reads "val"/"test" whole. `loop`: the worker function
     (tests pass a wrapper of `fit` that inspects the replicas or injects a failure). Ray Train's
     preemption watcher, one more process per run that matters only on spot instances, is off unless
     RAY_TRAIN_ENABLE_PREEMPTION_WATCHER is set (the run's controller reads this process's value)."""
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     return TorchTrainer(
         loop,
-        train_loop_config=loop_config(cfg, classes, train_rows, datasets),
+        train_loop_config=loop_config(cfg, classes, shards, splits),
         scaling_config=ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=uses_cuda(cfg),
             resources_per_worker=worker_resources(cfg),
             placement_strategy=cfg.train.placement_strategy,
         ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
         run_config=RunConfig(
             name=name,
             storage_path=storage_uri(cfg.train.storage_path),
             callbacks=callbacks,
-            checkpoint_config=CheckpointConfig(**retention(cfg, "val" in datasets)),
+            checkpoint_config=CheckpointConfig(**retention(cfg, "val" in splits)),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
         ),
     )

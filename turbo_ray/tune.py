@@ -39,7 +39,7 @@ from ray.tune.search.optuna import OptunaSearch
 from turbo_ray.config import Config, ConfigError, override
 from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.iemocap import Fold
-from turbo_ray.data.pipeline import configure_ray_data, feed_cpus, split_dataset
+from turbo_ray.data.pipeline import feed_cpus
 from turbo_ray.paths import RunPaths
 from turbo_ray.plots import plot_curves, plot_importances, plot_search_history
 from turbo_ray.runtime import DRIVER_RESOURCE
@@ -345,23 +345,12 @@ def _trial(
     fs.create_dir(run_dir)
     with fs.open_output_stream(f"{run_dir}/{UTTERANCES_FILE}") as f:
         f.write(json.dumps({"fold": fold, **split_ids}).encode())
-    configure_ray_data()  # in this process, which may have run another trial before
-    in_trial = trains_in_trial(cfg)
-    # training here: the feed runs in this trial's reservation (`trial_resources`)
-    group = ray.util.get_current_placement_group() if in_trial else None
-    datasets = {
-        split: split_dataset(cfg, shards, ids, split == "train", group)
-        for split, ids in split_ids.items()
-    }
-    if in_trial:
-        config = loop_config(cfg, classes, len(split_ids["train"]), datasets)
-        fit(config, trial_context(datasets, device_of(cfg)))
+    if trains_in_trial(cfg):  # its data fed inside this trial's reservation (`trial_resources`)
+        fit(loop_config(cfg, classes, shards, split_ids), trial_context(device_of(cfg)))
         return
     cfg = override(cfg, {"train.storage_path": paths.search})
     name = RunPaths.trial_name(trial)  # the run's folder is the trial's
-    trainer = build_trainer(
-        cfg, datasets, classes, len(split_ids["train"]), name, callbacks=[TuneReportCallback()]
-    )
+    trainer = build_trainer(cfg, shards, split_ids, classes, name, callbacks=[TuneReportCallback()])
     trainer.fit()
 
 

@@ -1,9 +1,9 @@
 """Ray Data: Parquet shards → shuffle (training) → decode / resample / tokenize → cropped,
 padded batches.
 
-    ds = split_dataset(cfg, shards_uri, utterance_ids, train=True)     # on the driver
-    # in a worker:
-    for batch in shard.iter_torch_batches(batch_size=…, collate_fn=collate_for(cfg, epoch)):
+    feed = TrainFeed(cfg, shards_uri, train_ids, rank, world)    # in each training process
+    rows = feed.epoch(epoch)                                     # or split_dataset(…): evaluation
+    for batch in rows.iter_torch_batches(batch_size=…, collate_fn=collate_for(cfg, epoch)):
         batch["waveforms"], batch["audio_lengths"], batch["input_ids"],
         batch["attention_mask"], batch["labels"]
 
@@ -23,7 +23,6 @@ import numpy as np
 import ray
 import ray.data
 import torch
-from ray.data import RandomSeedConfig
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.expressions import col
 from ray.util.placement_group import PlacementGroup
@@ -166,45 +165,34 @@ def collate_for(cfg: Config, epoch: int | None = None) -> PadCollate:
     return PadCollate(pad_token_id(cfg), int(cfg.data.max_seconds * cfg.data.sample_rate), seed)
 
 
-def read_rows(shards: str, utterance_ids: Sequence[str], read_tasks: int) -> ray.data.Dataset:
-    """The rows of `utterance_ids` in one Ray Data block per shard (Ray pushes projection and
-    filter into the Parquet read). Left to itself, Ray sizes reads by the data and cuts each shard
-    into 4–7 blocks of a few rows; every block then costs a task hop, which more than halved the
-    feed's utterances per CPU-second."""
+def read_shards(shards: str, read_tasks: int) -> ray.data.Dataset:
+    """The shards' columns in one Ray Data block per shard. Left to itself, Ray sizes reads by the
+    data and cuts each shard into 4–7 blocks of a few rows; every block then costs a task hop,
+    which more than halved the feed's utterances per CPU-second. (Ray reads the files' metadata
+    here, once: derive every epoch's rows from one such dataset.)"""
     files = shard_files(shards)
-    return (
-        ray.data.read_parquet(
-            files, num_cpus=TASK_CPUS, concurrency=read_tasks, override_num_blocks=len(files)
-        )
-        .select_columns(COLUMNS)
-        .filter(expr=col("utterance_id").is_in(list(utterance_ids)))
-    )
+    return ray.data.read_parquet(
+        files, num_cpus=TASK_CPUS, concurrency=read_tasks, override_num_blocks=len(files)
+    ).select_columns(COLUMNS)
 
 
-def split_dataset(
-    cfg: Config,
-    shards: str,
-    utterance_ids: Sequence[str],
-    train: bool,
-    placement_group: PlacementGroup | None = None,
+def read_rows(shards: str | ray.data.Dataset, utterance_ids: Sequence[str], read_tasks: int):
+    """The rows of `utterance_ids` (Ray pushes projection and filter into the Parquet read), from
+    a shards location or a `read_shards` dataset."""
+    read = read_shards(shards, read_tasks) if isinstance(shards, str) else shards
+    return read.filter(expr=col("utterance_id").is_in(list(utterance_ids)))
+
+
+def preprocessed(
+    cfg: Config, rows: ray.data.Dataset, placement_group: PlacementGroup | None = None
 ) -> ray.data.Dataset:
-    """The rows of `utterance_ids` (`read_rows`), preprocessed lazily. The training split's blocks
-    (one per shard, each a hash-ordered mix of sessions and speakers) come in a new order every
-    epoch, seeded by (train.seed, epoch): Ray Data reseeds a `RandomSeedConfig` with its execution
-    index, one execution per epoch; each worker then shuffles its rows through a buffer
-    (`LOCAL_SHUFFLE_ROWS`, seeded by seed, rank and epoch). No all-to-all shuffle: the first batch
-    of an epoch waits for the read, not for the whole split to move. Evaluation splits keep the
-    shards' order. The preprocessing tasks run in `placement_group` when one is given (a Tune
-    trial's own reservation, `feed_cpus` of it); else Ray Data spreads them over the cluster."""
+    """Decode, resample and tokenize `rows` lazily, in `preprocess_tasks` concurrent tasks; in
+    `placement_group` when one is given (a Tune trial's own reservation, `feed_cpus` of it), else
+    wherever Ray Data places them."""
     d = cfg.data
     options = {}
     if placement_group is not None:
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement_group)
-    rows = read_rows(shards, utterance_ids, d.read_tasks)
-    if train:
-        rows = rows.randomize_block_order(
-            seed=RandomSeedConfig(cfg.train.seed, reseed_after_execution=True)
-        )
     return rows.map_batches(
         Preprocess(tokenizer_name(cfg), d.sample_rate, d.max_text_tokens),
         batch_size=PREPROCESS_BATCH,
@@ -212,3 +200,53 @@ def split_dataset(
         compute=ray.data.TaskPoolStrategy(size=d.preprocess_tasks),
         **options,
     )
+
+
+def split_dataset(
+    cfg: Config,
+    shards: str,
+    utterance_ids: Sequence[str],
+    placement_group: PlacementGroup | None = None,
+) -> ray.data.Dataset:
+    """An evaluation split: the rows of `utterance_ids` in the shards' order, preprocessed."""
+    return preprocessed(cfg, read_rows(shards, utterance_ids, cfg.data.read_tasks), placement_group)
+
+
+class TrainFeed:
+    """One rank's training rows, epoch by epoch, all fixed by (train.seed, epoch): a restarted run
+    reads epoch e exactly as an uninterrupted one, on either runner. Each epoch the split's ids
+    are permuted and dealt out in equal parts (rank r of `world` takes the r-th), and the rank's
+    blocks (one per shard, each a hash-ordered mix of sessions and speakers) come in a new order;
+    the worker then shuffles its rows through a buffer (`LOCAL_SHUFFLE_ROWS`, seeded by seed,
+    rank and epoch). No all-to-all shuffle: an epoch's first batch waits for the read, not for the
+    whole split to move."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        shards: str,
+        utterance_ids: Sequence[str],
+        rank: int = 0,
+        world: int = 1,
+        placement_group: PlacementGroup | None = None,
+    ):
+        self.cfg, self.ids, self.rank, self.world = cfg, list(utterance_ids), rank, world
+        self.placement_group = placement_group
+        self.shards = read_shards(shards, cfg.data.read_tasks)
+
+    def epoch_ids(self, epoch: int) -> list[str]:
+        """The ids this rank trains on in `epoch` (numbered from 1)."""
+        order = self._rng(epoch).permutation(len(self.ids))
+        share = len(self.ids) // self.world  # every rank takes as many steps
+        return [self.ids[i] for i in order[self.rank * share : (self.rank + 1) * share]]
+
+    def epoch(self, epoch: int) -> ray.data.Dataset:
+        """The rows of `epoch`, preprocessed lazily."""
+        rows = read_rows(self.shards, self.epoch_ids(epoch), self.cfg.data.read_tasks)
+        block_seed = int(self._rng(epoch, self.rank).integers(2**31))
+        return preprocessed(
+            self.cfg, rows.randomize_block_order(seed=block_seed), self.placement_group
+        )
+
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng([self.cfg.train.seed, *key])
