@@ -84,6 +84,8 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(cluster, demo_corpus,
         json.loads((Path(c.path) / "meta.json").read_text()) for c, _ in result.best_checkpoints
     ]
     assert sorted(m["epoch"] for m in metas) == [1, 2]  # resumed: no epoch repeated or skipped
+    started = {m["epoch"]: m["metrics"]["at_worker_start"] for m in metas}
+    assert started[2] > started[1]  # epoch 2 came from workers Train started again
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert victim.node_id not in alive
 

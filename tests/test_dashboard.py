@@ -85,8 +85,8 @@ def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(ray_
         # what the Actors page lists: the run's two workers, alive, beside its controller, and
         # the one-worker trial as a single process (Tune's trial actor), nothing of Ray Train's.
         # (The state API lists an actor as ALIVE a moment after it starts: poll.)
-        names = []
-        while names.count("ImplicitFunc") != 1:
+        names = []  # Tune's trial actor is listed as ImplicitFunc or by its qualified name
+        while sum(name.endswith("ImplicitFunc") for name in names) != 1:
             assert time.time() < deadline, f"the trial is not listed as alive: {names}"
             time.sleep(0.5)
             actors = get(f"{url}{ALIVE_ACTORS}", auth_token())[1]["data"]["result"]["result"]

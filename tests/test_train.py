@@ -257,6 +257,13 @@ def test_same_seed_same_scores_over_every_class(ray_local, demo_corpus, tmp_path
         for run in runs
     )
     assert first == second
+    # and so are the selected checkpoint's weights and its epoch's losses and scores
+    selected = [Path(run["folds"][0]["checkpoint"]) for run in runs]
+    weights = [torch.load(c / "model.pt", weights_only=True) for c in selected]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    metas = [json.loads((c / "meta.json").read_text())["metrics"] for c in selected]
+    assert metrics_of(metas[0]) == metrics_of(metas[1])
     # the finished job keeps only the weights of the checkpoint its table came from
     kept = [str(c) for c in (tmp_path / "first").glob("checkpoints/*/checkpoint_*") if c.is_dir()]
     assert kept == [runs[0]["folds"][0]["checkpoint"]]
