@@ -3,6 +3,7 @@ code 2."""
 
 import pytest
 import ray
+from test_iemocap import odd_tree
 
 from turbo_ray.cli import main
 
@@ -91,3 +92,13 @@ def test_config_values_that_cannot_train(tmp_path, capsys, job, override, messag
     err = run(capsys, job, "--output-dir", str(tmp_path / "out"), override)
     assert message in err
     assert not (tmp_path / "out").exists()
+
+
+def test_prepare_strict_on_a_corpus_with_problems(tmp_path, capsys):
+    release = odd_tree(tmp_path)
+    missing = release / "Session1/sentences/wav/Ses01M_impro05a/Ses01M_impro05a_M000.wav"
+    missing.unlink()  # a label without its wav
+    shards = tmp_path / "shards"
+    err = run(capsys, "prepare", "--strict", "--data-dir", str(release), "--out", str(shards))
+    assert "Ses01M_impro05a_M000" in err
+    assert not shards.exists()  # nothing written

@@ -327,8 +327,10 @@ def load_manifest(root: str | Path, classes: str = "4class", strict: bool = Fals
     """`scan_corpus`'s manifest with its report in `df.attrs["report"]`; `strict`: any problem
     is a CorpusError."""
     manifest, report = scan_corpus(root, classes)
-    if strict and report.problems():
-        raise CorpusError(f"{release_dir(root)}: {report.summary()}")
+    if problems := report.problems() if strict else {}:
+        listed = "; ".join(f"{kind}: {', '.join(items)}" for kind, items in problems.items())
+        count = sum(map(len, problems.values()))
+        raise CorpusError(f"{release_dir(root)}: {count} problem(s) (--strict): {listed}")
     manifest.attrs["report"] = report
     return manifest
 
