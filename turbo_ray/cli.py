@@ -236,7 +236,8 @@ def watch_commands(paths: RunPaths, tracker: Tracker, joined: bool) -> str:
     if not joined:
         lines.append(
             "  The Ray dashboard lived as long as this job's local Ray; to keep one, start Ray "
-            "first (`ray start --head`) and pass --address auto (README: Watching a run)."
+            "first (`ray start --head --resources '{\"train_driver\": 64}'`): jobs join it "
+            "(README: Watching a run)."
         )
     return "\n".join(lines)
 
