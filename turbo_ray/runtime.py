@@ -43,18 +43,23 @@ def init_ray(
         num_cpus = num_cpus or 2 * os.cpu_count() + 1
         # this Ray's own address, told to its processes: Ray's code that looks for "the" local
         # cluster (Train's placement-group cleaner) must not find another job's Ray beside it
-        gcs = f"{ray.util.get_node_ip_address()}:{free_port()}"
-        os.environ["RAY_GCS_SERVER_PORT"] = gcs.rsplit(":", 1)[1]
-        context = ray.init(
-            runtime_env={"env_vars": {"RAY_ADDRESS": gcs}},
-            num_cpus=num_cpus,
-            resources={DRIVER_RESOURCE: 64},
-            object_store_memory=object_store_mb * 1024**2,
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            log_to_driver=False,
-            _system_config={"num_workers_soft_limit": WARM_WORKERS_PER_CPU * num_cpus},
-        )
+        port = free_port()
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read as Ray starts its GCS, then dropped
+        try:
+            context = ray.init(
+                runtime_env={
+                    "env_vars": {"RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{port}"}
+                },
+                num_cpus=num_cpus,
+                resources={DRIVER_RESOURCE: 64},
+                object_store_memory=object_store_mb * 1024**2,
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                log_to_driver=False,
+                _system_config={"num_workers_soft_limit": WARM_WORKERS_PER_CPU * num_cpus},
+            )
+        finally:  # not for this process's children (a `ray start` of theirs)
+            del os.environ["RAY_GCS_SERVER_PORT"]
     configure_ray_data()
     return f"http://{context.dashboard_url}" if context.dashboard_url else None
 
