@@ -62,29 +62,24 @@ def run_nested(
     tracker.log_trials(grid, cfg)
     written = write_search_outputs(grid, space, cfg, paths.out)
     selected = best_trials(grid, cfg)
-    rows = [tested(cfg, corpus, fold, selected[fold.test_session], space, paths) for fold in folds]
+    rows = [tested(cfg, corpus, fold, selected[fold.test_session], paths) for fold in folds]
     if not cfg.train.keep_checkpoints:  # the losing and stopped trials' checkpoints go
         prune_checkpoints(paths.search, {row["checkpoint"] for row in rows})
     return pd.DataFrame(rows), written
 
 
 def tested(
-    cfg: Config,
-    corpus: Corpus,
-    fold: Fold,
-    trial: ray.tune.Result,
-    space: SearchSpace,
-    paths: RunPaths,
+    cfg: Config, corpus: Corpus, fold: Fold, trial: ray.tune.Result, paths: RunPaths
 ) -> dict:
     """The fold's test row: recorded in the job's storage once tested (a resumed job, on any
-    machine, reads it back; its checkpoints may be pruned by then), else `test_selected`."""
+    machine, reads it back; its checkpoints may be pruned by then), else `evaluate_selected`."""
     record = paths.test_record(fold.test_session)
+    chosen = (trial_id(trial), selected_epoch(trial, cfg.tune.metric))
     if (text := read_text(record)) is not None:
         row = json.loads(text)
     else:
-        row = test_selected(cfg, corpus, fold, trial, space, paths)
+        row = evaluate_selected(cfg, corpus, fold, trial, chosen[1], paths)
         write_text(record, json.dumps(row))
-    chosen = (trial_id(trial), selected_epoch(trial, cfg.tune.metric))
     if (row["trial"], row["best_epoch"]) != chosen:
         raise RuntimeError(
             f"{record} tested {row['trial']} epoch {row['best_epoch']}, "
@@ -117,17 +112,11 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def test_selected(
-    cfg: Config,
-    corpus: Corpus,
-    fold: Fold,
-    trial: ray.tune.Result,
-    space: SearchSpace,
-    paths: RunPaths,
+def evaluate_selected(
+    cfg: Config, corpus: Corpus, fold: Fold, trial: ray.tune.Result, epoch: int, paths: RunPaths
 ) -> dict:
-    """The fold's row: what its search saw and chose, and the test scores of the chosen
-    checkpoint."""
-    epoch = selected_epoch(trial, cfg.tune.metric)
+    """The fold's row: what its search saw and chose (`trial`, its `epoch`), and the test scores
+    of that checkpoint."""
     checkpoint, metrics = checkpoint_at(trial_run(trial, cfg, paths), epoch)
     custom = worker_resources(cfg)
     cpus, gpus = custom.pop("CPU"), custom.pop("GPU", 0)
@@ -136,14 +125,14 @@ def test_selected(
             checkpoint, corpus.shards, fold.test.utterance_id.tolist(), device_of(cfg)
         )
     )
-    searched = pd.concat([fold.train, fold.val])
+    seen = pd.concat([fold.train, fold.val])  # what its search trained and validated on
     return {
         "test_session": fold.test_session,
-        "search_sessions": sorted(int(s) for s in searched.session.unique()),
+        "search_sessions": sorted(int(s) for s in seen.session.unique()),
         "trial": trial_id(trial),
         "best_epoch": epoch,
         cfg.tune.metric: metrics[cfg.tune.metric],
-        "params": {p.key: trial.config[p.key] for p in space.params},
+        "params": searched(trial.config),
         **{k: scores[k] for k in ("wa", "ua", "f1")},
         "n_test": scores["n"],
         "confusion": scores["confusion"],
