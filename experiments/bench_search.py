@@ -25,7 +25,7 @@ import ray
 
 from turbo_ray.config import load_config, override
 from turbo_ray.data.corpus import prepare_corpus
-from turbo_ray.experiment import test_selected
+from turbo_ray.experiment import evaluate_selected
 from turbo_ray.paths import RunPaths
 from turbo_ray.progress import quiet_ray_logs
 from turbo_ray.runtime import init_ray
@@ -36,6 +36,7 @@ from turbo_ray.tune import (
     load_search_space,
     run_search,
     searched,
+    selected_epoch,
     trial_table,
 )
 
@@ -48,7 +49,8 @@ def search(cfg, corpus, fold, space: SearchSpace, out: Path) -> dict:
     wall = time.perf_counter() - started
     trials = trial_table(grid, space, cfg)
     selected = best_trials(grid, cfg)[fold.test_session]
-    row = test_selected(cfg, corpus, fold, selected, space, paths)
+    epoch = selected_epoch(selected, cfg.tune.metric)
+    row = evaluate_selected(cfg, corpus, fold, selected, epoch, paths)
     return {
         "trial-epochs": int(trials.epochs.sum()),
         "wall s": wall,

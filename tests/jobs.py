@@ -33,7 +33,7 @@ def check_mlflow_store(out: Path, scratch: Path) -> None:
     with its full config and every epoch's validation score; a run per fold with its test scores,
     its selected trial and its confusion matrix. Nothing left RUNNING."""
     results = json.loads((out / "results.json").read_text())
-    trials = pd.read_csv(out / "trials.csv")
+    trials = pd.read_csv(out / "trials.csv", dtype={"trial": str})
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert {r.info.status for r in runs} == {"FINISHED"}

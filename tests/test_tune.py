@@ -208,7 +208,7 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
     kept = sorted(str(c) for c in (out / "search").glob("trial-*/checkpoint_*") if c.is_dir())
     assert kept == sorted(fold["checkpoint"] for fold in results["folds"])
     assert all(sorted(f.name for f in Path(c).iterdir()) == ["meta.json", "model.pt"] for c in kept)
-    trials = pd.read_csv(out / "trials.csv")
+    trials = pd.read_csv(out / "trials.csv", dtype={"trial": str})
     assert sorted(trials.fold) == [1, 2, 3] and trials.error.isna().all()
     for name in (
         "optimization_history.png",
@@ -271,7 +271,7 @@ def test_one_worker_scores_the_same_in_a_trial_a_reused_trial_and_a_torch_traine
     assert main(["tune", *tuned, *small_job(cache, tmp_path / "tune")]) == 0
     assert main(["train", *small_job(cache, tmp_path / "train")]) == 0
     assert scores(tmp_path / "tune") == scores(tmp_path / "train")
-    trials = pd.read_csv(tmp_path / "tune" / "trials.csv")
+    trials = pd.read_csv(tmp_path / "tune" / "trials.csv", dtype={"trial": str})
     first, second = (history(tmp_path / "tune" / "search" / f"trial-{t}") for t in trials.trial)
     assert first[0]["pid"] == second[0]["pid"]  # reused
     for a, b in zip(first, second, strict=True):
@@ -312,7 +312,7 @@ def test_the_main_job_reproduces_resumes_from_its_config_alone_and_resumes_finis
 
     def selection(out):
         results = json.loads((out / "results.json").read_text())
-        trials = pd.read_csv(out / "trials.csv").drop(columns=["trial"])
+        trials = pd.read_csv(out / "trials.csv", dtype={"trial": str}).drop(columns=["trial"])
         drop = ("trial", "checkpoint")
         return [{k: v for k, v in f.items() if k not in drop} for f in results["folds"]], trials
 
