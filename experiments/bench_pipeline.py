@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -217,6 +218,7 @@ def main() -> None:
             f"feed per core, IEMOCAP-like lengths recorded at {rate // 1000} kHz, "
             f"stored as {audio_format} at {stored // 1000} kHz: {per_core:.0f} utterances/s/core"
         )
+    shutil.rmtree(cache)  # kept only when the run fails
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -170,6 +171,7 @@ def main() -> None:
     )
     print(f"speed-up 2 vs 1 workers: {two / one:.2f}")
     print(f"scaling/ceiling (this project): {(two / one) / (2 * alone / paired):.2f}")
+    shutil.rmtree(storage)  # kept only when the run fails, for its logs
 
 
 if __name__ == "__main__":

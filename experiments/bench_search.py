@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -102,6 +103,7 @@ def main() -> None:
     print(f"selected val UA, ASHA - full: {asha['val UA'] - full['val UA']:+.1f} points")
     print(f"asha/full wall: {asha['wall s'] / full['wall s']:.2f}")
     print(f"asha/full trial-epochs: {asha['trial-epochs'] / full['trial-epochs']:.2f}")
+    shutil.rmtree(tmp)  # kept only when the run fails, for its logs
 
 
 if __name__ == "__main__":

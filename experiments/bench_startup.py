@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -152,6 +153,7 @@ def main() -> None:
     print(f"two-worker trial/import: {ddp['at_first_step'] / imported:.2f}")
     print(f"reused trial/import: {again / imported:.2f}")
     print(f"startup/import (this project): {first / imported:.2f}")
+    shutil.rmtree(tmp)  # kept only when the run fails, for its logs
 
 
 if __name__ == "__main__":
