@@ -34,9 +34,8 @@ import psutil
 import soundfile as sf
 import torch
 
-from turbo_ray.config import load_config
+from turbo_ray.config import CLASS_SETS, load_config
 from turbo_ray.data.corpus import prepare_corpus
-from turbo_ray.data.iemocap import CLASS_SETS
 from turbo_ray.data.pipeline import TrainFeed, collate_for
 from turbo_ray.data.shards import write_shards
 from turbo_ray.model import build_model

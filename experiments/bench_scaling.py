@@ -28,20 +28,20 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from bench_turbo_step import make_batch
 
-from turbo_ray.config import Config, load_config, override
+from turbo_ray.config import CLASS_SETS, Config, load_config, override
 from turbo_ray.data.corpus import prepare_corpus
-from turbo_ray.data.iemocap import CLASS_SETS
-from turbo_ray.loso import fold_splits
+from turbo_ray.data.folds import fold_splits
 from turbo_ray.model import build_model
+from turbo_ray.runners import build_trainer
 from turbo_ray.runtime import init_ray
-from turbo_ray.train import build_optimizer, build_scheduler, build_trainer, train_step
+from turbo_ray.train import build_optimizer, build_scheduler, train_step
 
 
 def last_epoch(cfg, corpus, fold, name: str) -> tuple[float, float, float]:
     """(samples/s, seconds, seconds rank 0 waited for data) of the last epoch's training part (the
     first epochs warm the data pipeline up). A Train result's history holds the kept checkpoints'
     metrics only, so the run keeps every epoch's (`train.num_to_keep=null`)."""
-    splits = fold_splits(fold, with_test=False)
+    splits = fold_splits(fold)
     result = build_trainer(cfg, corpus.shards, splits, corpus.classes, name).fit()
     if result.error:
         raise result.error

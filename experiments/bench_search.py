@@ -26,20 +26,13 @@ import ray
 
 from turbo_ray.config import load_config, override
 from turbo_ray.data.corpus import prepare_corpus
-from turbo_ray.experiment import evaluate_selected
+from turbo_ray.experiment import tested
 from turbo_ray.paths import RunPaths
-from turbo_ray.progress import quiet_ray_logs
+from turbo_ray.progress import ray_logs_in
 from turbo_ray.runtime import init_ray
-from turbo_ray.tune import (
-    RANK,
-    SearchSpace,
-    best_trials,
-    load_search_space,
-    run_search,
-    searched,
-    selected_epoch,
-    trial_table,
-)
+from turbo_ray.search_space import SearchSpace, load_search_space
+from turbo_ray.trials import FOLD_TRIAL, best_trials, searched, trial_table
+from turbo_ray.tune import run_search
 
 
 def search(cfg, corpus, fold, space: SearchSpace, out: Path) -> dict:
@@ -50,15 +43,14 @@ def search(cfg, corpus, fold, space: SearchSpace, out: Path) -> dict:
     wall = time.perf_counter() - started
     trials = trial_table(grid, space, cfg)
     selected = best_trials(grid, cfg)[fold.test_session]
-    epoch = selected_epoch(selected, cfg.tune.metric)
-    row = evaluate_selected(cfg, corpus, fold, selected, epoch, paths)
+    row = tested(cfg, corpus, fold, selected, paths)
     return {
         "trial-epochs": int(trials.epochs.sum()),
         "wall s": wall,
-        "selected": int(selected.config[RANK]),
+        "selected": int(selected.config[FOLD_TRIAL]),
         "val UA": 100 * row[cfg.tune.metric],
         "test UA": 100 * row["ua"],
-        "configs": [searched(r.config) for r in sorted(grid, key=lambda r: r.config[RANK])],
+        "configs": [searched(r.config) for r in sorted(grid, key=lambda r: r.config[FOLD_TRIAL])],
     }
 
 
@@ -79,16 +71,17 @@ def main() -> None:
     fold = corpus.folds(cfg.data)[0]
     space = load_search_space(cfg.tune.search_space)
     tmp = Path(tempfile.mkdtemp(prefix="bench_search_"))
-    print(f"Ray's own log: {quiet_ray_logs(tmp / 'ray.log')}")
-    init_ray()
+    with ray_logs_in(tmp / "ray.log") as log:  # Ray's loggers write there, not here
+        print(f"Ray's own log: {log}")
+        init_ray()
 
-    asha = search(cfg, corpus, fold, space, tmp / "asha")
-    # the same configs, in the same order, each trained for every epoch
-    full_cfg = override(cfg, {"tune.grace_period": epochs})
-    full_space = SearchSpace(space.params, start=asha["configs"])
-    full = search(full_cfg, corpus, fold, full_space, tmp / "full")
-    assert full["configs"] == asha["configs"], "the configs differ"
-    ray.shutdown()  # before the summary: nothing of Ray's is printed after it
+        asha = search(cfg, corpus, fold, space, tmp / "asha")
+        # the same configs, in the same order, each trained for every epoch
+        full_cfg = override(cfg, {"tune.grace_period": epochs})
+        full_space = SearchSpace(space.params, start=asha["configs"])
+        full = search(full_cfg, corpus, fold, full_space, tmp / "full")
+        assert full["configs"] == asha["configs"], "the configs differ"
+        ray.shutdown()  # before the summary: nothing of Ray's is printed after it
 
     print(
         f"fold {fold.test_session}: {configs} configs proposed by TPE, {epochs} epochs each, "

@@ -37,9 +37,11 @@ from ray.tune import Callback
 from turbo_ray.config import load_config, override
 from turbo_ray.data.corpus import prepare_corpus
 from turbo_ray.paths import RunPaths
-from turbo_ray.progress import quiet_ray_logs
+from turbo_ray.progress import ray_logs_in
 from turbo_ray.runtime import init_ray
-from turbo_ray.tune import FOLD, RANK, load_search_space, run_search
+from turbo_ray.search_space import load_search_space
+from turbo_ray.trials import FOLD, FOLD_TRIAL
+from turbo_ray.tune import run_search
 
 STAMPS = ("at_worker_start", "at_first_batch", "at_first_step")
 
@@ -67,7 +69,7 @@ class TrialEnds(Callback):
         self.ended: dict[int, float] = {}
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.ended[trial.config[RANK]] = time.time()
+        self.ended[trial.config[FOLD_TRIAL]] = time.time()
 
 
 def one_search(cfg, corpus, space, out: Path) -> list[dict[str, float]]:
@@ -82,7 +84,7 @@ def one_search(cfg, corpus, space, out: Path) -> list[dict[str, float]]:
         if history is None or STAMPS[-1] not in history:
             raise RuntimeError(f"a trial reported no epoch: {result.error}")
         assert result.config[FOLD] == 1
-        firsts[result.config[RANK]] = history.sort_values("epoch").iloc[0]
+        firsts[result.config[FOLD_TRIAL]] = history.sort_values("epoch").iloc[0]
     begins = [started] + [ends.ended[k] for k in sorted(firsts)[:-1]]
     return [
         {stamp: float(firsts[k][stamp]) - begin for stamp in STAMPS}
@@ -105,38 +107,39 @@ def main() -> None:
     args = parser.parse_args()
     searches, trials = (1, 2) if args.quick else (args.searches, args.trials)
     tmp = Path(tempfile.mkdtemp(prefix="bench_startup_"))
-    print(f"Ray's own log: {quiet_ray_logs(tmp / 'ray.log')}")
-    cfg = load_config(
-        None,
-        [
-            "train.epochs=1",
-            f"tune.num_samples={trials}",
-            "tune.max_concurrent_trials=1",
-            *args.overrides,
-        ],
-    )
-    corpus = prepare_corpus(cfg.data)
-    space = load_search_space(cfg.tune.search_space)
-    init_ray()
+    with ray_logs_in(tmp / "ray.log") as log:  # Ray's loggers write there, not here
+        print(f"Ray's own log: {log}")
+        cfg = load_config(
+            None,
+            [
+                "train.epochs=1",
+                f"tune.num_samples={trials}",
+                "tune.max_concurrent_trials=1",
+                *args.overrides,
+            ],
+        )
+        corpus = prepare_corpus(cfg.data)
+        space = load_search_space(cfg.tune.search_space)
+        init_ray()
 
-    floors, builds, firsts, reused = [], [], [], []
-    for search in range(searches):
-        floors += [floor(IMPORT) for _ in range(2)]
-        builds.append(floor(BUILD))
-        lane = one_search(cfg, corpus, space, tmp / f"search{search}")
-        pool, opening = "cold" if search == 0 else "warm", describe(lane[0])
-        print(f"  search {search} ({pool} pool), trial 0 (new process): from fit to {opening}")
-        for k, stamps in enumerate(lane[1:], 1):
-            print(
-                f"  search {search}, trial {k} (reused process): from the end of trial {k - 1} "
-                f"to {describe(stamps)}"
-            )
-        firsts.append(lane[0]["at_first_step"])
-        reused += [s["at_first_step"] for s in lane[1:]]
-    two = override(cfg, {"train.num_workers": 2, "tune.num_samples": 1})
-    ddp = one_search(two, corpus, space, tmp / "two-workers")[0]
-    print(f"  two workers (TorchTrainer), warm pool: from fit to {describe(ddp)}")
-    ray.shutdown()  # before the summary: nothing of Ray's is printed after it
+        floors, builds, firsts, reused = [], [], [], []
+        for search in range(searches):
+            floors += [floor(IMPORT) for _ in range(2)]
+            builds.append(floor(BUILD))
+            lane = one_search(cfg, corpus, space, tmp / f"search{search}")
+            pool, opening = "cold" if search == 0 else "warm", describe(lane[0])
+            print(f"  search {search} ({pool} pool), trial 0 (new process): from fit to {opening}")
+            for k, stamps in enumerate(lane[1:], 1):
+                print(
+                    f"  search {search}, trial {k} (reused process): from the end of trial {k - 1} "
+                    f"to {describe(stamps)}"
+                )
+            firsts.append(lane[0]["at_first_step"])
+            reused += [s["at_first_step"] for s in lane[1:]]
+        two = override(cfg, {"train.num_workers": 2, "tune.num_samples": 1})
+        ddp = one_search(two, corpus, space, tmp / "two-workers")[0]
+        print(f"  two workers (TorchTrainer), warm pool: from fit to {describe(ddp)}")
+        ray.shutdown()  # before the summary: nothing of Ray's is printed after it
 
     imported, built = statistics.median(floors), statistics.median(builds)
     warm = firsts[1:] or firsts

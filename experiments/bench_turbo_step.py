@@ -32,8 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers import AutoModel, BertConfig, Wav2Vec2Config
 
-from turbo_ray.config import load_config
-from turbo_ray.data.iemocap import CLASS_SETS
+from turbo_ray.config import CLASS_SETS, load_config
 from turbo_ray.losses import LossWeights, objective
 from turbo_ray.model import AudioEncoder, TextEncoder, TurboModel, TurboOutput, build_model
 from turbo_ray.train import (

@@ -35,13 +35,15 @@ from bench_turbo_step import base_sized_model, floor, make_batch, step_times
 
 from turbo_ray.config import load_config
 from turbo_ray.data.corpus import prepare_corpus
-from turbo_ray.loso import fold_splits
+from turbo_ray.data.folds import fold_splits
 from turbo_ray.losses import LossWeights, objective
 from turbo_ray.model.turbo import TurboOutput
 from turbo_ray.paths import RunPaths
+from turbo_ray.runners import build_trainer
 from turbo_ray.runtime import init_ray
-from turbo_ray.train import build_optimizer, build_scheduler, build_trainer, train_step
-from turbo_ray.tune import load_search_space, run_search
+from turbo_ray.search_space import load_search_space
+from turbo_ray.train import build_optimizer, build_scheduler, train_step
+from turbo_ray.tune import run_search
 
 CUDA = torch.device("cuda")
 
@@ -89,7 +91,7 @@ def one_gpu_epoch(storage: str) -> str:
     cfg = demo_config(storage)
     corpus = prepare_corpus(cfg.data)
     fold = corpus.fold(cfg.data)
-    splits = fold_splits(fold, with_test=False)
+    splits = fold_splits(fold)
     result = build_trainer(cfg, corpus.shards, splits, corpus.classes, "gpu-check").fit()
     if result.error:
         raise CheckFailed(f"the run failed: {result.error}")

@@ -2,34 +2,11 @@
 assertion)."""
 
 import math
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).parents[1]
 
 
-def run_script(script, tmp_path_factory, *args, env=None):
-    env = (env or os.environ) | {
-        "RAY_TMPDIR": str(tmp_path_factory.getbasetemp() / "rb")
-    }  # short socket paths
-    done = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / script), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return done.stdout
-
-
-def run_quick(script, tmp_path_factory, *args):
-    return run_script(script, tmp_path_factory, "--quick", *args)
+def run_quick(run_command, script, *args):
+    return run_command(f"experiments/{script}", "--quick", *args)
 
 
 def ratios(output, names):
@@ -42,8 +19,8 @@ def ratios(output, names):
     return values
 
 
-def test_bench_turbo_step(tmp_path_factory):
-    out = run_quick("bench_turbo_step.py", tmp_path_factory)
+def test_bench_turbo_step(run_command):
+    out = run_quick(run_command, "bench_turbo_step.py")
     for variant in ("baseline", "naive", "turbo", "shared P", "suffix S", "P + S"):
         assert re.search(rf"^  {re.escape(variant)} +[0-9.]+ ms/step$", out, re.MULTILINE), out
     ratios(out, ["naive/baseline", "floor", "turbo/baseline (this project)"])
@@ -52,8 +29,8 @@ def test_bench_turbo_step(tmp_path_factory):
     )  # printed last
 
 
-def test_bench_pipeline(tmp_path_factory):
-    out = run_quick("bench_pipeline.py", tmp_path_factory)
+def test_bench_pipeline(run_command):
+    out = run_quick(run_command, "bench_pipeline.py")
     ratios(out, ["feed/consumption", "memory x10/x1"])
     for recorded, stored in (
         ("16", "wav at 16"),
@@ -69,8 +46,8 @@ def test_bench_pipeline(tmp_path_factory):
         ), out
 
 
-def test_bench_scaling(tmp_path_factory):
-    out = run_quick("bench_scaling.py", tmp_path_factory)
+def test_bench_scaling(run_command):
+    out = run_quick(run_command, "bench_scaling.py")
     assert re.search(
         r"^all-reduce per step with 2 workers: [0-9.]+ MiB of fp32 gradients, "
         r"[0-9.]+ s timed alone",
@@ -87,9 +64,8 @@ def test_bench_scaling(tmp_path_factory):
     ratios(out, ["speed-up 2 vs 1 workers", "scaling/ceiling (this project)"])
 
 
-def test_bench_startup(tmp_path_factory, demo_corpus):
-    small = [f"data.cache_dir={demo_corpus.root.parents[1]}", "data.demo_utterances_per_speaker=12"]
-    out = run_quick("bench_startup.py", tmp_path_factory, *small, "data.max_seconds=1.0")
+def test_bench_startup(run_command, tiny):
+    out = run_quick(run_command, "bench_startup.py", *tiny, "train.epochs=1")
     assert re.search(r"^  search 0 \(cold pool\), trial 0 \(new process\): from fit to ", out, re.M)
     assert re.search(
         r"^  search 0, trial 1 \(reused process\): from the end of trial 0 to ", out, re.M
@@ -100,16 +76,15 @@ def test_bench_startup(tmp_path_factory, demo_corpus):
     assert out.strip().splitlines()[-1].startswith("startup/import (this project): ")
 
 
-def test_bench_search(tmp_path_factory, demo_corpus):
-    small = [f"data.cache_dir={demo_corpus.root.parents[1]}", "data.demo_utterances_per_speaker=12"]
-    out = run_quick("bench_search.py", tmp_path_factory, *small, "data.max_seconds=1.0")
+def test_bench_search(run_command, tiny):
+    out = run_quick(run_command, "bench_search.py", *tiny, "train.epochs=1")
     for name in ("under ASHA", "run to the end"):
         assert re.search(rf"^  {name} +\d+ +\d+ +config \d +[0-9.]+ +[0-9.]+$", out, re.M), out
     ratios(out, ["asha/full wall", "asha/full trial-epochs"])
     assert out.strip().splitlines()[-1].startswith("asha/full trial-epochs: ")
 
 
-def test_gpu_check_without_cuda_says_so_and_passes(tmp_path_factory):
-    env = os.environ | {"CUDA_VISIBLE_DEVICES": ""}  # no GPU seen, whatever the machine has
-    out = run_script("gpu_check.py", tmp_path_factory, env=env)
+def test_gpu_check_without_cuda_says_so_and_passes(run_command):
+    env = {"CUDA_VISIBLE_DEVICES": ""}  # no GPU seen, whatever the machine has
+    out = run_command("experiments/gpu_check.py", env=env)
     assert out.strip() == "gpu_check: no CUDA device here; nothing to check (exit 0)"

@@ -72,7 +72,7 @@ def start_other_ray(temp_dir: Path, env) -> int:
 
 
 def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
-    demo_corpus, tmp_path, tmp_path_factory
+    tiny, tmp_path, tmp_path_factory
 ):
     # the client side of every command: no token unless TOKEN is added
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
@@ -95,13 +95,9 @@ def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
             "1",
             "--output-dir",
             str(out),
-            f"data.cache_dir={demo_corpus.root.parents[1]}",
-            "data.demo_utterances_per_speaker=12",
-            "data.val_fraction=0.25",
-            "data.max_seconds=1.0",
+            *tiny,
             "train.epochs=1",
             "train.gpu_resource=local_gpu",
-            "model.head_hidden=64",
         ]
         submit = [RAY, "job", "submit", "--address", DASHBOARD, "--no-wait", "--", *entrypoint]
         refused = run(*submit, env=env, check=False)

@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 import ray
-from jobs import small_job
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
 from turbo_ray.cli import main
 from turbo_ray.config import load_config
-from turbo_ray.loso import fold_splits
+from turbo_ray.data.folds import fold_splits
+from turbo_ray.runners import build_trainer
 from turbo_ray.runtime import DRIVER_RESOURCE, init_ray
-from turbo_ray.train import build_trainer
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +59,7 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(cluster, demo_corpus,
             f"train.storage_path={tmp_path}",
         ],
     )
-    splits = fold_splits(demo_corpus.fold(cfg.data), with_test=False)
+    splits = fold_splits(demo_corpus.fold(cfg.data))
     trainer = build_trainer(cfg, demo_corpus.shards, splits, demo_corpus.classes, "node-loss")
     outcome = {}
     run = threading.Thread(target=lambda: outcome.setdefault("result", trainer.fit()))
@@ -93,15 +92,11 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(cluster, demo_corpus,
 
 
 def test_losing_a_one_worker_trials_node_restarts_it_elsewhere_from_its_checkpoint(
-    cluster, demo_corpus, tmp_path
+    cluster, tiny, tmp_path
 ):
-    out, cache = tmp_path / "job", demo_corpus.root.parents[1]
-    job = [
-        "tune",
-        "--num-samples",
-        "1",
-        *small_job(cache, out, "train.epochs=3", "train.max_failures=1"),
-    ]
+    out = tmp_path / "job"
+    job = ["tune", "--num-samples", "1", "--folds", "1", "--output-dir", str(out), *tiny]
+    job += ["train.epochs=3", "train.max_failures=1"]
     outcome = {}
     run = threading.Thread(target=lambda: outcome.setdefault("code", main(job)))
     run.start()

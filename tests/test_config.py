@@ -1,7 +1,6 @@
 """Typed config: YAML + dotted overrides, unknown keys and bad values named in the error."""
 
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -64,25 +63,9 @@ def test_unknown_key_in_file_is_named(tmp_path):
         load_config(path)
 
 
-def test_cli_help_and_config_print():
-    help_out = subprocess.run(
-        [sys.executable, "-m", "turbo_ray.cli", "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert help_out.returncode == 0 and "config" in help_out.stdout
-    out = subprocess.run(
-        [sys.executable, "-m", "turbo_ray.cli", "config", "loss.mode=in"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert yaml.safe_load(out.stdout)["loss"]["mode"] == "in"
-    bad = subprocess.run(
-        [sys.executable, "-m", "turbo_ray.cli", "config", "loss.nope=1"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert bad.returncode == 2 and "loss.nope" in bad.stderr
+def test_cli_help_and_config_print(run_command, launch):
+    assert "config" in run_command("--help")
+    assert yaml.safe_load(run_command("config", "loss.mode=in"))["loss"]["mode"] == "in"
+    bad = launch("config", "loss.nope=1", stderr=subprocess.PIPE)
+    _, err = bad.communicate(timeout=60)
+    assert bad.returncode == 2 and "loss.nope" in err

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from turbo_ray.config import CLASS_SETS
+from turbo_ray.data.folds import loso_folds
 from turbo_ray.data.iemocap import (
-    CLASS_SETS,
     COLUMNS,
     CorpusError,
     load_manifest,
-    loso_folds,
     scan_corpus,
 )
 

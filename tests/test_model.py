@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, DistilBertConfig
 
-from turbo_ray.config import Config, load_config
+from turbo_ray.config import TINY_AUDIO, Config, load_config
 from turbo_ray.losses import LossWeights, objective
 from turbo_ray.model import build_model
 from turbo_ray.model.encoders import AudioEncoder, _dropout_overrides, load_pretrained
 from turbo_ray.model.turbo import MIN_TEMPERATURE
-from turbo_ray.presets import TINY_AUDIO, encoder_names
+from turbo_ray.presets import encoder_names
 from turbo_ray.train import build_optimizer, build_scheduler, train_epoch, train_step
 
 SENTENCES = [

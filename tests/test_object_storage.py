@@ -3,17 +3,13 @@ shards, the checkpoints (a two-worker trial's TorchTrainer run), Tune's state an
 a finished search is resumed from the bucket alone, its local output folder deleted."""
 
 import json
-import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import boto3
 import pytest
-from jobs import check_mlflow_store
 from moto.server import ThreadedMotoServer
 
 REPO = Path(__file__).parents[1]
@@ -56,27 +52,11 @@ def keys(env, prefix):
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
-def turbo_ray(env, tmp_path_factory, *args):
-    done = subprocess.run(
-        [sys.executable, "-m", "turbo_ray.cli", *args],
-        cwd=REPO,
-        env=os.environ | env | {"RAY_TMPDIR": str(tmp_path_factory.getbasetemp() / "rs")},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
-
-
 def test_search_in_a_bucket_resumes_from_the_bucket_alone(
-    s3_env, demo_corpus, tmp_path, tmp_path_factory
+    s3_env, tiny, run_command, mlflow_store_matches, tmp_path
 ):
-    cache = demo_corpus.root.parents[1]
-    corpus = [f"data.cache_dir={cache}", "data.demo_utterances_per_speaker=12"]
     shards = f"s3://{BUCKET}/shards"
-    prepared = turbo_ray(s3_env, tmp_path_factory, "prepare", "--out", shards, *corpus)
+    prepared = run_command("prepare", "--out", shards, *tiny, env=s3_env)
     assert f"shards   {shards}" in prepared
     assert "shards/_manifest.json" in keys(s3_env, "shards/")
 
@@ -96,14 +76,11 @@ def test_search_in_a_bucket_resumes_from_the_bucket_alone(
         "1",
         "--workers-per-trial",
         "2",  # the trial drives a TorchTrainer (one-worker trials: tests/test_tune.py)
-        *corpus,
+        *tiny,
         *storage,
-        "data.val_fraction=0.25",
-        "data.max_seconds=1.0",
         "train.epochs=3",
-        "model.head_hidden=64",
     ]
-    turbo_ray(s3_env, tmp_path_factory, *command)
+    run_command(*command, env=s3_env)
     first = json.loads((out / "results.json").read_text())
     # the finished job pruned every other checkpoint, the run's last among them
     assert first["folds"][0]["best_epoch"] < 3, "this test needs a selected epoch before the last"
@@ -118,12 +95,12 @@ def test_search_in_a_bucket_resumes_from_the_bucket_alone(
     assert not list(out.glob("search"))  # nothing of Ray's storage on the local disk
 
     shutil.rmtree(out)  # another machine: only the bucket is left
-    resumed = turbo_ray(s3_env, tmp_path_factory, *command, "--resume")
+    resumed = run_command(*command, "--resume", env=s3_env)
     assert f"config fetched from s3://{BUCKET}/runs/tune-s3/config.yaml" in resumed
     assert "(resumed)" in resumed
     again = json.loads((out / "results.json").read_text())
     assert again["folds"] == first["folds"]  # the same selection and test scores, from the bucket
-    check_mlflow_store(out, tmp_path)  # every trial's history, in the new folder's store
+    mlflow_store_matches(out, tmp_path)  # every trial's history, in the new folder's store
     # restored, not searched again: the same trial and checkpoint
     assert {k for k in keys(s3_env, "runs/tune-s3/search/") if "/checkpoint_" in k} == {
         k for k in stored if "/checkpoint_" in k

@@ -10,23 +10,14 @@ import torch
 import torch.distributed as dist
 
 from turbo_ray import train
+from turbo_ray.checkpoints import KEEP_SCORE, checkpoint_at, keep_score, load_model, selected_epoch
 from turbo_ray.cli import main
-from turbo_ray.config import load_config
-from turbo_ray.data.iemocap import CLASS_SETS
+from turbo_ray.config import CLASS_SETS, load_config
+from turbo_ray.data.folds import fold_splits
 from turbo_ray.data.pipeline import collate_for, split_dataset
-from turbo_ray.loso import fold_splits
 from turbo_ray.model import build_model
-from turbo_ray.train import (
-    KEEP_SCORE,
-    best_checkpoint,
-    build_optimizer,
-    build_trainer,
-    evaluate,
-    fit,
-    keep_score,
-    load_model,
-    worker_context,
-)
+from turbo_ray.runners import build_trainer, worker_context
+from turbo_ray.train import build_optimizer, evaluate, fit
 
 FAST = [
     "data.max_seconds=2.0",
@@ -39,16 +30,17 @@ FAST = [
 
 
 def fit_fold(cfg, corpus, name, **kwargs):
-    splits = fold_splits(corpus.fold(cfg.data), with_test=False)
+    splits = fold_splits(corpus.fold(cfg.data))
     return build_trainer(cfg, corpus.shards, splits, corpus.classes, name, **kwargs).fit()
 
 
 def report_tied_epochs(loop_config):
-    """Validation scores 0.5, 0.5, 0.25 (a checkpoint each), ranked as `fit` ranks them."""
+    """Validation scores 0.5, 0.5, 0.25 (a checkpoint each), ranked and selected as `fit` does."""
     for epoch, score in ((1, 0.5), (2, 0.5), (3, 0.25)):
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "epoch").write_text(str(epoch))
             metrics = {"epoch": epoch, "val_ua": score, KEEP_SCORE: keep_score(score, epoch)}
+            metrics |= {"best_val_ua": 0.5, "best_epoch": 1}  # ties go to the earlier epoch
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
@@ -59,7 +51,8 @@ def test_of_equal_validation_scores_the_earlier_epoch_is_kept_and_selected(ray_l
     cfg.train.storage_path = str(tmp_path)
     splits = {"train": ["u"], "val": ["u"]}  # read by no one: the loop only reports
     trainer = build_trainer(cfg, "unread", splits, ["a", "b"], "tied", loop=report_tied_epochs)
-    checkpoint, metrics = best_checkpoint(trainer.fit(), "val_ua")
+    run = trainer.fit()
+    checkpoint, metrics = checkpoint_at(run, selected_epoch(run, "val_ua"))
     assert metrics["epoch"] == 1 and (Path(checkpoint.path) / "epoch").read_text() == "1"
 
 
@@ -224,23 +217,10 @@ def test_two_worker_run_survives_a_worker_failure_learns_and_restores(
     assert sorted(p.name for p in Path(again.path).glob("checkpoint_*")) == before
 
 
-def test_same_seed_same_scores_over_every_class(ray_local, demo_corpus, tmp_path, capsys):
+def test_same_seed_same_scores_over_every_class(ray_local, tiny, tmp_path, capsys):
     # `turbo-ray train` twice with one config and seed (2 DDP workers, shuffled data, random crops,
     # dropout): identical scores. With data.classes=all the classifier has a logit per label (11).
-    cache = demo_corpus.root.parents[1]
-    args = [
-        "train",
-        "--folds",
-        "1",
-        "--num-workers",
-        "2",
-        f"data.cache_dir={cache}",
-        "data.classes=all",
-        "data.demo_utterances_per_speaker=12",
-        "data.max_seconds=1.0",
-        "train.epochs=2",
-        "model.head_hidden=64",
-    ]
+    args = ["train", "--folds", "1", "--num-workers", "2", *tiny, "data.classes=all"]
     runs = []
     for run in ("first", "second"):
         assert main([*args, "--output-dir", str(tmp_path / run)]) == 0

@@ -14,19 +14,13 @@ import pandas as pd
 import psutil
 import pytest
 import ray
-from jobs import check_mlflow_store, small_job
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from turbo_ray.cli import main
-from turbo_ray.tune import (
-    FOLD,
-    FoldASHA,
-    FoldSearch,
-    SchedulerState,
-    SearchSpaceError,
-    load_search_space,
-)
+from turbo_ray.search_space import SearchSpaceError, load_search_space
+from turbo_ray.trials import FOLD
+from turbo_ray.tune import FoldASHA, FoldSearch, SchedulerState
 
 REPO = Path(__file__).parents[1]
 
@@ -121,16 +115,12 @@ def test_asha_is_per_fold_and_keeps_its_rungs_in_tunes_state_across_a_restart():
 
 
 def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
-    demo_corpus, tmp_path, tmp_path_factory
+    demo_corpus, tiny, launch, run_command, mlflow_store_matches, tmp_path
 ):
     space = tmp_path / "space.yaml"
     space.write_text("train.lr: {loguniform: [1.0e-4, 3.0e-3]}\nstart: [{train.lr: 2.0e-3}]\n")
     out = tmp_path / "exp"
-    cache = demo_corpus.root.parents[1]
     command = [
-        sys.executable,
-        "-m",
-        "turbo_ray.cli",
         "tune",
         "--output-dir",
         str(out),
@@ -144,22 +134,11 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
         "1",
         "--max-concurrent-trials",
         "1",
-        f"data.cache_dir={cache}",
-        "data.demo_utterances_per_speaker=12",
-        "data.val_fraction=0.25",
-        "data.max_seconds=1.0",
-        "data.batch_size=8",
-        "train.epochs=2",
+        *tiny,
         "train.num_to_keep=2",
-        "model.head_hidden=64",
     ]
-    env = os.environ | {
-        "RAY_TMPDIR": str(tmp_path_factory.getbasetemp() / "rt")
-    }  # short: Ray's socket paths
     with open(tmp_path / "first.log", "w") as log:  # the driver keeps its own handle
-        driver = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        driver = launch(*command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     deadline = time.time() + 420
     # folds 1 and 2 searched, fold 3's trial has its first checkpoint: kill it mid-trial
@@ -176,23 +155,14 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
     }
     assert all(len(names) == 2 for names in before.values()), before
 
-    resumed = subprocess.run(
-        [*command, "--resume"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "(resumed)" in resumed.stdout and "no problems" in resumed.stdout  # the corpus report
-    assert "Nested leave-one-session-out (nested-loso)" in resumed.stdout
+    resumed = run_command(*command, "--resume")
+    assert "(resumed)" in resumed and "no problems" in resumed  # the corpus report
+    assert "Nested leave-one-session-out (nested-loso)" in resumed
     # no finished trial started again; the interrupted one went on
     assert "fold 1 trial 0  started" in (tmp_path / "first.log").read_text()
-    assert "fold 1 trial 0  started" not in resumed.stdout
-    assert "fold 2 trial 0  started" not in resumed.stdout
-    assert "fold 3 trial 0  epoch 2/2" in resumed.stdout
+    assert "fold 1 trial 0  started" not in resumed
+    assert "fold 2 trial 0  started" not in resumed
+    assert "fold 3 trial 0  epoch 2/2" in resumed
     # folds 1 and 2 were not searched again: what is left of their checkpoints was there before
     for p in finished:
         assert {c.name for c in p.glob("checkpoint_*") if c.is_dir()} <= set(before[p.name])
@@ -237,8 +207,8 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
 
     # MLflow (the run folder's SQLite store): one run per trial with its full config and every
     # epoch's score, each exactly once although the driver died and resumed mid-search
-    assert f"ui --backend-store-uri sqlite:///{out / 'mlflow.db'}" in resumed.stdout
-    check_mlflow_store(out, tmp_path)
+    assert f"ui --backend-store-uri sqlite:///{out / 'mlflow.db'}" in resumed
+    mlflow_store_matches(out, tmp_path)
 
     # each fold's TPE was told its trials' best epoch (the score that selects), not the last one
     searcher = FoldSearch([1, 2, 3], 1, "best_val_ua", [], 0)
@@ -259,17 +229,18 @@ def history(trial: Path) -> list[dict]:
 
 
 def test_one_worker_scores_the_same_in_a_trial_a_reused_trial_and_a_torch_trainer(
-    ray_local, demo_corpus, tmp_path
+    ray_local, tiny, tmp_path
 ):
     # the space holds only the default lr: the search's two trials (one lane) and `turbo-ray train`
     # (a one-worker TorchTrainer) run one config and seed; the second trial runs in the process
     # Tune kept from the first
-    cache = demo_corpus.root.parents[1]
     space = tmp_path / "space.yaml"
     space.write_text("train.lr: {choice: [1.0e-3]}\n")
     tuned = ["--num-samples", "2", "--max-concurrent-trials", "1", "--search-space", str(space)]
-    assert main(["tune", *tuned, *small_job(cache, tmp_path / "tune")]) == 0
-    assert main(["train", *small_job(cache, tmp_path / "train")]) == 0
+    assert (
+        main(["tune", *tuned, "--folds", "1", "--output-dir", str(tmp_path / "tune"), *tiny]) == 0
+    )
+    assert main(["train", "--folds", "1", "--output-dir", str(tmp_path / "train"), *tiny]) == 0
     assert scores(tmp_path / "tune") == scores(tmp_path / "train")
     trials = pd.read_csv(tmp_path / "tune" / "trials.csv", dtype={"trial": str})
     first, second = (history(tmp_path / "tune" / "search" / f"trial-{t}") for t in trials.trial)
@@ -283,14 +254,14 @@ def test_one_worker_scores_the_same_in_a_trial_a_reused_trial_and_a_torch_traine
 
 
 def test_the_main_job_reproduces_resumes_from_its_config_alone_and_resumes_finished(
-    ray_local, demo_corpus, tmp_path, capsys
+    ray_local, tiny, mlflow_store_matches, tmp_path, capsys
 ):
     # 2 folds x 3 trials, two trials at once (a fold's TPE and ASHA see its trials in launch order)
     space = tmp_path / "space.yaml"
     space.write_text(
         "train.lr: {loguniform: [3.0e-4, 3.0e-3]}\nmodel.dropout: {uniform: [0.05, 0.3]}\n"
     )
-    overrides = small_job(demo_corpus.root.parents[1], tmp_path)[4:] + [
+    overrides = tiny + [
         "tune.folds=2",
         "tune.num_samples=3",
         "tune.max_concurrent_trials=2",
@@ -331,19 +302,19 @@ def test_the_main_job_reproduces_resumes_from_its_config_alone_and_resumes_finis
     tables = printed[printed.index("Selected per fold") : printed.index("wrote ")]
     assert tables in again
     assert sorted(fresh.glob("search/trial-*/checkpoint_*")) == kept
-    check_mlflow_store(fresh, tmp_path)
+    mlflow_store_matches(fresh, tmp_path)
     header = (fresh / "best_config_s2.yaml").read_text().splitlines()[1]
     assert header.endswith(f"--config {fresh / 'best_config_s2.yaml'} --fold 2")
 
 
 def test_two_jobs_beside_a_ray_started_by_ray_start_join_it_and_finish(
-    demo_corpus, tmp_path, tmp_path_factory
+    tiny, launch, tmp_path, tmp_path_factory
 ):
     # the README's way to keep a dashboard: `ray start --head` first; then two jobs at once,
     # without --address (one drives a two-worker TorchTrainer), while this test process holds a
     # Ray of its own beside them
     ray_tmp = tmp_path_factory.getbasetemp() / "rj"  # short: Ray's socket paths
-    env = os.environ | {"RAY_TMPDIR": str(ray_tmp)}
+    env = {"RAY_TMPDIR": str(ray_tmp)}
     started = subprocess.run(
         [
             str(Path(sys.executable).parent / "ray"),
@@ -354,7 +325,7 @@ def test_two_jobs_beside_a_ray_started_by_ray_start_join_it_and_finish(
             '--resources={"train_driver": 8}',
             "--include-dashboard=false",
         ],
-        env=env,
+        env=os.environ | env,
         capture_output=True,
         text=True,
         check=False,
@@ -362,24 +333,21 @@ def test_two_jobs_beside_a_ray_started_by_ray_start_join_it_and_finish(
     assert started.returncode == 0, started.stderr[-2000:]
     try:
         jobs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "turbo_ray.cli",
-                    "tune",
-                    "--num-samples",
-                    "1",
-                    "--workers-per-trial",
-                    str(workers),
-                    *small_job(demo_corpus.root.parents[1], tmp_path / f"job{workers}"),
-                    "train.epochs=1",
-                ],
-                cwd=REPO,
+            launch(
+                "tune",
+                "--folds",
+                "1",
+                "--num-samples",
+                "1",
+                "--workers-per-trial",
+                str(workers),
+                "--output-dir",
+                str(tmp_path / f"job{workers}"),
+                *tiny,
+                "train.epochs=1",
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                text=True,
             )
             for workers in (1, 2)
         ]
@@ -395,13 +363,13 @@ def test_two_jobs_beside_a_ray_started_by_ray_start_join_it_and_finish(
 
 
 def test_a_cluster_without_the_driver_resource_is_one_line_and_leaves_the_folder_free(
-    demo_corpus, tmp_path, capsys
+    tiny, tmp_path, capsys
 ):
     ray.shutdown()  # the shared Ray has the resource; this test's Ray (as a user's may) has not
     ray.init(num_cpus=2, include_dashboard=False)
     try:
         out = tmp_path / "out"
-        job = small_job(demo_corpus.root.parents[1], out)
+        job = ["--folds", "1", "--output-dir", str(out), *tiny]
         assert main(["tune", "--workers-per-trial", "2", *job]) == 2
         assert "has no 'train_driver' resource" in capsys.readouterr().err
         assert not (out / "config.yaml").exists()  # the same command may run again

@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING
 import yaml
 
 from turbo_ray.config import MODES, Config, ConfigError, load_config
-from turbo_ray.paths import RunPaths, latest_output_dir, new_output_dir, read_text, write_text
+from turbo_ray.paths import UsageError, is_uri, local_cluster_config
 
 if TYPE_CHECKING:
-    from turbo_ray.data.corpus import Corpus
-    from turbo_ray.tracking import Tracker
+    from turbo_ray.experiment import JobResult
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -31,11 +30,15 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_run_args(parser: argparse.ArgumentParser, workers_flag: str = "--num-workers") -> None:
-    add_config_args(parser)
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", help="IEMOCAP_full_release folder (default: the generated demo corpus)"
     )
+
+
+def add_run_args(parser: argparse.ArgumentParser, workers_flag: str = "--num-workers") -> None:
+    add_config_args(parser)
+    add_data_dir(parser)
     parser.add_argument("--preset", help="encoder preset: tiny (default), base, large")
     parser.add_argument(
         workers_flag,
@@ -77,69 +80,6 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-class UsageError(Exception):
-    """A command that cannot run as given (an output folder, --resume); the message says why."""
-
-
-def check_output_dir(out: Path, resume: bool) -> None:
-    """The output folder must be free for a new experiment, or hold the one to resume."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output-dir {out} is a file, not a folder")
-    holds_experiment = (out / RunPaths.CONFIG).is_file()
-    if resume and not holds_experiment:
-        raise UsageError(
-            f"--resume: {out} holds no experiment (no {RunPaths.CONFIG}); to resume from object "
-            f"storage alone, pass the same --output-dir name and train.storage_path=<URI>"
-        )
-    if not resume and holds_experiment:
-        raise UsageError(
-            f"{out} already holds an experiment: pass --resume, or another --output-dir"
-        )
-
-
-def start_job(
-    cfg: Config,
-    paths: RunPaths,
-    address: str | None,
-    resume: bool = False,
-    drives_trainers: bool = False,
-) -> Corpus:
-    """Check the corpus (its problem report is printed) and its folds before Ray starts, as the
-    caller checked the output folder; then start (or join) Ray, check it (`drives_trainers`: the
-    job's trials drive TorchTrainers) and only then save the job's config, so that a Ray that
-    cannot run the job leaves the folder free for the same command."""
-    from turbo_ray.data.corpus import prepare_corpus
-    from turbo_ray.progress import quiet_ray_logs
-    from turbo_ray.runtime import init_ray, require_driver_resource, running_ray
-
-    corpus = prepare_corpus(cfg.data)
-    print_corpus(corpus)
-    corpus.folds(cfg.data)  # every split non-empty
-    print(f"experiment {paths.out}{'  (resumed)' if resume else ''}")
-    print(f"Ray's own log: {quiet_ray_logs(paths.ray_log)}")
-    if not address and (running := running_ray()):
-        print(f"joining the Ray already running here at {running} (--address picks another)")
-    dashboard = init_ray(address)
-    if dashboard:
-        print(f"Ray dashboard: {dashboard}  (trials, workers, CPU/GPU and memory use)")
-    if drives_trainers:
-        require_driver_resource()
-    if not resume:
-        paths.config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        if paths.stored_config:
-            write_text(paths.stored_config, paths.config.read_text())
-    return corpus
-
-
-def print_corpus(corpus: Corpus) -> None:
-    label = "  (demo corpus: a fixture, not real speech)" if corpus.is_demo else ""
-    print(
-        f"corpus {corpus.root}{label}: {len(corpus.manifest)} utterances "
-        f"in {len(corpus.classes)} classes"
-    )
-    print(corpus.report.summary())
-
-
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Parse the corpus, report its problems and write its Parquet shards."""
     from turbo_ray.data.corpus import prepare_corpus
@@ -148,7 +88,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.out:
         cfg.data.shards_dir = args.out
     corpus = prepare_corpus(cfg.data, strict=args.strict)
-    print_corpus(corpus)
+    print(corpus.summary())
     counts = corpus.manifest.groupby(["session", "label"]).size().unstack(fill_value=0)
     print(f"{len(corpus.manifest)} utterances in {cfg.data.classes}:\n{counts.to_string()}")
     print(f"shards   {corpus.shards}")
@@ -158,82 +98,48 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """One config over the LOSO folds, for each requested mode and seed;
     prints and writes the table."""
-    from turbo_ray.config import override
-    from turbo_ray.loso import PROTOCOL, format_table, run_modes, write_results
+    from turbo_ray.experiment import run_fixed
 
-    cfg = config_from_args(args)
-    paths = RunPaths.of(Path(args.output_dir or new_output_dir("train")), cfg.train.storage_path)
-    modes, seeds = args.mode.split(","), [int(s) for s in args.seeds.split(",")]
-    if bad := [m for m in modes if m not in MODES]:
-        raise ConfigError(f"--mode {bad} not in {MODES}")
-    check_output_dir(paths.out, resume=False)
-    cfg = override(cfg, {"train.storage_path": paths.checkpoints})
-    corpus = start_job(cfg, paths, args.address)
-    sessions = [args.fold] if args.fold else list(range(1, args.folds + 1))
-    results, by = run_modes(cfg, corpus, modes, seeds, sessions)
-    print("\n" + format_table(results, f"Test scores of the best-val epoch, {corpus.label}", by))
-    for path in write_results(results, paths.out, list(corpus.classes), cfg, PROTOCOL, by):
-        print(f"wrote {path}")
+    result = run_fixed(
+        config_from_args(args),
+        Path(args.output_dir) if args.output_dir else None,
+        modes=args.mode.split(","),
+        seeds=[int(s) for s in args.seeds.split(",")],
+        sessions=[args.fold] if args.fold else list(range(1, args.folds + 1)),
+        address=args.address,
+    )
+    print(f"\n{result.table()}\n")
+    print("\n".join(f"wrote {p}" for p in result.files))
+    print(watch_commands(result))
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """The main job: nested leave-one-session-out search and test (see turbo_ray/experiment.py)."""
-    from turbo_ray.experiment import PROTOCOL, run_nested, selection_table
-    from turbo_ray.loso import format_table, write_results
-    from turbo_ray.progress import SearchProgress
-    from turbo_ray.tracking import Tracker
-    from turbo_ray.tune import load_search_space, search_record, trains_in_trial
+    from turbo_ray.experiment import run_nested
 
-    out = resume_dir(args) if args.resume else Path(args.output_dir or new_output_dir("tune"))
-    if args.resume:
-        fetch_stored_config(out, config_from_args(args))
-    check_output_dir(out, args.resume)
-    # resume: its own
-    cfg = load_config(out / RunPaths.CONFIG) if args.resume else config_from_args(args)
-    paths = RunPaths.of(out, cfg.train.storage_path)
-    space = load_search_space(cfg.tune.search_space)
-    corpus = start_job(cfg, paths, args.address, args.resume, not trains_in_trial(cfg))
-    print(
-        f"nested leave-one-session-out over {cfg.tune.folds} folds: "
-        f"per fold, {cfg.tune.num_samples} "
-        f"trials (TPE + ASHA on each trial's best {cfg.tune.metric}) on the other sessions only"
-    )
-
-    tracker = Tracker.open(cfg, paths, PROTOCOL, corpus.label)
-    total = cfg.tune.folds * cfg.tune.num_samples
-    searched = [p.key for p in space.params]
-    progress = SearchProgress(total, cfg.tune.metric, cfg.train.epochs, searched)
-    results, written = run_nested(cfg, corpus, space, paths, tracker, args.resume, [progress])
-    search = search_record(space, cfg, results.test_session.tolist())
-    written += write_results(results, paths.out, list(corpus.classes), cfg, PROTOCOL, search=search)
-    tracker.log_folds(results, cfg, list(corpus.classes))
-    tracker.finish(results, written)
-    print("\n" + selection_table(results, cfg))
-    print(
-        "\n"
-        + format_table(
-            results,
-            f"Nested leave-one-session-out ({PROTOCOL}): test scores of each "
-            f"fold's selected checkpoint, {corpus.label}",
-        )
-    )
-    print("\n" + "\n".join(f"wrote {p}" for p in written))
-    print(watch_commands(paths, tracker, joined=bool(args.address)))
+    out = Path(args.output_dir) if args.output_dir else None
+    result = run_nested(config_from_args(args), out, args.resume, args.address)
+    print(f"\n{result.selection()}\n\n{result.table()}\n")
+    print("\n".join(f"wrote {p}" for p in result.files))
+    print(watch_commands(result))
     return 0
 
 
-def watch_commands(paths: RunPaths, tracker: Tracker, joined: bool) -> str:
-    """How to look at the finished experiment: MLflow's UI, TensorBoard, and the dashboard
-    (`joined`: of a cluster that outlives the job)."""
+def watch_commands(result: JobResult) -> str:
+    """How to look at the finished experiment: MLflow's UI, TensorBoard (a search's), and the
+    dashboard (of a cluster that outlives the job)."""
     lines = [
-        "\nCompare the trials and folds:",
-        f"  MLflow:      {tracker.ui_command()}   (then http://127.0.0.1:5000)",
+        "\nCompare the runs:",
+        f"  MLflow:      {result.tracker.ui_command()}   (then http://127.0.0.1:5000)",
     ]
-    if "://" not in str(paths.search):  # Tune's event files, where this machine can read them
+    from turbo_ray.experiment import NESTED
+
+    search = result.paths.search
+    if result.protocol == NESTED and not is_uri(search):  # Tune's event files, here
         tensorboard = Path(sys.executable).parent / "tensorboard"
-        lines.append(f"  TensorBoard: {os.path.relpath(tensorboard)} --logdir {paths.search}")
-    if not joined:
+        lines.append(f"  TensorBoard: {os.path.relpath(tensorboard)} --logdir {search}")
+    if not result.joined:
         lines.append(
             "  The Ray dashboard lived as long as this job's local Ray; to keep one, start Ray "
             "first (`ray start --head --resources '{\"train_driver\": 64}'`): jobs join it "
@@ -242,24 +148,12 @@ def watch_commands(paths: RunPaths, tracker: Tracker, joined: bool) -> str:
     return "\n".join(lines)
 
 
-def fetch_stored_config(out: Path, given: Config) -> None:
-    """--resume where the output folder is gone (another machine, a deleted folder): with
-    `train.storage_path=<URI>` given, the config the job stored there is fetched into `out`."""
-    stored = RunPaths.of(out, given.train.storage_path).stored_config
-    if (out / RunPaths.CONFIG).is_file() or not stored or (text := read_text(stored)) is None:
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RunPaths.CONFIG).write_text(text)
-    print(f"config fetched from {stored}")
-
-
 def cmd_local_cluster(args: argparse.Namespace) -> int:
     """Start (or stop) the cluster of a `ray up` config as local processes, Ray's fake multi-node
     provider: the same node types, autoscaled from 0, token auth, the dashboard on 127.0.0.1."""
     from turbo_ray.cluster import FAKE_HEAD, LOCAL_GPU, start_local_cluster, stop_local_cluster
-    from turbo_ray.config import DataConfig
 
-    config = Path(DataConfig().cache_dir).expanduser() / "local-cluster.yaml"
+    config = local_cluster_config(config_from_args(args).data)
     if args.action == "down":
         print(stop_local_cluster(config))
         return 0
@@ -290,15 +184,6 @@ def cmd_local_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
-def resume_dir(args: argparse.Namespace) -> Path:
-    """--output-dir, or the newest runs/tune-* folder."""
-    if args.output_dir:
-        return Path(args.output_dir).resolve()
-    if (latest := latest_output_dir("tune")) is None:
-        raise UsageError("--resume: no runs/tune-* experiment here; pass --output-dir DIR")
-    return latest
-
-
 def cmd_check_cluster(args: argparse.Namespace) -> int:
     """Validate a `ray up` config offline (Ray's schema and this project's rules)."""
     from turbo_ray.cluster import check_cluster_config, describe
@@ -323,9 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare", help="parse IEMOCAP (or the demo corpus) and write Parquet shards"
     )
     add_config_args(p)
-    p.add_argument(
-        "--data-dir", help="IEMOCAP_full_release folder (default: the generated demo corpus)"
-    )
+    add_data_dir(p)
     p.add_argument(
         "--out", help="shards location: a local path or a URI such as s3://bucket/prefix"
     )
@@ -377,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--idle-timeout-minutes", type=float, help="remove idle workers sooner than the file says"
     )
+    p.add_argument("--config", help="YAML config file: its data.cache_dir keeps the cluster's file")
+    p.set_defaults(overrides=[])
     p.set_defaults(func=cmd_local_cluster)
     return parser
 

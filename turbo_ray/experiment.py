@@ -1,84 +1,177 @@
-"""The main job, nested leave-one-session-out: per outer fold k, a search (TPE + ASHA) trains and
-validates on the other sessions only, and fold k's test score is that of the checkpoint its own
-search selected (best trial, best epoch). Session k's utterances never touch fold k's selection.
+"""Whole jobs, for both protocols: check the output folder, prepare the corpus, start or join Ray,
+save the config, train, test each fold's selected checkpoint once, write every result file, track
+in MLflow, prune the checkpoints no result came from. The command line only parses and prints.
 
-    results, written = run_nested(cfg, corpus, space, paths, Tracker.open(cfg, paths, …))
-    print(selection_table(results, cfg)); print(format_table(results, title))   # one row per fold
+    result = run_nested(load_config("experiments/configs/iemocap.yaml"))   # the main job
+    result = run_fixed(cfg, modes=["baseline", "turbo"], seeds=[0, 1, 2])  # one config, no search
+    print(result.table())        # one row per fold (and mode and seed), mean and std
+
+The nested protocol: per outer fold k, a search (TPE + ASHA) trains and validates on the other
+sessions only, and fold k's test score is that of the checkpoint its own search selected (best
+trial, best epoch). The fixed protocol: one given config per mode and seed, a Train run per fold,
+tested at its best validation epoch. Session k's utterances never touch fold k's selection.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import ray
 import ray.train
-import torch
+import ray.tune
+import yaml
 
-from turbo_ray.config import Config, override
-from turbo_ray.data.corpus import Corpus
-from turbo_ray.data.iemocap import Fold
-from turbo_ray.data.pipeline import collate_for, configure_ray_data, split_dataset
-from turbo_ray.paths import RunPaths, read_text, write_text
+from turbo_ray.checkpoints import checkpoint_at, prune_checkpoints, selected_epoch
+from turbo_ray.config import MODES, Config, ConfigError, load_config, override
+from turbo_ray.data.corpus import Corpus, prepare_corpus
+from turbo_ray.data.folds import Fold, fold_splits
+from turbo_ray.evaluation import tested_row
+from turbo_ray.paths import (
+    RunPaths,
+    UsageError,
+    latest_output_dir,
+    new_output_dir,
+    read_text,
+    write_text,
+)
+from turbo_ray.progress import SearchProgress, ray_logs_in
+from turbo_ray.results import format_table, selection_table, write_results
+from turbo_ray.runners import build_trainer
+from turbo_ray.runtime import init_ray, require_driver_resource, running_ray
+from turbo_ray.search_space import load_search_space
 from turbo_ray.tracking import Tracker
-from turbo_ray.train import (
-    checkpoint_at,
-    device_of,
-    evaluate,
-    load_model,
-    prune_checkpoints,
-    worker_resources,
-)
-from turbo_ray.tune import (
-    SearchSpace,
-    best_trials,
-    run_search,
-    searched,
-    selected_epoch,
-    trains_in_trial,
-    trial_id,
-    write_search_outputs,
-)
+from turbo_ray.trials import best_trials, searched, trial_id, write_search_outputs
+from turbo_ray.tune import run_search, search_record, trains_in_trial
 
-PROTOCOL = "nested-loso"
+NESTED, FIXED = "nested-loso", "loso"  # the protocols, as results.json and MLflow name them
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A finished job: its rows (one per tested fold, and mode and seed), files and tracker."""
+
+    protocol: str
+    cfg: Config
+    paths: RunPaths
+    corpus: str  # how tables name the corpus
+    rows: pd.DataFrame
+    by: list[str] | None  # the columns that group the rows (None: one run)
+    files: list[Path]
+    tracker: Tracker
+    joined: bool  # ran on a Ray that outlives the job (its dashboard stays)
+
+    def table(self) -> str:
+        """The test scores per fold, with mean and std (per group)."""
+        if self.protocol == NESTED:
+            title = (
+                f"Nested leave-one-session-out ({NESTED}): test scores of each fold's selected "
+                f"checkpoint, {self.corpus}"
+            )
+        else:
+            title = f"Test scores of the best-val epoch, {self.corpus}"
+        return format_table(self.rows, title, self.by)
+
+    def selection(self) -> str:
+        """What each fold's search selected (nested protocol only)."""
+        return selection_table(self.rows, self.cfg)
 
 
 def run_nested(
+    cfg: Config, out: Path | None = None, resume: bool = False, address: str | None = None
+) -> JobResult:
+    """The main job: a search per outer fold (`tune.folds` of them), each fold's selected
+    checkpoint tested on its held-out session. `out`: the output folder (default: a new
+    runs/tune-<time>; with `resume`, the newest one); `resume` continues the job there with its
+    own saved config (a finished job trains nothing); `address`: a Ray cluster to join."""
+    cfg, paths = open_job("tune", cfg, out, resume)
+    space = load_search_space(cfg.tune.search_space)
+    corpus = prepare(cfg)
+    with ray_logs_in(paths.ray_log):
+        joined = start_ray(cfg, paths, address, resume, drives_trainers=not trains_in_trial(cfg))
+        print(
+            f"nested leave-one-session-out over {cfg.tune.folds} folds: per fold, "
+            f"{cfg.tune.num_samples} trials (TPE + ASHA on each trial's best {cfg.tune.metric}) "
+            "on the other sessions only"
+        )
+        tracker = Tracker.open(cfg, paths, NESTED, corpus.label)
+        folds = corpus.folds(cfg.data)[: cfg.tune.folds]
+        searched_keys = [p.key for p in space.params]
+        total = cfg.tune.folds * cfg.tune.num_samples
+        progress = SearchProgress(total, cfg.tune.metric, cfg.train.epochs, searched_keys)
+        grid = run_search(cfg, folds, space, corpus, paths, resume, [progress])
+        tracker.log_trials(grid, cfg)
+        files = write_search_outputs(grid, space, cfg, paths)
+        selected = best_trials(grid, cfg)
+        rows = [tested(cfg, corpus, fold, selected[fold.test_session], paths) for fold in folds]
+        prune(cfg, paths.search, rows)
+        search = search_record(space, cfg, [fold.test_session for fold in folds])
+        return finish(NESTED, cfg, corpus, paths, rows, files, tracker, joined, search=search)
+
+
+def run_fixed(
     cfg: Config,
-    corpus: Corpus,
-    space: SearchSpace,
-    paths: RunPaths,
-    tracker: Tracker,
-    resume: bool = False,
-    callbacks: list | None = None,
-) -> tuple[pd.DataFrame, list[Path]]:
-    """Search every outer fold (`tune.folds` of them), log the trials to `tracker`, test each
-    fold's selected checkpoint on its held-out session, then keep only those checkpoints' weights
-    (unless `train.keep_checkpoints`); returns one row per fold and the search outputs written to
-    `paths.out`. `callbacks`: Tune callbacks for the search (progress lines)."""
-    folds = corpus.folds(cfg.data)[: cfg.tune.folds]
-    grid = run_search(cfg, folds, space, corpus, paths, resume, callbacks)
-    tracker.log_trials(grid, cfg)
-    written = write_search_outputs(grid, space, cfg, paths.out)
-    selected = best_trials(grid, cfg)
-    rows = [tested(cfg, corpus, fold, selected[fold.test_session], paths) for fold in folds]
-    if not cfg.train.keep_checkpoints:  # the losing and stopped trials' checkpoints go
-        prune_checkpoints(paths.search, {row["checkpoint"] for row in rows})
-    return pd.DataFrame(rows), written
+    out: Path | None = None,
+    modes: list[str] = ("turbo",),
+    seeds: list[int] = (0,),
+    sessions: list[int] | None = None,
+    address: str | None = None,
+) -> JobResult:
+    """One given config over the leave-one-session-out folds that test `sessions` (default: all),
+    once per loss mode and training seed: a Train run per fold, tested at its best validation
+    epoch. `out`: the output folder (default: a new runs/train-<time>)."""
+    if bad := [m for m in modes if m not in MODES]:
+        raise ConfigError(f"--mode {bad} not in {MODES}")
+    cfg, paths = open_job("train", cfg, out, resume=False)
+    corpus = prepare(cfg)
+    folds = [f for f in corpus.folds(cfg.data) if sessions is None or f.test_session in sessions]
+    if not folds:
+        raise ConfigError(f"no LOSO fold tests session(s) {sessions} in {corpus.label}")
+    with ray_logs_in(paths.ray_log):
+        joined = start_ray(cfg, paths, address)
+        tracker = Tracker.open(cfg, paths, FIXED, corpus.label)
+        rows = []
+        for mode in modes:
+            for seed in seeds:
+                setting = {"loss.mode": mode, "train.seed": seed}
+                run_cfg = override(cfg, setting | {"train.storage_path": paths.checkpoints})
+                for fold in folds:
+                    run = paths.run_name(mode, seed, fold.test_session)
+                    row = fixed_fold(run_cfg, corpus, fold, run)
+                    rows.append(row | {"mode": mode, "seed": seed})
+        prune(cfg, paths.checkpoints, rows)
+        by = ["mode"] if len(modes) > 1 or len(seeds) > 1 else None
+        return finish(FIXED, cfg, corpus, paths, rows, [], tracker, joined, by=by)
+
+
+def fixed_fold(cfg: Config, corpus: Corpus, fold: Fold, name: str) -> dict:
+    """Train one fold as the Train run `name`, then test its best validation epoch's
+    checkpoint."""
+    trainer = build_trainer(cfg, corpus.shards, fold_splits(fold), corpus.classes, name)
+    run = trainer.fit()
+    checkpoint, metrics = checkpoint_at(run, selected_epoch(run, cfg.tune.metric))
+    return tested_row(cfg, corpus, fold, checkpoint, metrics)
 
 
 def tested(
     cfg: Config, corpus: Corpus, fold: Fold, trial: ray.tune.Result, paths: RunPaths
 ) -> dict:
-    """The fold's test row: recorded in the job's storage once tested (a resumed job, on any
-    machine, reads it back; its checkpoints may be pruned by then), else `evaluate_selected`."""
+    """The fold's row from its selected trial: recorded in the job's storage once tested (a resumed
+    job, on any machine, reads it back: its checkpoints may be pruned by then)."""
     record = paths.test_record(fold.test_session)
     chosen = (trial_id(trial), selected_epoch(trial, cfg.tune.metric))
     if (text := read_text(record)) is not None:
         row = json.loads(text)
     else:
-        row = evaluate_selected(cfg, corpus, fold, trial, chosen[1], paths)
+        checkpoint, metrics = checkpoint_at(trial_run(trial, cfg, paths), chosen[1])
+        seen = pd.concat([fold.train, fold.val])  # what its search trained and validated on
+        selection = {
+            "search_sessions": sorted(int(s) for s in seen.session.unique()),
+            "trial": chosen[0],
+            "params": searched(trial.config),
+        }
+        row = tested_row(cfg, corpus, fold, checkpoint, metrics, **selection)
         write_text(record, json.dumps(row))
     if (row["trial"], row["best_epoch"]) != chosen:
         raise RuntimeError(
@@ -86,58 +179,6 @@ def tested(
             f"but fold {fold.test_session}'s search selected {chosen}"
         )
     return row
-
-
-def selection_table(results: pd.DataFrame, cfg: Config) -> str:
-    """What each fold's search selected on its validation speakers:
-    trial, epoch, score, parameters."""
-    metric = cfg.tune.metric
-    rows = [
-        {
-            "test_session": row.test_session,
-            "trial": row.trial,
-            "epoch": row.best_epoch,
-            metric: f"{100 * row[metric]:.2f}",
-            **{k: _short(v) for k, v in row.params.items()},
-        }
-        for _, row in results.iterrows()
-    ]
-    return (
-        "Selected per fold on its validation speakers (its test session never seen):\n"
-        + pd.DataFrame(rows).to_string(index=False)
-    )
-
-
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def evaluate_selected(
-    cfg: Config, corpus: Corpus, fold: Fold, trial: ray.tune.Result, epoch: int, paths: RunPaths
-) -> dict:
-    """The fold's row: what its search saw and chose (`trial`, its `epoch`), and the test scores
-    of that checkpoint."""
-    checkpoint, metrics = checkpoint_at(trial_run(trial, cfg, paths), epoch)
-    custom = worker_resources(cfg)
-    cpus, gpus = custom.pop("CPU"), custom.pop("GPU", 0)
-    scores = ray.get(
-        _evaluate.options(num_cpus=cpus, num_gpus=gpus, resources=custom).remote(
-            checkpoint, corpus.shards, fold.test.utterance_id.tolist(), device_of(cfg)
-        )
-    )
-    seen = pd.concat([fold.train, fold.val])  # what its search trained and validated on
-    return {
-        "test_session": fold.test_session,
-        "search_sessions": sorted(int(s) for s in seen.session.unique()),
-        "trial": trial_id(trial),
-        "best_epoch": epoch,
-        cfg.tune.metric: metrics[cfg.tune.metric],
-        "params": searched(trial.config),
-        **{k: scores[k] for k in ("wa", "ua", "f1")},
-        "n_test": scores["n"],
-        "confusion": scores["confusion"],
-        "checkpoint": checkpoint.path,
-    }
 
 
 def trial_run(trial: ray.tune.Result, cfg: Config, paths: RunPaths):
@@ -148,17 +189,99 @@ def trial_run(trial: ray.tune.Result, cfg: Config, paths: RunPaths):
     return ray.train.Result.from_path(paths.trial_dir(trial_id(trial)))
 
 
-@ray.remote
-def _evaluate(
-    checkpoint: ray.train.Checkpoint, shards: str, test_ids: list[str], device: torch.device
-) -> dict:
-    """One deterministic pass of a checkpoint over a test split,
-    where a training worker would run."""
-    configure_ray_data()
-    with checkpoint.as_directory() as directory:
-        model, meta = load_model(directory, device)
-    cfg = Config.from_dict(meta["config"])
-    batches = split_dataset(cfg, shards, test_ids).iter_torch_batches(
-        batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg)
-    )
-    return evaluate(model, batches, len(meta["classes"]), device, cfg.train.precision)
+def prune(cfg: Config, storage: str, rows: list[dict]) -> None:
+    """Unless `train.keep_checkpoints`, keep only the weights of the checkpoints tested."""
+    if not cfg.train.keep_checkpoints:
+        prune_checkpoints(storage, {row["checkpoint"] for row in rows})
+
+
+def finish(
+    protocol: str,
+    cfg: Config,
+    corpus: Corpus,
+    paths: RunPaths,
+    rows: list[dict],
+    files: list[Path],
+    tracker: Tracker,
+    joined: bool,
+    by: list[str] | None = None,
+    search: dict | None = None,
+) -> JobResult:
+    """Write the results files, log the folds and close the experiment's MLflow run."""
+    table = pd.DataFrame(rows)
+    classes = list(corpus.classes)
+    files = files + write_results(table, paths, classes, cfg, protocol, by, search)
+    tracker.log_folds(table, cfg, classes)
+    tracker.finish(table, files, by)
+    return JobResult(protocol, cfg, paths, corpus.label, table, by, files, tracker, joined)
+
+
+def open_job(job: str, cfg: Config, out: Path | None, resume: bool) -> tuple[Config, RunPaths]:
+    """The job's config and places. A new job needs a folder that holds no experiment; a resumed
+    one, the folder of one (or its config, fetched from `train.storage_path` where that is a URI),
+    and runs with that experiment's own config."""
+    if resume:
+        out = out or latest_output_dir(job)
+        if out is None:
+            raise UsageError(f"--resume: no runs/{job}-* experiment here; pass --output-dir DIR")
+        fetch_stored_config(Path(out).resolve(), cfg)
+    out = Path(out or new_output_dir(job)).resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {out} is a file, not a folder")
+    holds_experiment = (out / RunPaths.CONFIG).is_file()
+    if resume and not holds_experiment:
+        raise UsageError(
+            f"--resume: {out} holds no experiment (no {RunPaths.CONFIG}); to resume from object "
+            f"storage alone, pass the same --output-dir name and train.storage_path=<URI>"
+        )
+    if not resume and holds_experiment:
+        raise UsageError(
+            f"{out} already holds an experiment: pass --resume, or another --output-dir"
+        )
+    cfg = load_config(out / RunPaths.CONFIG) if resume else cfg
+    return cfg, RunPaths.of(out, cfg.train.storage_path)
+
+
+def fetch_stored_config(out: Path, given: Config) -> None:
+    """--resume where the output folder is gone (another machine, a deleted folder): with
+    `train.storage_path=<URI>` given, the config the job stored there is fetched into `out`."""
+    stored = RunPaths.of(out, given.train.storage_path).stored_config
+    if (out / RunPaths.CONFIG).is_file() or not stored or (text := read_text(stored)) is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RunPaths.CONFIG).write_text(text)
+    print(f"config fetched from {stored}")
+
+
+def prepare(cfg: Config) -> Corpus:
+    """The corpus, its report printed and its folds checked (every split non-empty)."""
+    corpus = prepare_corpus(cfg.data)
+    print(corpus.summary())
+    corpus.folds(cfg.data)
+    return corpus
+
+
+def start_ray(
+    cfg: Config,
+    paths: RunPaths,
+    address: str | None,
+    resume: bool = False,
+    drives_trainers: bool = False,
+) -> bool:
+    """Start or join Ray and check it (`drives_trainers`: the job's trials drive TorchTrainers),
+    and only then save the job's config, so that a Ray that cannot run the job leaves the folder
+    free for the same command. Returns whether the job joined a Ray that outlives it."""
+    print(f"experiment {paths.out}{'  (resumed)' if resume else ''}")
+    print(f"Ray's own log: {paths.ray_log}")
+    running = None if address else running_ray()
+    if running:
+        print(f"joining the Ray already running here at {running} (--address picks another)")
+    if dashboard := init_ray(address):
+        print(f"Ray dashboard: {dashboard}  (trials, workers, CPU/GPU and memory use)")
+    if drives_trainers:
+        require_driver_resource()
+    if not resume:
+        paths.config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if paths.stored_config:
+            write_text(paths.stored_config, paths.config.read_text())
+    return bool(address or running)

@@ -10,22 +10,40 @@ checkpoints and Tune state) that is the same folder, or `<train.storage_path>/<f
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
 
-if TYPE_CHECKING:
-    from turbo_ray.config import DataConfig
+from turbo_ray.config import DataConfig
 
 RUNS = Path("runs")  # new output folders go here: runs/<job>-<time>
+# a checkpoint's files: weights, optimizer and scheduler state (to resume), what it is (JSON)
+MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
+
+
+class UsageError(Exception):
+    """A job that cannot run as asked (its output folder, --resume); the message says why."""
+
+
+def is_uri(location: str | Path) -> bool:
+    """Object storage (s3://, gs://, file://…) rather than a local path: the one test of it."""
+    return "://" in str(location)
 
 
 def storage_uri(path: str) -> str:
-    """Ray wants absolute local paths; URIs (s3://, gs://, …) pass through."""
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    """Ray wants absolute local paths; URIs pass through."""
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) of a local path or a URI, for pyarrow's file operations."""
+    if is_uri(location):
+        fs, path = pafs.FileSystem.from_uri(str(location))
+        return fs, path.rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
 
 
 def new_output_dir(job: str) -> Path:
@@ -40,6 +58,11 @@ def latest_output_dir(job: str) -> Path | None:
 
 def demo_corpus_dir(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir).expanduser() / f"demo-{cfg.demo_utterances_per_speaker}"
+
+
+def local_cluster_config(cfg: DataConfig) -> Path:
+    """Where `turbo-ray local-cluster up` writes the cluster config that `down` reads."""
+    return Path(cfg.cache_dir).expanduser() / "local-cluster.yaml"
 
 
 def shards_location(cfg: DataConfig, fingerprint: str) -> str:
@@ -60,8 +83,9 @@ class RunPaths:
     @classmethod
     def of(cls, out: Path, storage_path: str) -> RunPaths:
         out = out.resolve()
-        uri = "://" in storage_path
-        return cls(out, f"{storage_path.rstrip('/')}/{out.name}" if uri else str(out))
+        return cls(
+            out, f"{storage_path.rstrip('/')}/{out.name}" if is_uri(storage_path) else str(out)
+        )
 
     @property
     def config(self) -> Path:
@@ -71,12 +95,17 @@ class RunPaths:
     def stored_config(self) -> str | None:
         """A copy of the config beside the Ray storage, when that is a URI: `--resume` from the
         storage alone (another machine, the output folder gone) starts from it."""
-        return f"{self.storage}/{self.CONFIG}" if "://" in self.storage else None
+        return f"{self.storage}/{self.CONFIG}" if is_uri(self.storage) else None
 
     @property
     def checkpoints(self) -> str:
-        """The Train runs of `turbo-ray train` (one per mode, seed and fold)."""
+        """The Train runs of the fixed-config protocol (`run_name` each)."""
         return f"{self.storage}/checkpoints"
+
+    @staticmethod
+    def run_name(mode: str, seed: int, fold: int) -> str:
+        """The fixed-config protocol's Train run of one mode, seed and fold."""
+        return f"{mode}-seed{seed}-s{fold}"
 
     @property
     def search(self) -> str:
@@ -92,10 +121,49 @@ class RunPaths:
         its TorchTrainer run's: that run is named the same)."""
         return f"{self.search}/{self.trial_name(trial_id)}"
 
+    def trial_utterances(self, trial_id: str) -> str:
+        """The ids a trial trained and validated on, and its fold (JSON)."""
+        return f"{self.trial_dir(trial_id)}/utterances.json"
+
     def test_record(self, fold: int) -> str:
         """A fold's test row, written once its selected checkpoint is tested: a resumed job
         (on any machine) reads it instead of testing again."""
         return f"{self.storage}/tested/fold-{fold}.json"
+
+    @property
+    def results_csv(self) -> Path:
+        """Per-fold test scores with mean and std rows."""
+        return self.out / "results.csv"
+
+    @property
+    def results_json(self) -> Path:
+        """The protocol, the config, what selected it and every fold's row."""
+        return self.out / "results.json"
+
+    @property
+    def confusion_png(self) -> Path:
+        return self.out / "confusion.png"
+
+    @property
+    def trials_csv(self) -> Path:
+        """One row per trial of the search."""
+        return self.out / "trials.csv"
+
+    @property
+    def history_png(self) -> Path:
+        return self.out / "optimization_history.png"
+
+    @property
+    def curves_png(self) -> Path:
+        return self.out / "ua_per_epoch.png"
+
+    @property
+    def importances_png(self) -> Path:
+        return self.out / "param_importances.png"
+
+    def best_config(self, fold: int) -> Path:
+        """The config fold `fold`'s search selected, runnable with `turbo-ray train`."""
+        return self.out / f"best_config_s{fold}.yaml"
 
     @property
     def ray_log(self) -> Path:
@@ -113,19 +181,19 @@ class RunPaths:
         return (self.out / "mlartifacts").as_uri()
 
 
-def write_text(uri: str, text: str) -> None:
-    """Write a small text file to a URI (s3://, gs://, file://), whole or not at all (a job killed
-    meanwhile leaves no half file)."""
-    fs, path = pafs.FileSystem.from_uri(uri)
+def write_text(location: str, text: str) -> None:
+    """Write a small text file to a local path or URI, whole or not at all (a job killed meanwhile
+    leaves no half file)."""
+    fs, path = filesystem(location)
     fs.create_dir(path.rsplit("/", 1)[0])
     with fs.open_output_stream(f"{path}.partial") as f:
         f.write(text.encode())
     fs.move(f"{path}.partial", path)
 
 
-def read_text(uri: str) -> str | None:
-    """A small text file at a URI, or None if there is none."""
-    fs, path = pafs.FileSystem.from_uri(uri)
+def read_text(location: str) -> str | None:
+    """A small text file at a local path or URI, or None if there is none."""
+    fs, path = filesystem(location)
     if fs.get_file_info(path).type != pafs.FileType.File:
         return None
     with fs.open_input_stream(path) as f:

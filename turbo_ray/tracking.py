@@ -1,12 +1,12 @@
-"""Experiment tracking in MLflow, written when the search has ended: one parent run per experiment,
-under it a run per Tune trial (its full config, every epoch's metrics, from Tune's records in the
-job's storage) and a run per outer fold (the checkpoint its search selected: test scores, confusion
-matrix, checkpoint path). While the search runs, the dashboard, the progress lines and TensorBoard
-(Tune's event files) show it.
+"""Experiment tracking in MLflow, written when the training has ended: one parent run per
+experiment, under it a run per Tune trial (its full config, every epoch's metrics, from Tune's
+records in the job's storage) and a run per tested fold (and mode and seed: the checkpoint tested,
+test scores, confusion matrix, checkpoint path). While a search runs, the dashboard, the progress
+lines and TensorBoard (Tune's event files) show it.
 
     tracker = Tracker.open(cfg, paths, protocol, corpus_label)
     tracker.log_trials(grid, cfg)                          # a run per trial, from Tune's records
-    tracker.log_folds(results, cfg, classes); tracker.finish(results, files)
+    tracker.log_folds(results, cfg, classes); tracker.finish(results, files, by)
     print(tracker.ui_command())
 
 The store is `tune.tracking_uri`, else $MLFLOW_TRACKING_URI, else a SQLite file in the run folder
@@ -30,6 +30,8 @@ from ray.tune import ResultGrid
 
 from turbo_ray.config import Config, override
 from turbo_ray.paths import RunPaths
+from turbo_ray.results import SCORES
+from turbo_ray.trials import FOLD, FOLD_TRIAL, searched, stopped_early, trial_id
 
 EXPERIMENT = "turbo_ray"  # the MLflow experiment, unless $MLFLOW_EXPERIMENT_NAME names another
 # the per-epoch result keys logged as metrics (Tune's bookkeeping and wall-clock stamps are not)
@@ -103,40 +105,44 @@ class Tracker:
         self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
     def log_folds(self, results: pd.DataFrame, cfg: Config, classes: list[str]) -> None:
-        """A run per outer fold: its selected config, validation and test scores, its confusion
-        matrix and checkpoint; the selected trial's run is tagged with the fold it was chosen
-        for."""
+        """A run per tested fold (and mode and seed): its config, validation and test scores, its
+        confusion matrix and checkpoint; a selected trial's run is tagged with its fold."""
         metric = cfg.tune.metric
-        for row in results.itertuples(index=False):
-            fold = str(row.test_session)
-            run_id, created = self.run(f"fold {fold}", {"role": "fold", "fold": fold})
+        for row in results.to_dict("records"):
+            fold = str(row["test_session"])
+            group = {k: str(row[k]) for k in ("mode", "seed") if k in row}
+            name = " ".join([f"fold {fold}", *(f"{k} {v}" for k, v in group.items())])
+            run_id, created = self.run(name, {"role": "fold", "fold": fold} | group)
             client = self.client
             if not created and client.get_run(run_id).info.status == "FINISHED":
                 continue  # logged whole before a restart
-            for key, value in {"trial": row.trial, "checkpoint": row.checkpoint}.items():
-                client.set_tag(run_id, key, value)
-            self.log_params(run_id, flat_config(override(cfg, row.params)))
-            scores = {f"test_{k}": getattr(row, k) for k in ("wa", "ua", "f1")}
+            for key in ("trial", "checkpoint"):
+                if key in row:
+                    client.set_tag(run_id, key, row[key])
+            setting = {"loss.mode": row["mode"], "train.seed": row["seed"]} if group else {}
+            self.log_params(run_id, flat_config(override(cfg, row.get("params", setting))))
+            scores = {f"test_{k}": row[k] for k in SCORES}
             self.log_metrics(
-                run_id, scores | {metric: getattr(row, metric), "best_epoch": row.best_epoch}
+                run_id, scores | {metric: row[metric], "best_epoch": row["best_epoch"]}
             )
-            client.log_dict(run_id, {"classes": classes, "matrix": row.confusion}, "confusion.json")
-            client.log_text(run_id, f"{row.checkpoint}\n", "checkpoint.txt")
+            client.log_dict(
+                run_id, {"classes": classes, "matrix": row["confusion"]}, "confusion.json"
+            )
+            client.log_text(run_id, f"{row['checkpoint']}\n", "checkpoint.txt")
             client.set_terminated(run_id)
-            trial_run, _ = self.run(row.trial, {"role": "trial", "trial_id": row.trial})
-            client.set_tag(trial_run, "selected_for_fold", fold)
+            if "trial" in row:
+                trial_run, _ = self.run(row["trial"], {"role": "trial", "trial_id": row["trial"]})
+                client.set_tag(trial_run, "selected_for_fold", fold)
 
     def log_trials(self, grid: ResultGrid, cfg: Config) -> None:
         """A run per Tune trial, from Tune's own records of the search (so a resumed job, on any
         machine, logs every trial with its whole history into its own store): the trial's full
         config as params, its fold as a tag, each epoch's losses, scores and timings as metrics
         (step = epoch), whether ASHA stopped it."""
-        from turbo_ray.tune import FOLD, RANK, searched, trial_id
-
-        for result in sorted(grid, key=lambda r: (r.config[FOLD], r.config[RANK])):
+        for result in sorted(grid, key=lambda r: (r.config[FOLD], r.config[FOLD_TRIAL])):
             fold = str(result.config[FOLD])
             run_id, created = self.run(
-                f"fold {fold} trial {result.config[RANK]}",
+                f"fold {fold} trial {result.config[FOLD_TRIAL]}",
                 {"role": "trial", "trial_id": trial_id(result), "fold": fold},
             )
             client = self.client
@@ -161,13 +167,18 @@ class Tracker:
                 }
                 self.log_metrics(run_id, metrics | {"epoch": int(row.epoch)}, step=int(row.epoch))
             last = int(epochs.epoch.max()) if len(epochs) else 0
-            stopped = 0 < last < cfg.train.epochs and result.error is None  # by ASHA
+            stopped = stopped_early(last, cfg.train.epochs, bool(result.error))
             client.set_tag(run_id, "stopped_early", str(stopped).lower())
             client.set_terminated(run_id, "FAILED" if result.error else "FINISHED")
 
-    def finish(self, results: pd.DataFrame, files: list[Path]) -> None:
-        """The parent run: the folds' mean test scores and the experiment's output files."""
-        self.log_metrics(self.parent, {f"mean_test_{k}": results[k].mean() for k in ("wa", "ua")})
+    def finish(self, results: pd.DataFrame, files: list[Path], by: list[str] | None) -> None:
+        """The parent run: the mean test scores (per group of `by`, e.g. `mean_test_ua/turbo`) and
+        the experiment's output files."""
+        groups = results.groupby(by, sort=False) if by else [((), results)]
+        for key, group in groups:
+            suffix = "".join(f"/{v}" for v in (key if isinstance(key, tuple) else (key,)))
+            means = {f"mean_test_{k}{suffix}": group[k].mean() for k in SCORES}
+            self.log_metrics(self.parent, means)
         for path in files:
             self.client.log_artifact(self.parent, str(path))
         self.client.set_terminated(self.parent)

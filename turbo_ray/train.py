@@ -1,48 +1,38 @@
-"""Ray Train: the Turbo training step and epoch, the per-worker loop and the TorchTrainer that
-runs it.
+"""Training: the Turbo step and epoch, validation, and `fit`, the one training loop (its two
+runners, a Tune trial's process and a TorchTrainer's workers, are in `turbo_ray.runners`).
 
     # one optimizer step
     parts = train_step(model, batch, optimizer, scheduler, cfg, device)
     # + grad_accum, DDP sync
     metrics = train_epoch(model, batches, optimizer, scheduler, cfg, device)
-    # `fit` on each DDP worker; splits: {"train": ids, "val": ids(, "test": ids)}
-    result = build_trainer(cfg, shards, splits, classes, name).fit()
+    # a whole run, epoch by epoch; splits: {"train": ids, "val": ids}
+    model = fit(loop_config(cfg, classes, shards, splits), ctx)
 
 The benchmarks time these same functions. Each epoch: train on this worker's shard (DDP), then
-rank 0 evaluates the whole validation split (and the test split when given: it is reported, never
-used for selection) and writes a checkpoint. A run restarted by Ray (FailureConfig) or started again
-under the same name resumes from its last checkpoint, so no epoch is repeated or skipped.
+rank 0 evaluates the whole validation split and writes a checkpoint. A run never sees a test split:
+the job tests the checkpoint it selects, once (`turbo_ray.evaluation`). A run restarted by Ray
+(FailureConfig) or started again under the same name resumes from its last checkpoint, so no epoch
+is repeated or skipped.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import tempfile
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.fs as pafs
-import ray.train
-import ray.train.torch
-import ray.tune
+import ray.data
 import torch
-from ray.train import (
-    Checkpoint,
-    CheckpointConfig,
-    FailureConfig,
-    RunConfig,
-    ScalingConfig,
-)
-from ray.train.torch import TorchTrainer
+from ray.train import Checkpoint
 from ray.util.placement_group import PlacementGroup
 
+from turbo_ray.checkpoints import KEEP_SCORE, keep_score, restore, save_checkpoint
 from turbo_ray.config import Config
 from turbo_ray.data.pipeline import (
     LOCAL_SHUFFLE_ROWS,
@@ -54,16 +44,6 @@ from turbo_ray.data.pipeline import (
 from turbo_ray.losses import LossWeights, objective
 from turbo_ray.metrics import classification_report, confusion_matrix
 from turbo_ray.model import TurboModel, build_model
-from turbo_ray.paths import storage_uri
-
-MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
-KEEP_SCORE = "checkpoint_score"  # what ranks the checkpoints Ray keeps (`keep_score`)
-
-
-def keep_score(score: float, epoch: int) -> float:
-    """The validation score with ties going to the earlier epoch, as selection breaks them (Ray
-    would keep the later of two equal scores): distinct scores keep their order."""
-    return score - epoch * 1e-12
 
 
 def build_optimizer(model: TurboModel, cfg: Config) -> torch.optim.AdamW:
@@ -130,47 +110,6 @@ def evaluate(
     }
 
 
-def save_checkpoint(
-    directory: Path,
-    model: TurboModel,
-    optimizer,
-    scheduler,
-    progress: tuple[int, float, int],
-    cfg: Config,
-    classes: list[str],
-    metrics: dict,
-) -> None:
-    """Weights and optimizer state as plain tensors (loadable with `torch.load(weights_only=True)`);
-    `progress`: (this epoch, the best selection score up to it, that score's epoch)."""
-    epoch, best, best_epoch = progress
-    torch.save(model.state_dict(), directory / MODEL_FILE)
-    torch.save(
-        {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "best": best,
-            "best_epoch": best_epoch,
-        },
-        directory / STATE_FILE,
-    )
-    meta = {"epoch": epoch, "config": cfg.to_dict(), "classes": classes, "metrics": metrics}
-    (directory / META_FILE).write_text(json.dumps(meta, indent=1))
-
-
-def load_model(
-    checkpoint_dir: str | Path, device: str | torch.device = "cpu"
-) -> tuple[TurboModel, dict]:
-    """Rebuild the model of a checkpoint and load its weights; returns (model, meta)."""
-    directory = Path(checkpoint_dir)
-    meta = json.loads((directory / META_FILE).read_text())
-    model = build_model(Config.from_dict(meta["config"]), len(meta["classes"]))
-    model.load_state_dict(
-        torch.load(directory / MODEL_FILE, map_location=device, weights_only=True)
-    )
-    return model.to(device).eval(), meta
-
-
 @dataclass(frozen=True)
 class RunContext:
     """All that differs between the two runners of `fit`: inside a Tune trial (one process) or
@@ -185,51 +124,6 @@ class RunContext:
     prepare_model: Callable[[torch.nn.Module], torch.nn.Module]  # on the device (and DDP)
 
 
-def worker_context() -> RunContext:
-    """The context of a TorchTrainer worker: Ray Train's rank, checkpoint and report."""
-    ctx = ray.train.get_context()
-    return RunContext(
-        rank=ctx.get_world_rank(),
-        world=ctx.get_world_size(),
-        device=ray.train.torch.get_device(),
-        checkpoint=ray.train.get_checkpoint(),
-        report=_reporter(ray.train),
-        placement_group=None,
-        prepare_model=ray.train.torch.prepare_model,
-    )
-
-
-def trial_context(device: torch.device) -> RunContext:
-    """The context of a run inside a Tune trial: one process, Tune's checkpoint and report, its
-    data fed inside the trial's reservation."""
-    return RunContext(
-        rank=0,
-        world=1,
-        device=device,
-        checkpoint=ray.tune.get_checkpoint(),
-        report=_reporter(ray.tune),
-        placement_group=ray.util.get_current_placement_group(),
-        prepare_model=lambda model: model.to(device),
-    )
-
-
-def _reporter(library) -> Callable[..., None]:
-    """`report(metrics, checkpoint_dir=None)` through `library` (ray.train or ray.tune: each has
-    its own Checkpoint class)."""
-
-    def report(metrics: dict, checkpoint_dir: str | None = None) -> None:
-        checkpoint = library.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        library.report(metrics, checkpoint=checkpoint)
-
-    return report
-
-
-def train_loop_per_worker(loop_config: dict) -> None:
-    """The Ray Train worker function
-    (it returns nothing: Ray ships a return value to the controller)."""
-    fit(loop_config, worker_context())
-
-
 def fit(loop_config: dict, ctx: RunContext) -> TurboModel:
     """Train this rank's replica epoch by epoch, resuming from the last checkpoint; returns the
     model. `loop_config`: see `loop_config`.
@@ -242,7 +136,7 @@ def fit(loop_config: dict, ctx: RunContext) -> TurboModel:
     configure_ray_data()
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model, state, last = _restore(build_model(cfg, len(classes)), ctx.checkpoint)
+    model, state, last = restore(build_model(cfg, len(classes)), ctx.checkpoint)
     # on the device now: optimizer state is loaded onto it
     model = ctx.prepare_model(model)
     core = _unwrap(model)
@@ -257,12 +151,8 @@ def fit(loop_config: dict, ctx: RunContext) -> TurboModel:
         done, best, best_epoch = state["epoch"], state["best"], state["best_epoch"]
 
     feed = TrainFeed(cfg, shards, splits["train"], rank, world, ctx.placement_group)
-    # rank 0 evaluates every split whole, so no sample is dropped or repeated
-    evaluated = {
-        name: split_dataset(cfg, shards, splits[name], ctx.placement_group)
-        for name in ("val", "test")
-        if name in splits and rank == 0
-    }
+    # rank 0 validates on the whole split, so no sample is dropped or repeated
+    val = split_dataset(cfg, shards, splits["val"], ctx.placement_group) if rank == 0 else None
     for epoch in range(done + 1, cfg.train.epochs + 1):
         torch.manual_seed(_seed(cfg.train.seed, rank, epoch))  # dropout masks: per rank and epoch
         batches = feed.epoch(epoch).iter_torch_batches(
@@ -276,14 +166,13 @@ def fit(loop_config: dict, ctx: RunContext) -> TurboModel:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint_dir = None
             if rank == 0:
-                metrics |= validate_epoch(core, evaluated, cfg, len(classes), device)
-                score = cfg.tune.metric
-                if score in metrics:
-                    if metrics[score] > best:  # ties go to the earlier epoch
-                        best, best_epoch = metrics[score], epoch
-                    # what Tune's searcher and scheduler see, and the epoch selection tests
-                    metrics |= {f"best_{score}": best, "best_epoch": best_epoch}
-                    metrics[KEEP_SCORE] = keep_score(metrics[score], epoch)
+                metrics |= validate_epoch(core, val, cfg, len(classes), device)
+                score = metrics[cfg.tune.metric]
+                if score > best:  # ties go to the earlier epoch
+                    best, best_epoch = score, epoch
+                # what Tune's searcher and scheduler see, and the epoch the job tests
+                metrics |= {f"best_{cfg.tune.metric}": best, "best_epoch": best_epoch}
+                metrics[KEEP_SCORE] = keep_score(score, epoch)
                 save_checkpoint(
                     Path(tmp),
                     core,
@@ -303,39 +192,22 @@ def fit(loop_config: dict, ctx: RunContext) -> TurboModel:
     return core
 
 
-def _restore(
-    model: TurboModel, checkpoint: Checkpoint | None
-) -> tuple[TurboModel, dict | None, dict | None]:
-    """Load a Train checkpoint's weights into `model`;
-    returns (model, training state, last metrics)."""
-    if checkpoint is None:
-        return model, None, None
-    with checkpoint.as_directory() as d:
-        model.load_state_dict(
-            torch.load(Path(d) / MODEL_FILE, map_location="cpu", weights_only=True)
-        )
-        state = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
-        last = json.loads((Path(d) / META_FILE).read_text())["metrics"]
-    return model, state, last
+def loop_config(cfg: Config, classes: list[str], shards: str, splits: dict[str, list]) -> dict:
+    """What `fit` needs besides its context: the config, the classes, the shards and the ids of
+    each split ("train"; "val" selects)."""
+    return {"config": cfg.to_dict(), "classes": list(classes), "shards": shards, "splits": splits}
 
 
 def validate_epoch(
-    model: TurboModel,
-    splits: dict[str, Any],
-    cfg: Config,
-    num_classes: int,
-    device: torch.device,
+    model: TurboModel, val: ray.data.Dataset, cfg: Config, num_classes: int, device: torch.device
 ) -> dict[str, Any]:
-    """`evaluate` on each evaluation split ("val", and "test" where a run reports it, never to
-    select), as `<split>_<score>` metrics."""
-    started, metrics = time.perf_counter(), {}
-    for name, rows in splits.items():
-        batches = rows.iter_torch_batches(
-            batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg)
-        )
-        result = evaluate(model, batches, num_classes, device, cfg.train.precision)
-        metrics |= {f"{name}_{k}": v for k, v in result.items()}
-    return metrics | {"time_eval_s": time.perf_counter() - started}
+    """`evaluate` on the validation split, as `val_<score>` metrics."""
+    started = time.perf_counter()
+    batches = val.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg))
+    result = evaluate(model, batches, num_classes, device, cfg.train.precision)
+    return {f"val_{k}": v for k, v in result.items()} | {
+        "time_eval_s": time.perf_counter() - started
+    }
 
 
 def steps_per_epoch(train_rows: int, world: int, batch_size: int, grad_accum: int) -> int:
@@ -468,119 +340,3 @@ def _mean_over_ranks(sums: dict[str, float], steps: int, device: torch.device) -
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(values)
     return {k: float(v) / max(1.0, float(values[-1])) for k, v in zip(keys, values[:-1])}
-
-
-def loop_config(cfg: Config, classes: list[str], shards: str, splits: dict[str, list]) -> dict:
-    """What `fit` needs besides its context: the config, the classes, the shards and the ids of
-    each split ("train"; "val" selects; "test", where given, is only reported)."""
-    return {"config": cfg.to_dict(), "classes": list(classes), "shards": shards, "splits": splits}
-
-
-def retention(cfg: Config, validated: bool) -> dict[str, Any]:
-    """Which checkpoints a run keeps while it trains (either runner's CheckpointConfig): the
-    `train.num_to_keep` best by validation score, ties to the earlier epoch (Ray also keeps the
-    latest, to resume from)."""
-    return {
-        "num_to_keep": cfg.train.num_to_keep,
-        "checkpoint_score_attribute": KEEP_SCORE if validated else None,
-        "checkpoint_score_order": "max",
-    }
-
-
-def build_trainer(
-    cfg: Config,
-    shards: str,
-    splits: dict[str, list],
-    classes: list[str],
-    name: str,
-    callbacks: list | None = None,
-    loop: Callable[[dict], None] = train_loop_per_worker,
-) -> TorchTrainer:
-    """A TorchTrainer for one Turbo run (`loop_config`): each worker feeds itself its share of
-    "train" (`TrainFeed`); rank 0 reads "val"/"test" whole. `loop`: the worker function
-    (tests pass a wrapper of `fit` that inspects the replicas or injects a failure). Ray Train's
-    preemption watcher, one more process per run that matters only on spot instances, is off unless
-    RAY_TRAIN_ENABLE_PREEMPTION_WATCHER is set (the run's controller reads this process's value)."""
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    return TorchTrainer(
-        loop,
-        train_loop_config=loop_config(cfg, classes, shards, splits),
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers,
-            use_gpu=uses_cuda(cfg),
-            resources_per_worker=worker_resources(cfg),
-            placement_strategy=cfg.train.placement_strategy,
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_uri(cfg.train.storage_path),
-            callbacks=callbacks,
-            checkpoint_config=CheckpointConfig(**retention(cfg, "val" in splits)),
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-        ),
-    )
-
-
-def worker_resources(cfg: Config) -> dict[str, float]:
-    """What one training worker asks Ray for (a test pass asks the same, to run where one would)."""
-    t = cfg.train
-    return {"CPU": t.cpus_per_worker} | ({t.gpu_resource: t.gpus_per_worker} if t.use_gpu else {})
-
-
-def device_of(cfg: Config) -> torch.device:
-    """Where a run inside a Tune trial trains (a TorchTrainer worker asks Ray Train)."""
-    return torch.device("cuda" if uses_cuda(cfg) else "cpu")
-
-
-def uses_cuda(cfg: Config) -> bool:
-    """GPUs asked as "GPU" are real: the workers train on CUDA. A stand-in resource (a rehearsal
-    cluster's) only places them."""
-    return cfg.train.use_gpu and cfg.train.gpu_resource == "GPU"
-
-
-def best_checkpoint(result, metric: str) -> tuple[Checkpoint, dict[str, Any]]:
-    """The checkpoint with the best validation `metric` (kept by CheckpointConfig) and its metrics;
-    ties go to the earlier epoch."""
-    scored = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
-    if not scored:
-        raise RuntimeError(
-            f"run {result.path} reported no validation metrics (error: {result.error})"
-        )
-    return max(scored, key=lambda cm: (cm[1][metric], -cm[1]["epoch"]))
-
-
-def checkpoint_at(result, epoch: int) -> tuple[Checkpoint, dict[str, Any]]:
-    """The run's kept checkpoint of `epoch` (the one selection chose) and its metrics."""
-    kept = result.best_checkpoints or []
-    for checkpoint, metrics in kept:
-        if metrics.get("epoch") == epoch:
-            return checkpoint, metrics
-    epochs = sorted(m.get("epoch") for _, m in kept)
-    raise RuntimeError(f"run {result.path} kept no checkpoint of epoch {epoch} (kept: {epochs})")
-
-
-def prune_checkpoints(storage: str, keep: Collection[str]) -> int:
-    """Free the disk of finished Train runs: under `storage` (a local path or URI holding run
-    folders), delete every checkpoint not in `keep` (`Checkpoint.path`s) and the optimizer state of
-    those kept (a finished run never resumes: only the weights are still used). Returns the bytes
-    freed."""
-    fs, root = (
-        pafs.FileSystem.from_uri(storage) if "://" in storage else (pafs.LocalFileSystem(), storage)
-    )
-    found = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-    checkpoints = {
-        f.path
-        for f in found
-        if f.type == pafs.FileType.Directory and f.base_name.startswith("checkpoint_")
-    }
-    freed = 0
-    for checkpoint in sorted(checkpoints):
-        if checkpoint in keep:
-            doomed = [f for f in found if f.path == f"{checkpoint}/{STATE_FILE}"]
-            for f in doomed:
-                fs.delete_file(f.path)
-        else:
-            doomed = [f for f in found if f.path.startswith(f"{checkpoint}/")]
-            fs.delete_dir(checkpoint)
-        freed += sum(f.size or 0 for f in doomed if f.type == pafs.FileType.File)
-    return freed

@@ -2,6 +2,7 @@
 
 corpus = prepare_corpus(cfg.data)              # manifest + Parquet shards (cached, idempotent)
 fold = corpus.fold(cfg.data)                   # train / val / test of the configured LOSO fold
+print(corpus.summary())                        # its size and problem report
 """
 
 from __future__ import annotations
@@ -12,16 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from turbo_ray.config import DataConfig
+from turbo_ray.config import CLASS_SETS, DataConfig
 from turbo_ray.data.demo import make_demo_corpus
-from turbo_ray.data.iemocap import (
-    CLASS_SETS,
-    CorpusError,
-    CorpusReport,
-    Fold,
-    load_manifest,
-    loso_folds,
-)
+from turbo_ray.data.folds import Fold, loso_folds
+from turbo_ray.data.iemocap import CorpusError, CorpusReport, load_manifest
 from turbo_ray.data.shards import write_shards
 from turbo_ray.paths import demo_corpus_dir, shards_location
 
@@ -39,6 +34,14 @@ class Corpus:
     def label(self) -> str:
         """How result tables name the corpus."""
         return "demo corpus (a fixture, not real speech)" if self.is_demo else str(self.root)
+
+    def summary(self) -> str:
+        """What was found: the corpus, its size and classes, and its problem report."""
+        label = "  (demo corpus: a fixture, not real speech)" if self.is_demo else ""
+        return (
+            f"corpus {self.root}{label}: {len(self.manifest)} utterances "
+            f"in {len(self.classes)} classes\n{self.report.summary()}"
+        )
 
     def folds(self, cfg: DataConfig) -> list[Fold]:
         """The LOSO folds; every split must hold utterances (training and selection need them)."""

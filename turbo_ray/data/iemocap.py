@@ -1,9 +1,7 @@
-"""Parse an IEMOCAP_full_release folder into a manifest (one row per utterance) and
-leave-one-session-out folds.
+"""Parse an IEMOCAP_full_release folder into a manifest (one row per utterance).
 
     # problems in df.attrs["report"]
     df = load_manifest("/data/IEMOCAP_full_release", classes="4class")
-    folds = loso_folds(df, val_fraction=0.1, seed=0, val_split="speaker")
 
 The layout and the parsing rules are those of the release (README: Data). Anything that does not
 fit them is reported (`CorpusReport`) and the utterance left out: a wrong or missing label is never
@@ -18,35 +16,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import soundfile as sf
+
+from turbo_ray.config import CLASS_SETS
 
 RELEASE_NAME = "IEMOCAP_full_release"
 SESSIONS = tuple(f"Session{n}" for n in range(1, 6))
 RAW_LABELS = ("neu", "hap", "exc", "ang", "sad", "fru", "fea", "sur", "dis", "oth", "xxx")
-LONG_NAMES = dict(
-    zip(
-        RAW_LABELS,
-        (
-            "neutral",
-            "happy",
-            "excited",
-            "angry",
-            "sad",
-            "frustrated",
-            "fearful",
-            "surprised",
-            "disgusted",
-            "other",
-            "no_agreement",
-        ),
-    )
-)
-CLASS_SETS: dict[str, tuple[str, ...]] = {
-    "4class": ("neutral", "happy", "angry", "sad"),
-    "all": tuple(LONG_NAMES.values()),
-}
+LONG_NAMES = dict(zip(RAW_LABELS, CLASS_SETS["all"]))  # raw label -> class name
 MERGED = {"4class": {"exc": "happy"}}  # raw label -> class, where it differs from the long name
 COLUMNS = (
     "utterance_id",
@@ -134,17 +112,6 @@ class CorpusReport:
                 f"{', '.join(self.downmixed[:limit])}{' …' if len(self.downmixed) > limit else ''}"
             )
         return "\n".join(lines)
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: DataFrames have no truth value to compare
-class Fold:
-    """One leave-one-session-out fold: test = session `test_session`; train and val from the
-    other sessions."""
-
-    test_session: int
-    train: pd.DataFrame
-    val: pd.DataFrame
-    test: pd.DataFrame
 
 
 @dataclass(frozen=True)
@@ -333,49 +300,3 @@ def load_manifest(root: str | Path, classes: str = "4class", strict: bool = Fals
         raise CorpusError(f"{release_dir(root)}: {count} problem(s) (--strict): {listed}")
     manifest.attrs["report"] = report
     return manifest
-
-
-def _random_val(rest: pd.DataFrame, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Mask of a validation set stratified by label: `fraction` of each label's rows, rounded."""
-    mask = np.zeros(len(rest), dtype=bool)
-    for positions in rest.groupby("label", sort=True).indices.values():
-        mask[rng.choice(positions, int(fraction * len(positions) + 0.5), replace=False)] = True
-    return mask
-
-
-def _speaker_val(rest: pd.DataFrame, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Mask of a validation set of whole speakers: `fraction` of the speakers
-    (at least one, never all)."""
-    speakers = np.array(sorted(rest["speaker"].unique()))
-    count = (
-        min(max(1, int(fraction * len(speakers) + 0.5)), len(speakers) - 1) if fraction > 0 else 0
-    )
-    return rest["speaker"].isin(rng.choice(speakers, count, replace=False)).to_numpy()
-
-
-VAL_SPLITS = {"random": _random_val, "speaker": _speaker_val}  # data.val_split → how val is carved
-
-
-def loso_folds(
-    manifest: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0, val_split: str = "random"
-) -> list[Fold]:
-    """One fold per session present (sorted): test = that session; val carved from the other
-    sessions, seeded."""
-    carve = VAL_SPLITS[val_split]
-    sessions = sorted(int(s) for s in manifest["session"].unique())
-    if len(sessions) < 2:
-        raise ValueError(f"leave-one-session-out needs at least two sessions, got {sessions}")
-    folds = []
-    for session in sessions:
-        is_test = (manifest["session"] == session).to_numpy()
-        rest = manifest[~is_test]
-        is_val = carve(rest, val_fraction, np.random.default_rng([seed, session]))
-        folds.append(
-            Fold(
-                session,
-                rest[~is_val].reset_index(drop=True),
-                rest[is_val].reset_index(drop=True),
-                manifest[is_test].reset_index(drop=True),
-            )
-        )
-    return folds

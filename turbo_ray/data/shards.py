@@ -32,6 +32,9 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from tqdm import tqdm
 
+from turbo_ray.config import AUDIO_FORMATS
+from turbo_ray.paths import filesystem
+
 SHARD_SCHEMA = pa.schema(
     [
         ("utterance_id", pa.string()),
@@ -46,7 +49,6 @@ SHARD_SCHEMA = pa.schema(
         ("duration", pa.float32()),
     ]
 )
-AUDIO_FORMATS = ("wav", "pcm16")
 ROWS_PER_SHARD = 64  # a shard is one Ray Data block: the unit the training order permutes
 REQUIRED_COLUMNS = (
     "utterance_id",
@@ -98,7 +100,7 @@ def write_shards(
         rows, wav_infos, [audio_format, rows_per_shard, sample_rate], classes
     )
     existing = _complete_manifest(out)
-    fs, root = _filesystem(out)
+    fs, root = filesystem(out)
     if existing is not None and existing["fingerprint"] == fingerprint:
         return existing
 
@@ -155,7 +157,7 @@ def read_shard_manifest(out: str, verify: bool = False) -> dict:
     """The JSON manifest under `out`, after checking every listed shard exists with its recorded
     size (and, with `verify`, its sha256). ShardError if the manifest is missing or any shard is
     missing or corrupt."""
-    fs, root = _filesystem(out)
+    fs, root = filesystem(out)
     path = f"{root}/{MANIFEST}"
     if fs.get_file_info(path).type != pafs.FileType.File:
         raise ShardError(f"{out}: no {MANIFEST}; the shards are missing or incomplete")
@@ -223,15 +225,6 @@ def _resampler(source: int, target: int):
     return torchaudio.transforms.Resample(source, target)
 
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) for a URI such as `s3://bucket/prefix` or `file:///abs`,
-    or for a plain local path."""
-    if "://" in uri:
-        fs, path = pafs.FileSystem.from_uri(uri)
-        return fs, path.rstrip("/")
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
-
-
 def _some(names: Sequence[str], limit: int = 5) -> str:
     return ", ".join(map(str, names[:limit])) + (
         f" … (+{len(names) - limit} more)" if len(names) > limit else ""
@@ -277,7 +270,7 @@ def _row_key(utterance_id: str) -> str:
 
 
 def _stat_wavs(paths: list[str]) -> list[pafs.FileInfo]:
-    infos = [fs.get_file_info(path) for fs, path in map(_filesystem, paths)]
+    infos = [fs.get_file_info(path) for fs, path in map(filesystem, paths)]
     missing = [p for p, info in zip(paths, infos) if info.type != pafs.FileType.File]
     if missing:
         raise ShardError(f"{len(missing)} wav file(s) do not exist: {_some(missing)}")
@@ -330,7 +323,7 @@ def _audio_cell(row: tuple, audio_format: str, sample_rate: int | None) -> bytes
     samples (resampled to `sample_rate` if given). Multi-channel audio is down-mixed to mono (the
     channels' mean; a float wav in the "wav" format)."""
     where = f"{row.wav_path} (utterance {row.utterance_id})"
-    fs, path = _filesystem(row.wav_path)
+    fs, path = filesystem(row.wav_path)
     try:
         with fs.open_input_stream(path) as f:
             data = f.read()

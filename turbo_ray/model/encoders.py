@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, Wav2Vec2Config
 
-from turbo_ray.config import ModelConfig
-from turbo_ray.presets import TINY_AUDIO, encoder_names
+from turbo_ray.config import TINY_AUDIO, ModelConfig
+from turbo_ray.presets import encoder_names
 
 
 def tiny_audio_config() -> Wav2Vec2Config:

@@ -1,0 +1,101 @@
+"""Result tables and files: one row per tested fold (and mode and seed), their mean and std, the
+printed tables and results.csv / results.json / confusion.png.
+
+    print(format_table(rows, "Nested leave-one-session-out …"))
+    write_results(rows, paths, classes, cfg, protocol)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from turbo_ray.config import Config
+from turbo_ray.paths import RunPaths
+from turbo_ray.plots import plot_confusion
+
+SCORES = ("wa", "ua", "f1")  # a fold's test scores: accuracy, mean per-class recall, macro-F1
+
+
+def short(value) -> str:
+    """A parameter value as tables and progress lines print it."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def selection_table(results: pd.DataFrame, cfg: Config) -> str:
+    """What each fold's search selected on its validation speakers:
+    trial, epoch, score, parameters."""
+    metric = cfg.tune.metric
+    rows = [
+        {
+            "test_session": row.test_session,
+            "trial": row.trial,
+            "epoch": row.best_epoch,
+            metric: f"{100 * row[metric]:.2f}",
+            **{k: short(v) for k, v in row.params.items()},
+        }
+        for _, row in results.iterrows()
+    ]
+    return (
+        "Selected per fold on its validation speakers (its test session never seen):\n"
+        + pd.DataFrame(rows).to_string(index=False)
+    )
+
+
+def with_mean_std(results: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    """Per-fold rows plus mean and std rows of WA / UA / F1
+    (per group of `by` columns, if given)."""
+    groups = results.groupby(by, sort=False) if by else [((), results)]
+    frames = []
+    for key, group in groups:
+        stats = group[list(SCORES)].agg(["mean", "std"])  # one fold: no std (NaN)
+        extra = dict(zip(by, key if isinstance(key, tuple) else (key,))) if by else {}
+        frames += [
+            group,
+            pd.DataFrame([{**extra, "test_session": s, **stats.loc[s]} for s in ("mean", "std")]),
+        ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def format_table(results: pd.DataFrame, title: str, by: list[str] | None = None) -> str:
+    table = with_mean_std(results, by)
+    columns = (by or []) + [c for c in ("seed",) if c in table] + ["test_session", *SCORES]
+    if "seed" in table:  # an integer label, blank on the mean/std rows
+        table["seed"] = table["seed"].map(lambda seed: "" if pd.isna(seed) else str(int(seed)))
+    body = table[columns].to_string(
+        index=False, float_format=lambda x: "     –" if np.isnan(x) else f"{100 * x:6.2f}"
+    )
+    return f"{title}\n(WA = accuracy, UA = mean per-class recall, F1 = macro-F1; in %)\n{body}"
+
+
+def write_results(
+    results: pd.DataFrame,
+    paths: RunPaths,
+    classes: list[str],
+    cfg: Config,
+    protocol: str,
+    by: list[str] | None = None,
+    search: dict | None = None,
+) -> list[Path]:
+    """results.csv, results.json (the protocol, the config, `search`: what selected the configs,
+    per-fold rows) and a summed confusion-matrix PNG; returns the paths written."""
+    table = with_mean_std(results, by)
+    table.drop(columns=["confusion"], errors="ignore").to_csv(paths.results_csv, index=False)
+    paths.results_json.write_text(
+        json.dumps(
+            {
+                "protocol": protocol,
+                "config": cfg.to_dict(),
+                "classes": list(classes),
+                **({"search": search} if search else {}),
+                "folds": json.loads(results.to_json(orient="records")),
+            },
+            indent=1,
+        )
+    )
+    matrix = np.sum([np.array(c) for c in results.confusion], axis=0)
+    plot_confusion(matrix, classes, paths.confusion_png)
+    return [paths.results_csv, paths.results_json, paths.confusion_png]
