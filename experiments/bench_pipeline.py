@@ -37,7 +37,7 @@ import torch
 from turbo_ray.config import CLASS_SETS, load_config
 from turbo_ray.data.corpus import prepare_corpus
 from turbo_ray.data.pipeline import TrainFeed, collate_for
-from turbo_ray.data.shards import write_shards
+from turbo_ray.data.shard_writer import write_shards
 from turbo_ray.model import build_model
 from turbo_ray.runtime import init_ray
 from turbo_ray.train import build_optimizer, build_scheduler, train_step

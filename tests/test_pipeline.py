@@ -18,7 +18,8 @@ from turbo_ray.data.pipeline import (
     split_dataset,
     tokenizer_name,
 )
-from turbo_ray.data.shards import read_shard_manifest, resample, write_shards
+from turbo_ray.data.shard_writer import write_shards
+from turbo_ray.data.shards import read_shard_manifest, resample
 
 
 def shard_rows(tmp_path, rates):

@@ -11,13 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from turbo_ray.data.shard_writer import write_shards
 from turbo_ray.data.shards import (
     SHARD_SCHEMA,
     ShardError,
     decode_audio,
     read_shard_manifest,
     resample,
-    write_shards,
 )
 
 CLASSES = ("neutral", "happy", "angry", "sad")

@@ -17,7 +17,7 @@ from turbo_ray.config import CLASS_SETS, DataConfig
 from turbo_ray.data.demo import make_demo_corpus
 from turbo_ray.data.folds import Fold, loso_folds
 from turbo_ray.data.iemocap import CorpusError, CorpusReport, load_manifest
-from turbo_ray.data.shards import write_shards
+from turbo_ray.data.shard_writer import write_shards
 from turbo_ray.paths import demo_corpus_dir, shards_location
 
 
