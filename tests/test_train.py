@@ -5,9 +5,13 @@ import math
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pytest
 import ray.train
 import torch
 import torch.distributed as dist
+from mlflow.tracking import MlflowClient
 
 from turbo_ray import train
 from turbo_ray.checkpoints import KEEP_SCORE, checkpoint_at, keep_score, load_model, selected_epoch
@@ -244,9 +248,45 @@ def test_same_seed_same_scores_over_every_class(ray_local, tiny, tmp_path, capsy
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     metas = [json.loads((c / "meta.json").read_text())["metrics"] for c in selected]
     assert metrics_of(metas[0]) == metrics_of(metas[1])
+    assert not [k for k in metas[0] if k.startswith("test")]  # training never saw the test split
+    # MLflow: the experiment's mean and a run per fold, mode and seed with its test scores
+    client = MlflowClient(f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}")
+    tracked = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in tracked if r.data.tags["role"] == "experiment"]
+    (fold,) = [r for r in tracked if r.data.tags["role"] == "fold"]
+    assert parent.data.tags["protocol"] == "loso"
+    assert {r.info.status for r in tracked} == {"FINISHED"}
+    assert (fold.data.tags["mode"], fold.data.tags["seed"]) == ("turbo", "0")
+    assert fold.data.metrics["test_ua"] == pytest.approx(first[0]["ua"])
+    assert parent.data.metrics["mean_test_ua"] == pytest.approx(first[0]["ua"])
     # the finished job keeps only the weights of the checkpoint its table came from
     kept = [str(c) for c in (tmp_path / "first").glob("checkpoints/*/checkpoint_*") if c.is_dir()]
     assert kept == [runs[0]["folds"][0]["checkpoint"]]
     assert sorted(f.name for f in Path(kept[0]).iterdir()) == ["meta.json", "model.pt"]
     assert runs[0]["classes"] == list(CLASS_SETS["all"])
     assert len(first[0]["confusion"]) == len(CLASS_SETS["all"])
+
+
+def test_a_fixed_config_ablation_prints_and_writes_the_paired_comparison(
+    ray_local, tiny, tmp_path, capsys
+):
+    out = tmp_path / "ablation"
+    job = ["train", "--mode", "baseline,turbo", "--folds", "2", "--output-dir", str(out)]
+    assert main([*job, *tiny, "train.epochs=1"]) == 0
+    printed = capsys.readouterr().out
+    assert "Paired comparison with the baseline (loso, one fixed config for all modes" in printed
+    results = json.loads((out / "results.json").read_text())
+    ua = {(f["mode"], f["test_session"]): f["ua"] for f in results["folds"]}
+    assert len(ua) == 4  # both modes on both folds, seed 0
+    difference = np.mean([ua["turbo", k] - ua["baseline", k] for k in (1, 2)])
+    table = pd.read_csv(out / "comparison.csv")
+    (row,) = table[table.score == "ua"].itertuples(index=False)
+    assert (row.mode, row.folds, row.pairs) == ("turbo", 2, 2)
+    assert row.difference == pytest.approx(difference)
+    assert results["comparison"] == json.loads(table.to_json(orient="records"))
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if r.data.tags["role"] == "experiment"]
+    assert parent.data.metrics["difference_ua/turbo"] == pytest.approx(difference)
+    modes = sorted(r.data.tags["mode"] for r in runs if r.data.tags["role"] == "fold")
+    assert modes == ["baseline", "baseline", "turbo", "turbo"]

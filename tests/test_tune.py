@@ -2,6 +2,7 @@
 --resume."""
 
 import json
+import logging
 import os
 import pickle
 import signal
@@ -18,6 +19,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from turbo_ray.cli import main
+from turbo_ray.progress import RAY_LOGGERS
 from turbo_ray.search_space import SearchSpaceError, load_search_space
 from turbo_ray.trials import FOLD
 from turbo_ray.tune import FoldASHA, FoldSearch, SchedulerState
@@ -373,5 +375,8 @@ def test_a_cluster_without_the_driver_resource_is_one_line_and_leaves_the_folder
         assert main(["tune", "--workers-per-trial", "2", *job]) == 2
         assert "has no 'train_driver' resource" in capsys.readouterr().err
         assert not (out / "config.yaml").exists()  # the same command may run again
+        # Ray's loggers are as they were: nothing of this process logs to the job's ray.log
+        handlers = [h for name in RAY_LOGGERS for h in logging.getLogger(name).handlers]
+        assert str(out / "ray.log") not in [getattr(h, "baseFilename", "") for h in handlers]
     finally:
         ray.shutdown()  # the next test starts the shared one again

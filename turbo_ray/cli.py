@@ -109,6 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         address=args.address,
     )
     print(f"\n{result.table()}\n")
+    if compared := result.compared():
+        print(f"{compared}\n")
     print("\n".join(f"wrote {p}" for p in result.files))
     print(watch_commands(result))
     return 0

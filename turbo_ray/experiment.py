@@ -24,6 +24,7 @@ import ray.tune
 import yaml
 
 from turbo_ray.checkpoints import checkpoint_at, prune_checkpoints, selected_epoch
+from turbo_ray.comparison import compared_with_baseline, format_comparison
 from turbo_ray.config import MODES, Config, ConfigError, load_config, override
 from turbo_ray.data.corpus import Corpus, prepare_corpus
 from turbo_ray.data.folds import Fold, fold_splits
@@ -61,6 +62,7 @@ class JobResult:
     files: list[Path]
     tracker: Tracker
     joined: bool  # ran on a Ray that outlives the job (its dashboard stays)
+    comparison: pd.DataFrame | None  # each mode against the baseline, paired (`comparison.py`)
 
     def table(self) -> str:
         """The test scores per fold, with mean and std (per group)."""
@@ -76,6 +78,18 @@ class JobResult:
     def selection(self) -> str:
         """What each fold's search selected (nested protocol only)."""
         return selection_table(self.rows, self.cfg)
+
+    def compared(self) -> str | None:
+        """Each mode against the baseline, paired over folds and seeds (None: no baseline run)."""
+        if self.comparison is None:
+            return None
+        seeds = ",".join(str(s) for s in sorted(self.rows["seed"].unique()))
+        how = "a search per mode" if self.protocol == NESTED else "one fixed config for all modes"
+        title = (
+            f"Paired comparison with the baseline ({self.protocol}, {how}; seeds {seeds}; "
+            f"{self.rows['test_session'].nunique()} folds), {self.corpus}"
+        )
+        return format_comparison(self.comparison, title)
 
 
 def run_nested(
@@ -207,13 +221,17 @@ def finish(
     by: list[str] | None = None,
     search: dict | None = None,
 ) -> JobResult:
-    """Write the results files, log the folds and close the experiment's MLflow run."""
+    """Compare the modes (if the job ran the baseline and another), write the results files, log
+    the folds and close the experiment's MLflow run."""
     table = pd.DataFrame(rows)
     classes = list(corpus.classes)
-    files = files + write_results(table, paths, classes, cfg, protocol, by, search)
+    comparison = compared_with_baseline(table)
+    files = files + write_results(table, paths, classes, cfg, protocol, by, search, comparison)
     tracker.log_folds(table, cfg, classes)
-    tracker.finish(table, files, by)
-    return JobResult(protocol, cfg, paths, corpus.label, table, by, files, tracker, joined)
+    tracker.finish(table, files, by, comparison)
+    return JobResult(
+        protocol, cfg, paths, corpus.label, table, by, files, tracker, joined, comparison
+    )
 
 
 def open_job(job: str, cfg: Config, out: Path | None, resume: bool) -> tuple[Config, RunPaths]:

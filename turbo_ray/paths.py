@@ -141,6 +141,11 @@ class RunPaths:
         return self.out / "results.json"
 
     @property
+    def comparison_csv(self) -> Path:
+        """Each mode against the baseline: paired difference, interval, p-value."""
+        return self.out / "comparison.csv"
+
+    @property
     def confusion_png(self) -> Path:
         return self.out / "confusion.png"
 

@@ -79,18 +79,24 @@ def write_results(
     protocol: str,
     by: list[str] | None = None,
     search: dict | None = None,
+    comparison: pd.DataFrame | None = None,
 ) -> list[Path]:
     """results.csv, results.json (the protocol, the config, `search`: what selected the configs,
-    per-fold rows) and a summed confusion-matrix PNG; returns the paths written."""
+    `comparison`: each mode against the baseline, per-fold rows), comparison.csv (if any) and a
+    summed confusion-matrix PNG; returns the paths written."""
     table = with_mean_std(results, by)
     table.drop(columns=["confusion"], errors="ignore").to_csv(paths.results_csv, index=False)
+    extra = {"search": search} if search else {}
+    if comparison is not None:
+        comparison.to_csv(paths.comparison_csv, index=False)
+        extra["comparison"] = json.loads(comparison.to_json(orient="records"))
     paths.results_json.write_text(
         json.dumps(
             {
                 "protocol": protocol,
                 "config": cfg.to_dict(),
                 "classes": list(classes),
-                **({"search": search} if search else {}),
+                **extra,
                 "folds": json.loads(results.to_json(orient="records")),
             },
             indent=1,
@@ -98,4 +104,5 @@ def write_results(
     )
     matrix = np.sum([np.array(c) for c in results.confusion], axis=0)
     plot_confusion(matrix, classes, paths.confusion_png)
-    return [paths.results_csv, paths.results_json, paths.confusion_png]
+    written = [paths.results_csv, paths.results_json, paths.confusion_png]
+    return written + ([paths.comparison_csv] if comparison is not None else [])

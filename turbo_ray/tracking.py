@@ -171,14 +171,25 @@ class Tracker:
             client.set_tag(run_id, "stopped_early", str(stopped).lower())
             client.set_terminated(run_id, "FAILED" if result.error else "FINISHED")
 
-    def finish(self, results: pd.DataFrame, files: list[Path], by: list[str] | None) -> None:
-        """The parent run: the mean test scores (per group of `by`, e.g. `mean_test_ua/turbo`) and
-        the experiment's output files."""
+    def finish(
+        self,
+        results: pd.DataFrame,
+        files: list[Path],
+        by: list[str] | None,
+        comparison: pd.DataFrame | None = None,
+    ) -> None:
+        """The parent run: the mean test scores (per group of `by`, e.g. `mean_test_ua/turbo`),
+        each mode's paired comparison with the baseline (e.g. `difference_ua/turbo`, `p_ua/turbo`)
+        and the experiment's output files."""
         groups = results.groupby(by, sort=False) if by else [((), results)]
         for key, group in groups:
             suffix = "".join(f"/{v}" for v in (key if isinstance(key, tuple) else (key,)))
             means = {f"mean_test_{k}{suffix}": group[k].mean() for k in SCORES}
             self.log_metrics(self.parent, means)
+        for row in (comparison if comparison is not None else pd.DataFrame()).to_dict("records"):
+            stats = ("difference", "ci_low", "ci_high", "p")
+            named = {f"{k}_{row['score']}/{row['mode']}": row[k] for k in stats}
+            self.log_metrics(self.parent, {k: v for k, v in named.items() if v == v})  # not NaN
         for path in files:
             self.client.log_artifact(self.parent, str(path))
         self.client.set_terminated(self.parent)
