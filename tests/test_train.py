@@ -224,7 +224,9 @@ def test_two_worker_run_survives_a_worker_failure_learns_and_restores(
 def test_same_seed_same_scores_over_every_class(ray_local, tiny, tmp_path, capsys):
     # `turbo-ray train` twice with one config and seed (2 DDP workers, shuffled data, random crops,
     # dropout): identical scores. With data.classes=all the classifier has a logit per label (11).
+    # the mode and seed are the config's own (no --mode, --seeds)
     args = ["train", "--folds", "1", "--num-workers", "2", *tiny, "data.classes=all"]
+    args += ["loss.mode=in", "train.seed=1"]
     runs = []
     for run in ("first", "second"):
         assert main([*args, "--output-dir", str(tmp_path / run)]) == 0
@@ -256,7 +258,7 @@ def test_same_seed_same_scores_over_every_class(ray_local, tiny, tmp_path, capsy
     (fold,) = [r for r in tracked if r.data.tags["role"] == "fold"]
     assert parent.data.tags["protocol"] == "loso"
     assert {r.info.status for r in tracked} == {"FINISHED"}
-    assert (fold.data.tags["mode"], fold.data.tags["seed"]) == ("turbo", "0")
+    assert (fold.data.tags["mode"], fold.data.tags["seed"]) == ("in", "1")
     assert fold.data.metrics["test_ua"] == pytest.approx(first[0]["ua"])
     assert parent.data.metrics["mean_test_ua"] == pytest.approx(first[0]["ua"])
     # the finished job keeps only the weights of the checkpoint its table came from
@@ -284,6 +286,7 @@ def test_a_fixed_config_ablation_prints_and_writes_the_paired_comparison(
     assert (row.mode, row.folds, row.pairs) == ("turbo", 2, 2)
     assert row.difference == pytest.approx(difference)
     assert results["comparison"] == json.loads(table.to_json(orient="records"))
+    assert (out / "comparison.png").stat().st_size > 0
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     (parent,) = [r for r in runs if r.data.tags["role"] == "experiment"]

@@ -103,8 +103,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = run_fixed(
         config_from_args(args),
         Path(args.output_dir) if args.output_dir else None,
-        modes=args.mode.split(","),
-        seeds=[int(s) for s in args.seeds.split(",")],
+        modes=args.mode.split(",") if args.mode else None,
+        seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
         sessions=[args.fold] if args.fold else list(range(1, args.folds + 1)),
         address=args.address,
     )
@@ -219,11 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one config over the leave-one-session-out folds")
     add_run_args(p)
-    p.add_argument("--mode", default="turbo", help=f"comma-separated subset of {','.join(MODES)}")
+    p.add_argument(
+        "--mode", help=f"comma-separated subset of {','.join(MODES)} (default: loss.mode)"
+    )
     folds = p.add_mutually_exclusive_group()
     folds.add_argument("--folds", type=int, default=5, help="LOSO folds: test sessions 1..N")
     folds.add_argument("--fold", type=int, help="one LOSO fold: test session K only")
-    p.add_argument("--seeds", default="0", help="comma-separated training seeds, e.g. 0,1,2")
+    p.add_argument(
+        "--seeds", help="comma-separated training seeds, e.g. 0,1,2 (default: train.seed)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(

@@ -15,6 +15,7 @@ tested at its best validation epoch. Session k's utterances never touch fold k's
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,14 +128,16 @@ def run_nested(
 def run_fixed(
     cfg: Config,
     out: Path | None = None,
-    modes: list[str] = ("turbo",),
-    seeds: list[int] = (0,),
-    sessions: list[int] | None = None,
+    modes: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    sessions: Sequence[int] | None = None,
     address: str | None = None,
 ) -> JobResult:
     """One given config over the leave-one-session-out folds that test `sessions` (default: all),
-    once per loss mode and training seed: a Train run per fold, tested at its best validation
-    epoch. `out`: the output folder (default: a new runs/train-<time>)."""
+    once per loss mode and training seed (default: the config's `loss.mode` and `train.seed`): a
+    Train run per fold, tested at its best validation epoch. `out`: the output folder (default: a
+    new runs/train-<time>)."""
+    modes, seeds = modes or [cfg.loss.mode], seeds or [cfg.train.seed]
     if bad := [m for m in modes if m not in MODES]:
         raise ConfigError(f"--mode {bad} not in {MODES}")
     cfg, paths = open_job("train", cfg, out, resume=False)

@@ -146,6 +146,11 @@ class RunPaths:
         return self.out / "comparison.csv"
 
     @property
+    def comparison_png(self) -> Path:
+        """Per fold each mode's test UA, the pairs joined; each difference with its interval."""
+        return self.out / "comparison.png"
+
+    @property
     def confusion_png(self) -> Path:
         return self.out / "confusion.png"
 

@@ -1,4 +1,5 @@
-"""The PNG figures of a job: confusion matrix, search history, parameter importances, UA curves."""
+"""The PNG figures of a job: confusion matrix, search history, parameter importances, UA curves,
+the paired comparison of modes."""
 
 from __future__ import annotations
 
@@ -100,6 +101,32 @@ def plot_curves(curves: dict[int, dict[str, pd.DataFrame]], metric: str, path: P
         if len(trials) <= 8:
             ax.legend(fontsize=6)
     axes[0].set(ylabel=metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_comparison(rows: pd.DataFrame, comparison: pd.DataFrame, path: Path) -> None:
+    """Left: per fold, each mode's test UA (averaged over seeds), a mode joined to the baseline
+    fold by fold. Right: each mode's mean paired UA difference with its 95 % interval."""
+    per_fold = rows.groupby(["mode", "test_session"])["ua"].mean().unstack("mode") * 100
+    ua = comparison[comparison.score == "ua"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), width_ratios=(2, 1))
+    folds = per_fold.index.to_numpy()
+    for fold in folds:  # the pairs: each mode beside the baseline on the same fold
+        left.plot([fold] * len(per_fold.columns), per_fold.loc[fold], color="0.8", zorder=1)
+    for mode in per_fold.columns:
+        left.scatter(folds, per_fold[mode], label=mode, zorder=2)
+    left.set(xticks=folds, xlabel="test session (fold)", ylabel="test UA (%)")
+    left.legend(fontsize=8)
+    low, high = ua.difference - ua.ci_low, ua.ci_high - ua.difference
+    right.errorbar(range(len(ua)), ua.difference * 100, yerr=[low * 100, high * 100], fmt="o")
+    right.axhline(0, color="0.5", linewidth=0.8)
+    right.set(
+        xticks=range(len(ua)),
+        xticklabels=[f"{m}\n- baseline" for m in ua["mode"]],
+        ylabel="UA difference (points, 95 % CI)",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

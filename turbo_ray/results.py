@@ -15,7 +15,7 @@ import pandas as pd
 
 from turbo_ray.config import Config
 from turbo_ray.paths import RunPaths
-from turbo_ray.plots import plot_confusion
+from turbo_ray.plots import plot_comparison, plot_confusion
 
 SCORES = ("wa", "ua", "f1")  # a fold's test scores: accuracy, mean per-class recall, macro-F1
 
@@ -82,13 +82,14 @@ def write_results(
     comparison: pd.DataFrame | None = None,
 ) -> list[Path]:
     """results.csv, results.json (the protocol, the config, `search`: what selected the configs,
-    `comparison`: each mode against the baseline, per-fold rows), comparison.csv (if any) and a
-    summed confusion-matrix PNG; returns the paths written."""
+    `comparison`: each mode against the baseline, per-fold rows), comparison.csv and .png (if
+    any) and a summed confusion-matrix PNG; returns the paths written."""
     table = with_mean_std(results, by)
     table.drop(columns=["confusion"], errors="ignore").to_csv(paths.results_csv, index=False)
     extra = {"search": search} if search else {}
     if comparison is not None:
         comparison.to_csv(paths.comparison_csv, index=False)
+        plot_comparison(results, comparison, paths.comparison_png)
         extra["comparison"] = json.loads(comparison.to_json(orient="records"))
     paths.results_json.write_text(
         json.dumps(
@@ -105,4 +106,6 @@ def write_results(
     matrix = np.sum([np.array(c) for c in results.confusion], axis=0)
     plot_confusion(matrix, classes, paths.confusion_png)
     written = [paths.results_csv, paths.results_json, paths.confusion_png]
-    return written + ([paths.comparison_csv] if comparison is not None else [])
+    return written + (
+        [paths.comparison_csv, paths.comparison_png] if comparison is not None else []
+    )
