@@ -72,6 +72,19 @@ def test_an_output_folder_holding_another_experiment_is_left_untouched(tmp_path,
     assert (out / "config.yaml").read_text() == "train: {epochs: 7}\n"
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--seeds", "0,x"], "--seeds '0,x': expected comma-separated integers"),
+        (["--mode", "base,turbo"], "--mode ['base'] not in"),
+    ],
+)
+def test_train_flags_that_cannot_run(tmp_path, capsys, flags, message):
+    err = run(capsys, "train", *flags, "--output-dir", str(tmp_path / "out"))
+    assert message in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_output_path_that_is_a_file(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     err = run(capsys, "train", "--output-dir", str(tmp_path / "file"))

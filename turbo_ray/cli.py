@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config_from_args(args),
         Path(args.output_dir) if args.output_dir else None,
         modes=args.mode.split(",") if args.mode else None,
-        seeds=[int(s) for s in args.seeds.split(",")] if args.seeds else None,
+        seeds=seeds_from(args.seeds) if args.seeds else None,
         sessions=[args.fold] if args.fold else list(range(1, args.folds + 1)),
         address=args.address,
     )
@@ -114,6 +114,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     print("\n".join(f"wrote {p}" for p in result.files))
     print(watch_commands(result))
     return 0
+
+
+def seeds_from(flag: str) -> list[int]:
+    """--seeds 0,1,2 as integers; anything else is a one-line error."""
+    try:
+        return [int(seed) for seed in flag.split(",")]
+    except ValueError:
+        raise ConfigError(
+            f"--seeds {flag!r}: expected comma-separated integers, e.g. 0,1,2"
+        ) from None
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
