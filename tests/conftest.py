@@ -19,7 +19,6 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])
 )
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -118,9 +117,10 @@ def run_command(launch):
 
 def _check_mlflow_store(out: Path, scratch: Path) -> None:
     """A finished job's MLflow store (`<out>/mlflow.db`) holds what its results.json and trials.csv
-    say, each once: one FINISHED parent with the folds' mean test UA; a FINISHED run per trial
-    with its full config and every epoch's validation score; a run per fold with its test scores,
-    its selected trial and its confusion matrix. Nothing left RUNNING."""
+    say, each once: one FINISHED parent with the folds' mean test UA (per mode); a FINISHED run per
+    trial with its search's tags, its full config and every epoch's validation score; a run per
+    search with its test scores, its selected trial and its confusion matrix. Nothing left
+    RUNNING."""
     results = json.loads((out / "results.json").read_text())
     trials = pd.read_csv(out / "trials.csv", dtype={"trial": str})
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
@@ -128,26 +128,34 @@ def _check_mlflow_store(out: Path, scratch: Path) -> None:
     assert {r.info.status for r in runs} == {"FINISHED"}
     by_role = {role: [r for r in runs if r.data.tags["role"] == role] for role in ("trial", "fold")}
     (parent,) = [r for r in runs if r.data.tags["role"] == "experiment"]
-    assert parent.data.metrics["mean_test_ua"] == pytest.approx(
-        np.mean([f["ua"] for f in results["folds"]])
-    )
+    folds = pd.DataFrame(results["folds"])
+    means = folds.groupby("mode").ua.mean()
+    for mode, mean in means.items():
+        name = "mean_test_ua" + (f"/{mode}" if len(means) > 1 or folds.seed.nunique() > 1 else "")
+        assert parent.data.metrics[name] == pytest.approx(mean)
     trial_runs = {r.data.tags["trial_id"]: r for r in by_role["trial"]}
     assert len(trial_runs) == len(by_role["trial"]) == len(trials)  # each trial logged once
     batch_size = str(results["config"]["data"]["batch_size"])
     for _, row in trials.iterrows():
         run = trial_runs[row.trial]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert run.data.tags["fold"] == str(row.fold)
-        for key in results["search"]["space"]:
+        tags = {k: run.data.tags[k] for k in ("mode", "seed", "fold")}
+        assert tags == {"mode": row["mode"], "seed": str(row.seed), "fold": str(row.fold)}
+        for key in results["search"]["searched_per_mode"][row["mode"]]:
             assert float(run.data.params[key]) == pytest.approx(row[key])
         assert run.data.params["data.batch_size"] == batch_size  # the full config
+        assert run.data.params["loss.mode"] == row["mode"]
         history = client.get_metric_history(run.info.run_id, "val_ua")
         assert [m.step for m in history] == list(range(1, row.epochs + 1))
         assert max(m.value for m in history) == pytest.approx(row.best_val_ua)
-    folds = {int(r.data.tags["fold"]): r for r in by_role["fold"]}
-    assert sorted(folds) == sorted(f["test_session"] for f in results["folds"])
+
+    def search(tags):
+        return tags["mode"], int(tags["seed"]), int(tags["fold"])
+
+    fold_runs = {search(r.data.tags): r for r in by_role["fold"]}
+    assert len(fold_runs) == len(results["folds"])
     for fold in results["folds"]:
-        run = folds[fold["test_session"]]
+        run = fold_runs[fold["mode"], fold["seed"], fold["test_session"]]
         assert run.data.metrics["test_ua"] == pytest.approx(fold["ua"])
         assert run.data.tags["trial"] == fold["trial"]
         assert trial_runs[fold["trial"]].data.tags["selected_for_fold"] == str(fold["test_session"])

@@ -48,6 +48,13 @@ def test_int_and_exponent_are_accepted_for_float_and_none_for_optional():
         (["train.placement_strategy=FAST"], "train.placement_strategy must be one of PACK"),
         (["model.modalities=video"], "model.modalities must be one of audio"),
         (["model.modalities=text"], "one modality. needs loss.mode=baseline"),
+        (
+            ["tune.modes=[baseline,turbo]", "model.modalities=text", "loss.mode=baseline"],
+            "got turbo",
+        ),
+        (["tune.modes=[basline]"], "tune.modes: 'basline' is not one of baseline, in, cross"),
+        (["tune.modes=[turbo,turbo]"], "tune.modes must list distinct values"),
+        (["tune.seeds=[]"], "tune.seeds must list distinct values"),
         (["epochs=3"], "must look like section.key"),
     ],
 )

@@ -19,10 +19,11 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from turbo_ray.cli import main
+from turbo_ray.config import MODES
 from turbo_ray.progress import RAY_LOGGERS
 from turbo_ray.search_space import SearchSpaceError, load_search_space
-from turbo_ray.trials import FOLD
-from turbo_ray.tune import FoldASHA, FoldSearch, SchedulerState
+from turbo_ray.trials import SearchKey
+from turbo_ray.tune import NestedASHA, NestedSearch, SchedulerState
 
 REPO = Path(__file__).parents[1]
 
@@ -50,7 +51,8 @@ def test_packaged_search_space_loads():
             "needs \\[low, high\\]",
         ),  # YAML reads 1e-4 as a string
         ("model.dropout: {uniform: [0.1, 1.5]}", "model.dropout must be in \\[0, 1\\)"),
-        ("loss.mode: {choice: [turbo, both]}", "loss.mode must be one of"),
+        ("model.preset: {choice: [tiny, huge]}", "model.preset must be one of"),
+        ("loss.mode: {choice: [baseline, turbo]}", "loss.mode is not searched: each search runs"),
         ("loss.temperature: 0.1", "expected one distribution"),
         (
             "train.lr: {uniform: [0.1, 0.2]}\nstart: [{loss.w_in: 0.5}]",
@@ -68,6 +70,29 @@ def test_bad_search_space_is_named(tmp_path, text, message):
     assert str(path) in str(err.value)
 
 
+def test_each_mode_searches_only_the_parameters_it_reads(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "loss.temperature: {loguniform: [0.02, 0.5]}\nloss.w_in: {uniform: [0.0, 1.0]}\n"
+        "loss.w_cross: {uniform: [0.0, 1.0]}\ntrain.lr: {loguniform: [1.0e-4, 3.0e-3]}\n"
+        "start: [{loss.temperature: 0.07, train.lr: 1.0e-3}, {loss.w_cross: 0.5}]\n"
+    )
+    space = load_search_space(path)
+    searched = {m: [p.key for p in space.for_mode(m).params] for m in MODES}
+    assert searched == {
+        "baseline": ["train.lr"],
+        "in": ["loss.temperature", "loss.w_in", "train.lr"],
+        "cross": ["loss.temperature", "loss.w_cross", "train.lr"],
+        "turbo": ["loss.temperature", "loss.w_in", "loss.w_cross", "train.lr"],
+    }
+    # start points keep what the mode reads; one left with nothing is dropped
+    assert space.for_mode("baseline").start == [{"train.lr": 1.0e-3}]
+    assert space.for_mode("cross").start == space.start
+    path.write_text("loss.temperature: {loguniform: [0.02, 0.5]}\n")
+    with pytest.raises(SearchSpaceError, match="loss.mode=baseline reads none of the searched"):
+        load_search_space(path).for_mode("baseline")
+
+
 def test_cli_reports_a_bad_search_space_before_starting_anything(tmp_path, capsys):
     path = tmp_path / "space.yaml"
     path.write_text("loss.temperature: {uniform: [0.1]}\n")
@@ -76,10 +101,12 @@ def test_cli_reports_a_bad_search_space_before_starting_anything(tmp_path, capsy
     assert not (tmp_path / "out").exists()
 
 
-def test_asha_is_per_fold_and_keeps_its_rungs_in_tunes_state_across_a_restart():
+def test_asha_is_per_search_and_keeps_its_rungs_in_tunes_state_across_a_restart():
+    one, other = SearchKey("turbo", 0, 1), SearchKey("turbo", 0, 2)
+
     def scheduler():
-        return FoldASHA(
-            [1, 2],
+        return NestedASHA(
+            [one, other],
             metric="best_val_ua",
             mode="max",
             time_attr="epoch",
@@ -88,27 +115,28 @@ def test_asha_is_per_fold_and_keeps_its_rungs_in_tunes_state_across_a_restart():
             reduction_factor=2,
         )
 
-    def trial(name, fold):
-        return Trial("trainable", config={FOLD: fold}, trial_id=name, stub=True)
+    def trial(name, key):
+        return Trial("trainable", config=key.config(), trial_id=name, stub=True)
 
     first = scheduler()
-    a, b, c = trial("a", 1), trial("b", 1), trial("c", 2)
+    a, b, c = trial("a", one), trial("b", one), trial("c", other)
     for t in (a, b, c):
         first.on_trial_add(None, t)
     assert (
         first.on_trial_result(None, a, {"epoch": 1, "best_val_ua": 0.9}) == TrialScheduler.CONTINUE
     )
     assert first.on_trial_result(None, b, {"epoch": 1, "best_val_ua": 0.3}) == TrialScheduler.STOP
-    # fold 2 has its own rungs: its first trial is not measured against fold 1's
+    # the other search has its own rungs: its first trial is not measured against the first's
     assert (
         first.on_trial_result(None, c, {"epoch": 1, "best_val_ua": 0.2}) == TrialScheduler.CONTINUE
     )
     # Tune saves its callbacks' states with the experiment (pickled); the driver dies; the restored
-    # callback hands fold 1's rung (0.9, 0.3) to the new scheduler before its first decision
+    # callback hands the first search's rung (0.9, 0.3) to the new scheduler before its first
+    # decision
     saved = pickle.dumps(SchedulerState(first).get_state())
     again = scheduler()
     SchedulerState(again).set_state(pickle.loads(saved))
-    d = trial("d", 1)
+    d = trial("d", one)
     again.on_trial_add(None, d)
     assert again.on_trial_result(None, d, {"epoch": 1, "best_val_ua": 0.1}) == TrialScheduler.STOP
     fresh = scheduler()  # without the saved state, the same result would continue
@@ -116,11 +144,16 @@ def test_asha_is_per_fold_and_keeps_its_rungs_in_tunes_state_across_a_restart():
     assert fresh.on_trial_result(None, d, {"epoch": 1, "best_val_ua": 0.1}) != TrialScheduler.STOP
 
 
-def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
+def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_survives_a_kill(
     demo_corpus, tiny, launch, run_command, mlflow_store_matches, tmp_path
 ):
+    # baseline and turbo, seeds 0 and 1, fold 1: four searches of one trial each, one at a time
     space = tmp_path / "space.yaml"
-    space.write_text("train.lr: {loguniform: [1.0e-4, 3.0e-3]}\nstart: [{train.lr: 2.0e-3}]\n")
+    space.write_text(
+        "train.lr: {loguniform: [1.0e-4, 3.0e-3]}\n"
+        "loss.temperature: {loguniform: [0.05, 0.2]}\n"
+        "start: [{train.lr: 2.0e-3, loss.temperature: 0.1}]\n"
+    )
     out = tmp_path / "exp"
     command = [
         "tune",
@@ -128,10 +161,14 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
         str(out),
         "--search-space",
         str(space),
+        "--modes",
+        "baseline,turbo",
+        "--seeds",
+        "0,1",
         "--num-samples",
         "1",
         "--folds",
-        "3",
+        "1",
         "--workers-per-trial",
         "1",
         "--max-concurrent-trials",
@@ -143,7 +180,7 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
         driver = launch(*command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     deadline = time.time() + 420
-    # folds 1 and 2 searched, fold 3's trial has its first checkpoint: kill it mid-trial
+    # two searches done, the third's trial has its first checkpoint: kill it mid-trial
     while len({c.parent for c in (out / "search").glob("trial-*/checkpoint_*")}) < 3:
         assert time.time() < deadline and driver.poll() is None, (
             tmp_path / "first.log"
@@ -160,33 +197,69 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
     resumed = run_command(*command, "--resume")
     assert "(resumed)" in resumed and "no problems" in resumed  # the corpus report
     assert "Nested leave-one-session-out (nested-loso)" in resumed
-    # no finished trial started again; the interrupted one went on
-    assert "fold 1 trial 0  started" in (tmp_path / "first.log").read_text()
-    assert "fold 1 trial 0  started" not in resumed
-    assert "fold 2 trial 0  started" not in resumed
-    assert "fold 3 trial 0  epoch 2/2" in resumed
-    # folds 1 and 2 were not searched again: what is left of their checkpoints was there before
+    assert "4 searches: modes baseline,turbo x seeds 0,1 x folds, equal budgets" in resumed
+    # no finished trial started again; the interrupted one went on, the last one started
+    first = (tmp_path / "first.log").read_text()
+    assert "baseline seed 0 fold 1 trial 0  started   lr=0.002\n" in first  # no temperature
+    assert "baseline seed 1 fold 1 trial 0  started" in first
+    assert "baseline seed" not in resumed.split("Selected per fold")[0]
+    assert "turbo seed 0 fold 1 trial 0  epoch 2/2" in resumed
+    assert "turbo seed 1 fold 1 trial 0  started   lr=0.002  temperature=0.1\n" in resumed
+    # the finished searches were not searched again: what is left of their checkpoints was there
     for p in finished:
         assert {c.name for c in p.glob("checkpoint_*") if c.is_dir()} <= set(before[p.name])
 
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"] == "nested-loso"
-    assert [f["test_session"] for f in results["folds"]] == [1, 2, 3]
+    folds = pd.DataFrame(results["folds"])
+    assert sorted(zip(folds["mode"], folds.seed)) == [
+        ("baseline", 0),
+        ("baseline", 1),
+        ("turbo", 0),
+        ("turbo", 1),
+    ]
+    assert results["search"]["searched_per_mode"] == {
+        "baseline": ["train.lr"],
+        "turbo": ["train.lr", "loss.temperature"],
+    }
     for fold in results["folds"]:
-        assert fold["search_sessions"] == [s for s in range(1, 6) if s != fold["test_session"]]
-        assert set(fold["params"]) == {"train.lr"} and 1 <= fold["best_epoch"] <= 2
+        assert fold["test_session"] == 1 and fold["search_sessions"] == [2, 3, 4, 5]
+        searched = {"baseline": {"train.lr"}, "turbo": {"train.lr", "loss.temperature"}}
+        assert set(fold["params"]) == searched[fold["mode"]] and 1 <= fold["best_epoch"] <= 2
         assert {"trial", "val_ua", "wa", "ua", "f1", "confusion"} <= set(fold)
-    # the finished job kept only the weights of each fold's selected checkpoint
+    # the finished job kept only the weights of each search's selected checkpoint
     kept = sorted(str(c) for c in (out / "search").glob("trial-*/checkpoint_*") if c.is_dir())
     assert kept == sorted(fold["checkpoint"] for fold in results["folds"])
     assert all(sorted(f.name for f in Path(c).iterdir()) == ["meta.json", "model.pt"] for c in kept)
+    # equal budgets: every search ran the same number of trials; the baseline's configs hold no
+    # searched temperature (its trials ran the config's, unused)
     trials = pd.read_csv(out / "trials.csv", dtype={"trial": str})
-    assert sorted(trials.fold) == [1, 2, 3] and trials.error.isna().all()
+    assert trials.groupby(["mode", "seed", "fold"]).size().tolist() == [1, 1, 1, 1]
+    assert trials.error.isna().all()
+    assert trials[trials["mode"] == "baseline"]["loss.temperature"].isna().all()
+    assert trials[trials["mode"] == "turbo"]["loss.temperature"].notna().all()
+    for trial in trials.trial:
+        params = json.loads((out / "search" / f"trial-{trial}" / "params.json").read_text())
+        assert ("loss.temperature" in params) == (params["loss.mode"] == "turbo")
+
+    # the paired comparison: printed, in comparison.csv and results.json, the same numbers
+    table = pd.read_csv(out / "comparison.csv")
+    assert results["comparison"] == json.loads(table.to_json(orient="records"))
+    ua = folds.pivot(index="seed", columns="mode", values="ua")
+    (row,) = table[table.score == "ua"].itertuples(index=False)
+    assert (row.mode, row.folds, row.pairs) == ("turbo", 1, 2)
+    assert row.difference == pytest.approx((ua.turbo - ua.baseline).mean())
+    assert (
+        "Paired comparison with the baseline (nested-loso, a search per mode and fold, "
+        "1 trial each, 2 epochs; seeds 0,1; 1 fold)" in resumed
+    )
+    assert f"difference {100 * row.difference:+6.2f}" in resumed
     for name in (
         "optimization_history.png",
         "ua_per_epoch.png",
         "confusion.png",
-        "best_config_s3.yaml",
+        "comparison.png",
+        "best_config_baseline-seed1-s1.yaml",
     ):
         assert (out / name).stat().st_size > 0
 
@@ -199,7 +272,7 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
         json.loads((run / "utterances.json").read_text())
         for run in (out / "search").glob("trial-*")
     ]
-    assert {r["fold"] for r in records} == {1, 2, 3}
+    assert {r["fold"] for r in records} == {1}
     for record in records:
         seen = manifest.loc[record["train"] + record["val"]]
         assert record["fold"] not in set(seen.session)
@@ -212,12 +285,14 @@ def test_nested_search_keeps_each_test_session_out_and_survives_a_killed_driver(
     assert f"ui --backend-store-uri sqlite:///{out / 'mlflow.db'}" in resumed
     mlflow_store_matches(out, tmp_path)
 
-    # each fold's TPE was told its trials' best epoch (the score that selects), not the last one
-    searcher = FoldSearch([1, 2, 3], 1, "best_val_ua", [], 0)
+    # each search's TPE was told its trials' best epoch (the score that selects), not the last one
+    keys = [SearchKey(m, s, 1) for m in ("baseline", "turbo") for s in (0, 1)]
+    searcher = NestedSearch(keys, load_search_space(space), 1, "best_val_ua")
     searcher.restore_from_dir(str(out / "search"))
-    for fold, optuna_search in searcher.searchers.items():
+    for (mode, seed, fold), optuna_search in searcher.searchers.items():
         told = [t.value for t in optuna_search._ot_study.trials]
-        assert told == pytest.approx(trials[trials.fold == fold].best_val_ua.tolist())
+        own = (trials["mode"] == mode) & (trials.seed == seed) & (trials.fold == fold)
+        assert told == pytest.approx(trials[own].best_val_ua.tolist())
 
 
 def scores(out: Path) -> dict:
@@ -294,7 +369,7 @@ def test_the_main_job_reproduces_resumes_from_its_config_alone_and_resumes_finis
     pd.testing.assert_frame_equal(killed_trials, trials)  # the same proposals, the same stops
     assert len(trials) == 6
     results = json.loads((fresh / "results.json").read_text())
-    assert results["search"]["sampler_seeds"] == {"1": 1, "2": 2}
+    assert results["search"]["sampler_seeds"] == {"turbo-seed0-s1": 1, "turbo-seed0-s2": 2}
     assert "train.lr" in results["search"]["space"]
 
     # resuming the finished job trains nothing and prints the same tables
@@ -305,8 +380,8 @@ def test_the_main_job_reproduces_resumes_from_its_config_alone_and_resumes_finis
     assert tables in again
     assert sorted(fresh.glob("search/trial-*/checkpoint_*")) == kept
     mlflow_store_matches(fresh, tmp_path)
-    header = (fresh / "best_config_s2.yaml").read_text().splitlines()[1]
-    assert header.endswith(f"--config {fresh / 'best_config_s2.yaml'} --fold 2")
+    header = (fresh / "best_config_turbo-seed0-s2.yaml").read_text().splitlines()[1]
+    assert header.endswith(f"--config {fresh / 'best_config_turbo-seed0-s2.yaml'} --fold 2")
 
 
 def test_two_jobs_beside_a_ray_started_by_ray_start_join_it_and_finish(

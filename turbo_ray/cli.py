@@ -59,6 +59,7 @@ def add_run_args(parser: argparse.ArgumentParser, workers_flag: str = "--num-wor
 def config_from_args(args: argparse.Namespace) -> Config:
     """File, then the dedicated flags, then the dotted overrides (last word wins)."""
     gpus = getattr(args, "gpus_per_worker", None)
+    modes, seeds = getattr(args, "tune_modes", None), getattr(args, "tune_seeds", None)
     flags = {
         "data.data_dir": getattr(args, "data_dir", None),
         "model.preset": getattr(args, "preset", None),
@@ -69,6 +70,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "tune.num_samples": getattr(args, "num_samples", None),
         "tune.max_concurrent_trials": getattr(args, "max_concurrent_trials", None),
         "tune.folds": getattr(args, "tune_folds", None),
+        "tune.modes": modes and modes.split(","),
+        "tune.seeds": seeds and seeds_from(seeds),
     }
     from_flags = [f"{k}={v}" for k, v in flags.items() if v is not None]
     return load_config(args.config, from_flags + list(args.overrides))
@@ -133,6 +136,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     out = Path(args.output_dir) if args.output_dir else None
     result = run_nested(config_from_args(args), out, args.resume, args.address)
     print(f"\n{result.selection()}\n\n{result.table()}\n")
+    if compared := result.compared():
+        print(f"{compared}\n")
     print("\n".join(f"wrote {p}" for p in result.files))
     print(watch_commands(result))
     return 0
@@ -255,6 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
         dest="tune_folds",
         type=int,
         help="outer LOSO folds: test sessions 1..N, each with its own search (default 5)",
+    )
+    p.add_argument(
+        "--modes",
+        dest="tune_modes",
+        help=f"comma-separated subset of {','.join(MODES)}: the whole protocol once per mode, "
+        "equal budgets, compared with the baseline (default: loss.mode)",
+    )
+    p.add_argument(
+        "--seeds",
+        dest="tune_seeds",
+        help="comma-separated training seeds, e.g. 0,1,2: the protocol once per seed "
+        "(default: train.seed)",
     )
     p.add_argument(
         "--resume",

@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-BASELINE = "baseline"
+from turbo_ray.config import BASELINE
+from turbo_ray.results import counted
+
 COMPARED = ("wa", "ua")  # the scores compared: accuracy and mean per-class recall
 LEVEL = 0.95
 
@@ -97,12 +99,17 @@ def format_comparison(table: pd.DataFrame, title: str) -> str:
         "interval over folds; p: exact sign-flip test over folds)",
     ]
     for row in table.itertuples(index=False):
+        interval = (
+            f"[{100 * row.ci_low:+6.2f}, {100 * row.ci_high:+6.2f}]"
+            if row.folds > 1
+            else "[no interval: 1 fold]"
+        )
         lines.append(
             f"  {row.mode:>8} {row.score.upper()}: {100 * row.method:6.2f}"
             f" vs {100 * row.baseline:6.2f}"
             f"  difference {100 * row.difference:+6.2f}"
-            f"  [{100 * row.ci_low:+6.2f}, {100 * row.ci_high:+6.2f}]  p = {row.p:.3f}"
+            f"  {interval}  p = {row.p:.3f}"
             f"  wins/ties/losses {row.wins}/{row.ties}/{row.losses} of {row.pairs} pairs"
-            f" ({row.folds} folds)"
+            f" ({counted(row.folds, 'fold')})"
         )
     return "\n".join(lines)

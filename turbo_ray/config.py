@@ -22,7 +22,18 @@ from typing import Any
 
 import yaml
 
-MODES = ("baseline", "in", "cross", "turbo")
+# loss.mode: the contrastive terms each ablation mode trains (baseline: cross-entropy alone)
+MODE_TERMS: dict[str, tuple[str, ...]] = {
+    "baseline": (),
+    "in": ("in",),
+    "cross": ("cross",),
+    "turbo": ("in", "cross"),
+}
+MODES = tuple(MODE_TERMS)
+BASELINE = MODES[0]
+# the loss keys only one term reads; the rest of `loss` serves any contrastive term
+TERM_KEYS = {"in": ("loss.w_in",), "cross": ("loss.w_cross", "loss.cross_pairs")}
+CONTRASTIVE_KEYS = ("loss.temperature", "loss.learnable_temperature", "loss.gather")
 # what the classifier sees: both encoders, or one of them (a unimodal baseline, loss.mode=baseline)
 MODALITIES = ("audio+text", "audio", "text")
 CROSS_PAIRS = ("11", "22", "12", "21")
@@ -162,6 +173,10 @@ class TuneConfig:
     # selects epochs, trials and configs (val_ua | val_wa | val_f1); maximised
     metric: str = "val_ua"
     folds: int = 5  # outer LOSO folds (test sessions 1..folds), each searched on its own
+    # the nested protocol once per loss mode and training seed, equal budgets, compared paired;
+    # None: loss.mode alone, train.seed alone
+    modes: list[str] | None = None
+    seeds: list[int] | None = None
     # MLflow tracking server (http://…); None: $MLFLOW_TRACKING_URI, else <run folder>/mlflow.db
     tracking_uri: str | None = None
 
@@ -201,11 +216,17 @@ def validate(cfg: Config) -> None:
     for key, allowed in one_of.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {_get(cfg, key)!r}")
-    if cfg.model.modalities != MODALITIES[0] and cfg.loss.mode != "baseline":
-        raise ConfigError(
-            f"model.modalities={cfg.model.modalities} (one modality) needs loss.mode=baseline: "
-            f"the contrastive terms pair both modalities' views; got loss.mode={cfg.loss.mode}"
-        )
+    for key, values in (("tune.modes", cfg.tune.modes), ("tune.seeds", cfg.tune.seeds)):
+        if values is not None and (not values or len(set(values)) < len(values)):
+            raise ConfigError(f"{key} must list distinct values, got {values}")
+    for mode in [cfg.loss.mode, *(cfg.tune.modes or [])]:
+        if mode not in MODES:
+            raise ConfigError(f"tune.modes: {mode!r} is not one of {', '.join(MODES)}")
+        if cfg.model.modalities != MODALITIES[0] and mode != BASELINE:
+            raise ConfigError(
+                f"model.modalities={cfg.model.modalities} (one modality) needs loss.mode="
+                f"{BASELINE}: the contrastive terms pair both modalities' views; got {mode}"
+            )
     bad = [p for p in cfg.loss.cross_pairs if p not in CROSS_PAIRS]
     if bad or not cfg.loss.cross_pairs:
         raise ConfigError(
@@ -235,6 +256,13 @@ def validate(cfg: Config) -> None:
     ):
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
+
+
+def unused_keys(mode: str) -> set[str]:
+    """The loss keys that `mode` never reads (a search of that mode leaves them alone)."""
+    terms = MODE_TERMS[mode]
+    unused = {k for term, keys in TERM_KEYS.items() if term not in terms for k in keys}
+    return unused | (set() if terms else set(CONTRASTIVE_KEYS))
 
 
 def _get(cfg: Config, key: str) -> Any:

@@ -39,13 +39,20 @@ from turbo_ray.paths import (
     write_text,
 )
 from turbo_ray.progress import SearchProgress, ray_logs_in
-from turbo_ray.results import format_table, selection_table, write_results
+from turbo_ray.results import counted, format_table, selection_table, write_results
 from turbo_ray.runners import build_trainer
 from turbo_ray.runtime import init_ray, require_driver_resource, running_ray
 from turbo_ray.search_space import load_search_space
 from turbo_ray.tracking import Tracker
-from turbo_ray.trials import best_trials, searched, trial_id, write_search_outputs
-from turbo_ray.tune import run_search, search_record, trains_in_trial
+from turbo_ray.trials import (
+    SearchKey,
+    best_trials,
+    searched,
+    trial_config,
+    trial_id,
+    write_search_outputs,
+)
+from turbo_ray.tune import run_search, search_keys, search_record, trains_in_trial
 
 NESTED, FIXED = "nested-loso", "loso"  # the protocols, as results.json and MLflow name them
 
@@ -77,18 +84,23 @@ class JobResult:
         return format_table(self.rows, title, self.by)
 
     def selection(self) -> str:
-        """What each fold's search selected (nested protocol only)."""
-        return selection_table(self.rows, self.cfg)
+        """What each search selected (nested protocol only)."""
+        return selection_table(self.rows, self.cfg, self.by)
 
     def compared(self) -> str | None:
         """Each mode against the baseline, paired over folds and seeds (None: no baseline run)."""
         if self.comparison is None:
             return None
         seeds = ",".join(str(s) for s in sorted(self.rows["seed"].unique()))
-        how = "a search per mode" if self.protocol == NESTED else "one fixed config for all modes"
+        folds = self.rows["test_session"].nunique()
+        if self.protocol == NESTED:
+            how = f"a search per mode and fold, {counted(self.cfg.tune.num_samples, 'trial')} each"
+        else:
+            how = "one fixed config for all modes"
         title = (
-            f"Paired comparison with the baseline ({self.protocol}, {how}; seeds {seeds}; "
-            f"{self.rows['test_session'].nunique()} folds), {self.corpus}"
+            f"Paired comparison with the baseline ({self.protocol}, {how}, "
+            f"{self.cfg.train.epochs} epochs; seeds {seeds}; "
+            f"{counted(folds, 'fold')}), {self.corpus}"
         )
         return format_comparison(self.comparison, title)
 
@@ -97,32 +109,46 @@ def run_nested(
     cfg: Config, out: Path | None = None, resume: bool = False, address: str | None = None
 ) -> JobResult:
     """The main job: a search per outer fold (`tune.folds` of them), each fold's selected
-    checkpoint tested on its held-out session. `out`: the output folder (default: a new
-    runs/tune-<time>; with `resume`, the newest one); `resume` continues the job there with its
-    own saved config (a finished job trains nothing); `address`: a Ray cluster to join."""
+    checkpoint tested on its held-out session; once per mode and seed of `tune.modes` and
+    `tune.seeds`, with equal budgets, compared with the baseline if it ran. `out`: the output
+    folder (default: a new runs/tune-<time>; with `resume`, the newest one); `resume` continues
+    the job there with its own saved config (a finished job trains nothing); `address`: a Ray
+    cluster to join."""
     cfg, paths = open_job("tune", cfg, out, resume)
     space = load_search_space(cfg.tune.search_space)
     corpus = prepare(cfg)
+    folds = {fold.test_session: fold for fold in corpus.folds(cfg.data)[: cfg.tune.folds]}
+    keys = search_keys(cfg, list(folds))
+    search = search_record(space, cfg, keys)  # checks that every mode has something to search
     with ray_logs_in(paths.ray_log):
         joined = start_ray(cfg, paths, address, resume, drives_trainers=not trains_in_trial(cfg))
-        print(
-            f"nested leave-one-session-out over {cfg.tune.folds} folds: per fold, "
-            f"{cfg.tune.num_samples} trials (TPE + ASHA on each trial's best {cfg.tune.metric}) "
-            "on the other sessions only"
-        )
+        print(describe_searches(cfg, keys))
         tracker = Tracker.open(cfg, paths, NESTED, corpus.label)
-        folds = corpus.folds(cfg.data)[: cfg.tune.folds]
-        searched_keys = [p.key for p in space.params]
-        total = cfg.tune.folds * cfg.tune.num_samples
-        progress = SearchProgress(total, cfg.tune.metric, cfg.train.epochs, searched_keys)
-        grid = run_search(cfg, folds, space, corpus, paths, resume, [progress])
+        total = len(keys) * cfg.tune.num_samples
+        progress = SearchProgress(total, cfg.tune.metric, cfg.train.epochs)
+        grid = run_search(cfg, list(folds.values()), space, corpus, paths, resume, [progress])
         tracker.log_trials(grid, cfg)
         files = write_search_outputs(grid, space, cfg, paths)
         selected = best_trials(grid, cfg)
-        rows = [tested(cfg, corpus, fold, selected[fold.test_session], paths) for fold in folds]
+        rows = [tested(cfg, corpus, folds[key.fold], key, selected[key], paths) for key in keys]
         prune(cfg, paths.search, rows)
-        search = search_record(space, cfg, [fold.test_session for fold in folds])
-        return finish(NESTED, cfg, corpus, paths, rows, files, tracker, joined, search=search)
+        by = ["mode"] if len(keys) > len(folds) else None
+        return finish(NESTED, cfg, corpus, paths, rows, files, tracker, joined, by, search)
+
+
+def describe_searches(cfg: Config, keys: list[SearchKey]) -> str:
+    """The protocol and its budget, in a line (two when it compares modes or seeds)."""
+    folds = sorted({key.fold for key in keys})
+    line = (
+        f"nested leave-one-session-out over {counted(len(folds), 'fold')}: per fold, "
+        f"{cfg.tune.num_samples} trials (TPE + ASHA on each trial's best {cfg.tune.metric}) "
+        "on the other sessions only"
+    )
+    if len(keys) == len(folds):
+        return line
+    modes = ",".join(dict.fromkeys(key.mode for key in keys))
+    seeds = ",".join(str(s) for s in dict.fromkeys(key.seed for key in keys))
+    return f"{line}\n{len(keys)} searches: modes {modes} x seeds {seeds} x folds, equal budgets"
 
 
 def run_fixed(
@@ -172,11 +198,16 @@ def fixed_fold(cfg: Config, corpus: Corpus, fold: Fold, name: str) -> dict:
 
 
 def tested(
-    cfg: Config, corpus: Corpus, fold: Fold, trial: ray.tune.Result, paths: RunPaths
+    cfg: Config,
+    corpus: Corpus,
+    fold: Fold,
+    key: SearchKey,
+    trial: ray.tune.Result,
+    paths: RunPaths,
 ) -> dict:
-    """The fold's row from its selected trial: recorded in the job's storage once tested (a resumed
-    job, on any machine, reads it back: its checkpoints may be pruned by then)."""
-    record = paths.test_record(fold.test_session)
+    """A search's row from its selected trial: recorded in the job's storage once tested (a
+    resumed job, on any machine, reads it back: its checkpoints may be pruned by then)."""
+    record = paths.test_record(*key)
     chosen = (trial_id(trial), selected_epoch(trial, cfg.tune.metric))
     if (text := read_text(record)) is not None:
         row = json.loads(text)
@@ -188,12 +219,14 @@ def tested(
             "trial": chosen[0],
             "params": searched(trial.config),
         }
-        row = tested_row(cfg, corpus, fold, checkpoint, metrics, **selection)
+        run_cfg = trial_config(cfg, trial.config)
+        row = tested_row(run_cfg, corpus, fold, checkpoint, metrics, **selection)
+        row |= {"mode": key.mode, "seed": key.seed}
         write_text(record, json.dumps(row))
     if (row["trial"], row["best_epoch"]) != chosen:
         raise RuntimeError(
             f"{record} tested {row['trial']} epoch {row['best_epoch']}, "
-            f"but fold {fold.test_session}'s search selected {chosen}"
+            f"but the search {key} selected {chosen}"
         )
     return row
 
@@ -201,7 +234,7 @@ def tested(
 def trial_run(trial: ray.tune.Result, cfg: Config, paths: RunPaths):
     """The run that kept a trial's checkpoints, with their epochs' metrics: the Tune trial itself
     when it trained in its own process, else its TorchTrainer's run (in the trial's folder)."""
-    if trains_in_trial(override(cfg, searched(trial.config))):
+    if trains_in_trial(trial_config(cfg, trial.config)):
         return trial
     return ray.train.Result.from_path(paths.trial_dir(trial_id(trial)))
 

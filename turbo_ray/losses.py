@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from turbo_ray.config import CROSS_PAIRS, LossConfig
+from turbo_ray.config import CROSS_PAIRS, MODE_TERMS, LossConfig
 from turbo_ray.model.turbo import TurboOutput
 
 
@@ -72,8 +72,8 @@ class LossWeights:
     def from_config(cls, cfg: LossConfig) -> LossWeights:
         """The config's weights after its ablation mode switches terms off."""
         return cls(
-            w_in=cfg.w_in if cfg.mode in ("in", "turbo") else 0.0,
-            w_cross=cfg.w_cross if cfg.mode in ("cross", "turbo") else 0.0,
+            w_in=cfg.w_in if "in" in MODE_TERMS[cfg.mode] else 0.0,
+            w_cross=cfg.w_cross if "cross" in MODE_TERMS[cfg.mode] else 0.0,
             cross_pairs=tuple(cfg.cross_pairs),
             gather=cfg.gather,
         )

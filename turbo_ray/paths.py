@@ -104,7 +104,8 @@ class RunPaths:
 
     @staticmethod
     def run_name(mode: str, seed: int, fold: int) -> str:
-        """The fixed-config protocol's Train run of one mode, seed and fold."""
+        """One mode, seed and fold of a job: the fixed-config protocol's Train run, the nested
+        protocol's search."""
         return f"{mode}-seed{seed}-s{fold}"
 
     @property
@@ -125,10 +126,10 @@ class RunPaths:
         """The ids a trial trained and validated on, and its fold (JSON)."""
         return f"{self.trial_dir(trial_id)}/utterances.json"
 
-    def test_record(self, fold: int) -> str:
-        """A fold's test row, written once its selected checkpoint is tested: a resumed job
+    def test_record(self, mode: str, seed: int, fold: int) -> str:
+        """A search's test row, written once its selected checkpoint is tested: a resumed job
         (on any machine) reads it instead of testing again."""
-        return f"{self.storage}/tested/fold-{fold}.json"
+        return f"{self.storage}/tested/{self.run_name(mode, seed, fold)}.json"
 
     @property
     def results_csv(self) -> Path:
@@ -171,9 +172,9 @@ class RunPaths:
     def importances_png(self) -> Path:
         return self.out / "param_importances.png"
 
-    def best_config(self, fold: int) -> Path:
-        """The config fold `fold`'s search selected, runnable with `turbo-ray train`."""
-        return self.out / f"best_config_s{fold}.yaml"
+    def best_config(self, mode: str, seed: int, fold: int) -> Path:
+        """The config a search selected, runnable with `turbo-ray train`."""
+        return self.out / f"best_config_{self.run_name(mode, seed, fold)}.yaml"
 
     @property
     def ray_log(self) -> Path:

@@ -43,23 +43,32 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def _fold_panels(folds: list, title: str):
-    """A row of panels, one per outer fold, sharing the y axis."""
+def _search_panels(searches: list[tuple], title: str) -> tuple[plt.Figure, dict]:
+    """A panel per search (mode, seed, fold): a row per mode and seed, a column per outer fold,
+    sharing the y axis. Returns the figure and each search's panel."""
+    rows = sorted({(mode, seed) for mode, seed, _ in searches})
+    folds = sorted({fold for *_, fold in searches})
     fig, axes = plt.subplots(
-        1, len(folds), figsize=(1 + 3.2 * len(folds), 3.5), sharey=True, squeeze=False
+        len(rows),
+        len(folds),
+        figsize=(1 + 3.2 * len(folds), 0.5 + 3 * len(rows)),
+        sharey=True,
+        squeeze=False,
     )
-    for ax, fold in zip(axes[0], folds):
-        ax.set_title(f"fold {fold} (test session {fold})", fontsize=9)
+    panels = {}
+    for mode, seed, fold in searches:
+        ax = panels[mode, seed, fold] = axes[rows.index((mode, seed))][folds.index(fold)]
+        ax.set_title(f"{mode}, seed {seed}, fold {fold} (test session {fold})", fontsize=8)
     fig.suptitle(title)
-    return fig, axes[0]
+    return fig, panels
 
 
 def plot_search_history(trials: pd.DataFrame, metric: str, path: Path) -> None:
-    """Per fold: each trial's best validation score in launch order, and the best so far."""
-    folds = sorted(trials.fold.unique())
-    fig, axes = _fold_panels(folds, "optimization history (one search per fold)")
-    for ax, fold in zip(axes, folds):
-        own = trials[trials.fold == fold]
+    """Per search: each trial's best validation score in launch order, and the best so far."""
+    searches = trials.groupby(["mode", "seed", "fold"], sort=True)
+    fig, panels = _search_panels(list(searches.groups), "optimization history (one search each)")
+    for search, own in searches:
+        ax = panels[search]
         x = np.arange(1, len(own) + 1)
         score = own[f"best_{metric}"].to_numpy(dtype=float)
         early = own["stopped_early"].to_numpy(dtype=bool)
@@ -72,35 +81,40 @@ def plot_search_history(trials: pd.DataFrame, metric: str, path: Path) -> None:
             color="k",
             label="best so far",
         )
-        ax.set(xlabel="trial")
-    axes[0].set(ylabel=metric)
-    axes[0].legend(fontsize=7)
+        ax.set(xlabel="trial", ylabel=metric)
+    next(iter(panels.values())).legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_importances(importances: dict[str, float], path: Path) -> None:
-    """fANOVA importances of the searched parameters (Optuna's evaluator)."""
-    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(importances)))
-    names = list(importances)[::-1]
-    ax.barh(names, [importances[n] for n in names])
-    ax.set(xlabel="importance (share of the variance of the score)", title="parameter importances")
+def plot_importances(importances: dict[str, dict[str, float]], path: Path) -> None:
+    """Per mode, fANOVA importances of the parameters its searches tuned (Optuna's evaluator)."""
+    longest = max(len(values) for values in importances.values())
+    fig, axes = plt.subplots(
+        1, len(importances), figsize=(6 * len(importances), 0.8 + 0.4 * longest), squeeze=False
+    )
+    for ax, (mode, values) in zip(axes[0], importances.items()):
+        names = list(values)[::-1]
+        ax.barh(names, [values[n] for n in names])
+        ax.set(xlabel="importance (share of the variance of the score)", title=mode)
+    fig.suptitle("parameter importances")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_curves(curves: dict[int, dict[str, pd.DataFrame]], metric: str, path: Path) -> None:
-    """Per fold: the validation score per epoch of every trial (where ASHA cut the weak ones)."""
-    fig, axes = _fold_panels(list(curves), f"{metric} per trial and epoch")
-    for ax, trials in zip(axes, curves.values()):
+def plot_curves(curves: dict[tuple, dict[str, pd.DataFrame]], metric: str, path: Path) -> None:
+    """Per search (mode, seed, fold): the validation score per epoch of every trial (where ASHA
+    cut the weak ones)."""
+    fig, panels = _search_panels(list(curves), f"{metric} per trial and epoch")
+    for search, trials in curves.items():
+        ax = panels[search]
         for trial, history in trials.items():
             ax.plot(history["epoch"], history[metric], marker="o", markersize=3, label=trial)
-        ax.set(xlabel="epoch")
+        ax.set(xlabel="epoch", ylabel=metric)
         if len(trials) <= 8:
             ax.legend(fontsize=6)
-    axes[0].set(ylabel=metric)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,7 +1,7 @@
 """What the terminal shows while a job runs: our own progress lines, Ray's logs in a file.
 
 with ray_logs_in(out_dir / "ray.log"):        # Ray's driver-side loggers write there meanwhile
-    callbacks = [SearchProgress(total_trials, metric, epochs, searched)]  # lines per trial, a bar
+    callbacks = [SearchProgress(total_trials, metric, epochs)]  # lines per trial, a bar
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ray.tune import Callback
 from tqdm import tqdm
 
 from turbo_ray.results import short
-from turbo_ray.trials import FOLD, FOLD_TRIAL, stopped_early
+from turbo_ray.trials import searched, stopped_early, trial_name
 
 RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "optuna", "mlflow", "alembic")
 
@@ -49,11 +49,11 @@ def ray_logs_in(log_file: Path) -> Iterator[Path]:
 
 
 class SearchProgress(Callback):
-    """A line when a trial starts (its fold and parameters), a line per epoch (validation score, its
-    best so far, training loss, time), and a bar over the search's trials."""
+    """A line when a trial starts (its search and parameters), a line per epoch (validation score,
+    its best so far, training loss, time), and a bar over the job's trials."""
 
-    def __init__(self, total_trials: int, metric: str, epochs: int, searched: list[str]):
-        self.total, self.metric, self.epochs, self.searched = total_trials, metric, epochs, searched
+    def __init__(self, total_trials: int, metric: str, epochs: int):
+        self.total, self.metric, self.epochs = total_trials, metric, epochs
         self.started: dict[str, float] = {}
         self.bar = None
 
@@ -64,11 +64,12 @@ class SearchProgress(Callback):
         self.bar = tqdm(total=self.total, desc="trials", unit="trial", leave=False, disable=None)
 
     def _name(self, trial) -> str:
-        return f"fold {trial.config[FOLD]} trial {trial.config[FOLD_TRIAL]}"
+        return trial_name(trial.config)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started[trial.trial_id] = time.perf_counter()
-        params = "  ".join(f"{k.split('.')[-1]}={short(trial.config[k])}" for k in self.searched)
+        params = searched(trial.config).items()
+        params = "  ".join(f"{k.split('.')[-1]}={short(v)}" for k, v in params)
         tqdm.write(f"{self._name(trial)}  started   {params}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):

@@ -25,12 +25,18 @@ def short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def selection_table(results: pd.DataFrame, cfg: Config) -> str:
-    """What each fold's search selected on its validation speakers:
-    trial, epoch, score, parameters."""
+def counted(n: int, noun: str) -> str:
+    """`n` and `noun`, plural unless one: "1 fold", "5 folds"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def selection_table(results: pd.DataFrame, cfg: Config, by: list[str] | None = None) -> str:
+    """What each search selected on its validation speakers: trial, epoch, score, parameters
+    (and its mode and seed, where the job ran several)."""
     metric = cfg.tune.metric
     rows = [
         {
+            **({"mode": row["mode"], "seed": row["seed"]} if by else {}),
             "test_session": row.test_session,
             "trial": row.trial,
             "epoch": row.best_epoch,
@@ -39,9 +45,10 @@ def selection_table(results: pd.DataFrame, cfg: Config) -> str:
         }
         for _, row in results.iterrows()
     ]
+    table = pd.DataFrame(rows).fillna("")  # a mode that does not search a parameter: blank
     return (
         "Selected per fold on its validation speakers (its test session never seen):\n"
-        + pd.DataFrame(rows).to_string(index=False)
+        + table.to_string(index=False)
     )
 
 

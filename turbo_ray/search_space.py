@@ -19,7 +19,9 @@ from typing import Any
 import ray.tune
 import yaml
 
-from turbo_ray.config import Config, ConfigError, override
+from turbo_ray.config import Config, ConfigError, override, unused_keys
+
+FIXED_PER_SEARCH = ("loss.mode", "train.seed")  # the job's searches differ in these
 
 
 class SearchSpaceError(ConfigError):
@@ -50,6 +52,20 @@ class SearchSpace:
     params: list[Param]
     start: list[dict]  # points evaluated first (Optuna's points_to_evaluate); may set some keys
 
+    def for_mode(self, mode: str) -> SearchSpace:
+        """The parameters a search of loss mode `mode` can tune: those it never reads are
+        dropped (the baseline has no temperature and no contrastive weights), and from the start
+        points too."""
+        unused = unused_keys(mode)
+        params = [p for p in self.params if p.key not in unused]
+        if not params:
+            raise SearchSpaceError(
+                f"loss.mode={mode} reads none of the searched parameters "
+                f"({', '.join(p.key for p in self.params)}): add one it uses, e.g. train.lr"
+            )
+        start = [{k: v for k, v in point.items() if k not in unused} for point in self.start]
+        return SearchSpace(params, [point for point in start if point])
+
     def record(self) -> dict:
         """The space and its start points as results.json keeps them."""
         return {"space": {p.key: {p.kind: list(p.args)} for p in self.params}, "start": self.start}
@@ -68,6 +84,10 @@ def load_search_space(path: str | Path) -> SearchSpace:
             f"{path}: expected a non-empty mapping of config keys to distributions"
         )
     start = raw.pop("start", [])
+    if fixed := sorted(set(raw) & set(FIXED_PER_SEARCH)):
+        raise SearchSpaceError(
+            f"{path}: {fixed[0]} is not searched: each search runs one (--modes, --seeds)"
+        )
     params = [_param(path, str(key), spec) for key, spec in raw.items()]
     for p in params:
         for value in p.args if p.kind == "choice" else p.args[:2]:

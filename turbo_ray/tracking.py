@@ -31,7 +31,14 @@ from ray.tune import ResultGrid
 from turbo_ray.config import Config, override
 from turbo_ray.paths import RunPaths
 from turbo_ray.results import SCORES
-from turbo_ray.trials import FOLD, FOLD_TRIAL, searched, stopped_early, trial_id
+from turbo_ray.trials import (
+    FOLD_TRIAL,
+    SearchKey,
+    stopped_early,
+    trial_config,
+    trial_id,
+    trial_name,
+)
 
 EXPERIMENT = "turbo_ray"  # the MLflow experiment, unless $MLFLOW_EXPERIMENT_NAME names another
 # the per-epoch result keys logged as metrics (Tune's bookkeeping and wall-clock stamps are not)
@@ -110,8 +117,8 @@ class Tracker:
         metric = cfg.tune.metric
         for row in results.to_dict("records"):
             fold = str(row["test_session"])
-            group = {k: str(row[k]) for k in ("mode", "seed") if k in row}
-            name = " ".join([f"fold {fold}", *(f"{k} {v}" for k, v in group.items())])
+            group = {"mode": row["mode"], "seed": str(row["seed"])}
+            name = f"fold {fold} mode {row['mode']} seed {row['seed']}"
             run_id, created = self.run(name, {"role": "fold", "fold": fold} | group)
             client = self.client
             if not created and client.get_run(run_id).info.status == "FINISHED":
@@ -119,8 +126,8 @@ class Tracker:
             for key in ("trial", "checkpoint"):
                 if key in row:
                     client.set_tag(run_id, key, row[key])
-            setting = {"loss.mode": row["mode"], "train.seed": row["seed"]} if group else {}
-            self.log_params(run_id, flat_config(override(cfg, row.get("params", setting))))
+            setting = {"loss.mode": row["mode"], "train.seed": row["seed"]}
+            self.log_params(run_id, flat_config(override(cfg, row.get("params", {}) | setting)))
             scores = {f"test_{k}": row[k] for k in SCORES}
             self.log_metrics(
                 run_id, scores | {metric: row[metric], "best_epoch": row["best_epoch"]}
@@ -137,21 +144,20 @@ class Tracker:
     def log_trials(self, grid: ResultGrid, cfg: Config) -> None:
         """A run per Tune trial, from Tune's own records of the search (so a resumed job, on any
         machine, logs every trial with its whole history into its own store): the trial's full
-        config as params, its fold as a tag, each epoch's losses, scores and timings as metrics
-        (step = epoch), whether ASHA stopped it."""
-        for result in sorted(grid, key=lambda r: (r.config[FOLD], r.config[FOLD_TRIAL])):
-            fold = str(result.config[FOLD])
+        config as params, its search (mode, seed, fold) as tags, each epoch's losses, scores and
+        timings as metrics (step = epoch), whether ASHA stopped it."""
+        for result in sorted(grid, key=lambda r: (SearchKey.of(r.config), r.config[FOLD_TRIAL])):
+            search = {k: str(v) for k, v in SearchKey.of(result.config)._asdict().items()}
             run_id, created = self.run(
-                f"fold {fold} trial {result.config[FOLD_TRIAL]}",
-                {"role": "trial", "trial_id": trial_id(result), "fold": fold},
+                trial_name(result.config),
+                {"role": "trial", "trial_id": trial_id(result)} | search,
             )
             client = self.client
             run = client.get_run(run_id)
             if run.info.status in ("FINISHED", "FAILED"):
                 continue  # logged whole before a restart
             if created:
-                config = override(cfg, searched(result.config))
-                self.log_params(run_id, flat_config(config))
+                self.log_params(run_id, flat_config(trial_config(cfg, result.config)))
             logged = int(run.data.metrics.get("epoch", 0))
             history = result.metrics_dataframe
             epochs = (

@@ -1,16 +1,19 @@
 """What a search's trials did, read from Tune's records: a row per trial, each fold's selected
 trial and epoch, the parameters' importances, and the search's output files.
 
-    trials = trial_table(grid, space, cfg)        # fold, parameters, epochs, best score, stopped
-    best = best_trials(grid, cfg)                 # {fold: the trial its search selects}
+    trials = trial_table(grid, space, cfg)   # its search, parameters, epochs, best score, stopped
+    best = best_trials(grid, cfg)            # {SearchKey: the trial that search selects}
 
-A trial's config holds the searched parameters plus its outer fold (`FOLD`, the test session it
-must never see) and its launch order within that fold (`FOLD_TRIAL`: ties go to the earlier).
+A job runs one search per `SearchKey`: loss mode, training seed and outer fold. A trial's config
+holds its searched parameters, its search's mode and seed (as the config keys `MODE`, `SEED`), its
+outer fold (`FOLD`, the test session it must never see) and its launch order within its search
+(`FOLD_TRIAL`: ties go to the earlier).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import ray.tune
@@ -21,13 +24,45 @@ from turbo_ray.paths import RunPaths
 from turbo_ray.plots import plot_curves, plot_importances, plot_search_history
 from turbo_ray.search_space import SearchSpace, hashable
 
+MODE, SEED = "loss.mode", "train.seed"
 FOLD = "fold"
 FOLD_TRIAL = "fold_trial"
 
 
+class SearchKey(NamedTuple):
+    """One search of a job: the nested protocol's search for one outer fold, run for one loss mode
+    and training seed."""
+
+    mode: str
+    seed: int
+    fold: int
+
+    @classmethod
+    def of(cls, config: dict) -> SearchKey:
+        """The search a trial belongs to, from its config."""
+        return cls(config[MODE], config[SEED], config[FOLD])
+
+    def config(self) -> dict:
+        """What a trial's config holds of its search."""
+        return {MODE: self.mode, SEED: self.seed, FOLD: self.fold}
+
+    def __str__(self) -> str:
+        return f"{self.mode} seed {self.seed} fold {self.fold}"
+
+
 def searched(config: dict) -> dict:
-    """A trial's config without its fold bookkeeping: the searched parameters only."""
-    return {k: v for k, v in config.items() if k not in (FOLD, FOLD_TRIAL)}
+    """A trial's searched parameters: its config without its search's keys and launch order."""
+    return {k: v for k, v in config.items() if k not in (MODE, SEED, FOLD, FOLD_TRIAL)}
+
+
+def trial_name(config: dict) -> str:
+    """How progress lines and MLflow name a trial: its search and launch order in it."""
+    return f"{SearchKey.of(config)} trial {config[FOLD_TRIAL]}"
+
+
+def trial_config(cfg: Config, config: dict) -> Config:
+    """The config a trial ran: the job's, with its search's mode and seed and its parameters."""
+    return override(cfg, searched(config) | {MODE: config[MODE], SEED: config[SEED]})
 
 
 def trial_id(result: ray.tune.Result) -> str:
@@ -41,8 +76,8 @@ def stopped_early(epochs_run: int, epochs: int, failed: bool) -> bool:
 
 
 def trial_table(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config) -> pd.DataFrame:
-    """One row per trial: its fold, parameters, epochs run, best and last validation score,
-    whether ASHA stopped it, its error."""
+    """One row per trial: its search, parameters (empty where its mode does not search one),
+    epochs run, best and last validation score, whether ASHA stopped it, its error."""
     metric, rows = cfg.tune.metric, []
     for result in grid:
         history = result.metrics_dataframe
@@ -50,6 +85,8 @@ def trial_table(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config) -> p
         epochs = int(history["epoch"].max()) if len(scores) else 0
         rows.append(
             {
+                "mode": result.config[MODE],
+                "seed": result.config[SEED],
                 FOLD: result.config[FOLD],
                 FOLD_TRIAL: result.config[FOLD_TRIAL],
                 "trial": trial_id(result),
@@ -61,7 +98,8 @@ def trial_table(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config) -> p
                 "error": type(result.error).__name__ if result.error else "",
             }
         )
-    return pd.DataFrame(rows).sort_values([FOLD, FOLD_TRIAL], ignore_index=True)
+    order = ["mode", "seed", FOLD, FOLD_TRIAL]
+    return pd.DataFrame(rows).sort_values(order, ignore_index=True)
 
 
 def best_score(history: pd.DataFrame, metric: str) -> float:
@@ -71,35 +109,38 @@ def best_score(history: pd.DataFrame, metric: str) -> float:
     return history[f"best_{metric}"].max()
 
 
-def best_trials(grid: ray.tune.ResultGrid, cfg: Config) -> dict[int, ray.tune.Result]:
-    """Per fold, the trial with the best epoch (ASHA-stopped trials included; ties go to the earlier
-    trial): only validation scores of that fold's own search decide."""
+def best_trials(grid: ray.tune.ResultGrid, cfg: Config) -> dict[SearchKey, ray.tune.Result]:
+    """Per search, the trial with the best epoch (ASHA-stopped trials included; ties go to the
+    earlier trial): only validation scores of that search's own trials decide."""
     metric, best = cfg.tune.metric, {}
     # launch order: ties go to the earlier
     for result in sorted(grid, key=lambda r: r.config[FOLD_TRIAL]):
         history = result.metrics_dataframe
         if history is None or metric not in history:
             continue
-        fold = result.config[FOLD]
+        key = SearchKey.of(result.config)
         score = best_score(history, metric)
-        if fold not in best or score > best_score(best[fold].metrics_dataframe, metric):
-            best[fold] = result
-    if missing := sorted({r.config[FOLD] for r in grid} - set(best)):
-        errors = [r.error for r in grid if r.error and r.config[FOLD] in missing]
+        if key not in best or score > best_score(best[key].metrics_dataframe, metric):
+            best[key] = result
+    if missing := sorted({SearchKey.of(r.config) for r in grid} - set(best)):
+        errors = [r.error for r in grid if r.error and SearchKey.of(r.config) in missing]
         raise RuntimeError(
-            f"no trial of fold(s) {missing} reported {metric}; first error: {errors[:1]}"
+            f"no trial of {', '.join(map(str, missing))} reported {metric}; "
+            f"first error: {errors[:1]}"
         )
     return best
 
 
 def param_importances(trials: pd.DataFrame, space: SearchSpace, metric: str) -> dict[str, float]:
-    """Optuna's fANOVA importances of the searched parameters for each trial's best score,
-    centred per fold (folds differ in difficulty, not in what the parameters do)."""
+    """Optuna's fANOVA importances of the searched parameters for each trial's best score, over
+    the trials of one mode's searches, centred per search (folds differ in difficulty, not in
+    what the parameters do)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     done = trials.dropna(subset=[f"best_{metric}"])
-    score = done[f"best_{metric}"] - done.groupby(FOLD)[f"best_{metric}"].transform("mean")
+    by_search = done.groupby(["seed", FOLD])[f"best_{metric}"]
+    score = done[f"best_{metric}"] - by_search.transform("mean")
     if score.nunique() < 2:
         return {}  # nothing to explain
     study = optuna.create_study(direction="maximize")
@@ -119,36 +160,40 @@ def param_importances(trials: pd.DataFrame, space: SearchSpace, metric: str) -> 
 def write_search_outputs(
     grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config, paths: RunPaths
 ) -> list[Path]:
-    """trials.csv, each fold's selected config (`best_config_s<k>.yaml`) and the search plots
-    (a panel per fold); returns the paths written."""
+    """trials.csv, each search's selected config (`best_config_<mode>-seed<s>-s<k>.yaml`) and
+    the search plots (a panel per search); returns the paths written."""
     metric = cfg.tune.metric
     trials = trial_table(grid, space, cfg)
     trials.to_csv(paths.trials_csv, index=False)
     plot_search_history(trials, metric, paths.history_png)
     in_order = sorted(grid, key=lambda r: r.config[FOLD_TRIAL])
     curves = {
-        fold: {
+        key: {
             trial_id(r): r.metrics_dataframe
             for r in in_order
-            if r.config[FOLD] == fold
+            if SearchKey.of(r.config) == key
             and r.metrics_dataframe is not None
             and metric in r.metrics_dataframe
         }
-        for fold in sorted(trials[FOLD].unique())
+        for key in sorted({SearchKey.of(r.config) for r in grid})
     }
     plot_curves(curves, metric, paths.curves_png)
     written = [paths.trials_csv, paths.history_png, paths.curves_png]
-    for fold, result in sorted(best_trials(grid, cfg).items()):
-        path = paths.best_config(fold)
+    for key, result in sorted(best_trials(grid, cfg).items()):
+        path = paths.best_config(*key)
         header = (
-            f"# fold {fold} (test session {fold}): trial {trial_id(result)}, best {metric} "
+            f"# {key} (test session {key.fold}): trial {trial_id(result)}, best {metric} "
             f"{best_score(result.metrics_dataframe, metric):.4f}, chosen on sessions other than "
-            f"{fold}\n# re-run this fold: turbo-ray train --config {path} --fold {fold}\n"
+            f"{key.fold}\n# re-run this fold: turbo-ray train --config {path} --fold {key.fold}\n"
         )
-        config = override(cfg, searched(result.config))
+        config = trial_config(cfg, result.config)
         path.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
         written.append(path)
-    if importances := param_importances(trials, space, metric):
+    importances = {
+        mode: param_importances(trials[trials["mode"] == mode], space.for_mode(mode), metric)
+        for mode in trials["mode"].unique()
+    }
+    if importances := {mode: values for mode, values in importances.items() if values}:
         plot_importances(importances, paths.importances_png)
         written.append(paths.importances_png)
     return written

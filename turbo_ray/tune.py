@@ -1,10 +1,11 @@
-"""Ray Tune: one search per outer LOSO fold, Optuna (TPE) proposes, ASHA stops early, each trial
-trains on its fold's training sessions: inside its own process with one worker (processes are
-reused from trial to trial), through a TorchTrainer with more (DDP).
+"""Ray Tune: one search per outer LOSO fold (and loss mode and training seed), Optuna (TPE)
+proposes, ASHA stops early, each trial trains on its fold's training sessions: inside its own
+process with one worker (processes are reused from trial to trial), through a TorchTrainer with
+more (DDP).
 
     grid = run_search(cfg, folds, space, corpus, paths)     # resume=True continues a killed one
 
-What the trials did and which one each fold selects: `turbo_ray.trials`.
+What the trials did and which one each search selects: `turbo_ray.trials`.
 """
 
 from __future__ import annotations
@@ -34,149 +35,165 @@ from turbo_ray.runners import build_trainer, device_of, trial_context, worker_re
 from turbo_ray.runtime import DRIVER_RESOURCE
 from turbo_ray.search_space import SearchSpace
 from turbo_ray.train import fit, loop_config
-from turbo_ray.trials import FOLD, FOLD_TRIAL, searched
+from turbo_ray.trials import FOLD, FOLD_TRIAL, SearchKey, searched, trial_config
 
 
-class FoldSearch(Searcher):
-    """One independent TPE search per outer LOSO fold, all in one Tune experiment (so the folds'
-    searches share the cluster). A fold runs one trial at a time: its TPE proposes each trial
-    knowing every earlier trial's result, and its ASHA sees them in launch order, so the same seed
-    gives the same search whatever the machine's speed; the folds run side by side. Each new trial
-    goes to the free fold with the fewest trials so far; its config carries `fold` (the test
-    session it must never see) and `fold_trial` (its launch order in the fold). Results reach only
-    that fold's searcher; a failed trial is told to it when a resumed run completes it."""
+class NestedSearch(Searcher):
+    """One independent TPE search per `SearchKey` (loss mode, training seed, outer fold), all in
+    one Tune experiment, so that the searches share the cluster. Each search tunes the parameters
+    its mode reads (`SearchSpace.for_mode`) with the same number of trials. A search runs one
+    trial at a time: its TPE proposes each trial knowing every earlier trial's result, and its
+    ASHA sees them in launch order, so the same seed gives the same search whatever the machine's
+    speed; the searches run side by side. Each new trial goes to the free search with the fewest
+    trials so far; its config carries its search (`SearchKey.config`: the test session it must
+    never see among them) and `fold_trial` (its launch order in the search). Results reach only
+    that search's TPE; a failed trial is told to it when a resumed run completes it."""
 
     def __init__(
-        self, folds: list[int], trials_per_fold: int, metric: str, start: list[dict], seed: int
+        self, keys: list[SearchKey], space: SearchSpace, trials_per_search: int, metric: str
     ):
         super().__init__(metric=metric, mode="max")
-        self.trials_per_fold = trials_per_fold
-        self.searchers = {
-            k: OptunaSearch(
-                metric=metric,
-                mode="max",
-                seed=sampler_seed(seed, k),
-                points_to_evaluate=copy.deepcopy(start) or None,
-            )
-            for k in folds
-        }
-        self.fold_of: dict[str, int] = {}  # the trials this searcher proposed
-        self.running: dict[int, str] = {}  # fold → its running trial
-
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        done = [
-            s.set_search_properties(metric, mode, config, **spec) for s in self.searchers.values()
-        ]
-        return all(done)  # every fold's searcher told, not only up to the first refusal
+        self.trials_per_search = trials_per_search
+        self.searchers = {key: _tpe(space.for_mode(key.mode), key, metric) for key in keys}
+        self.search_of: dict[str, SearchKey] = {}  # the trials this searcher proposed
+        self.running: dict[SearchKey, str] = {}  # search → its running trial
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        counts = {k: list(self.fold_of.values()).count(k) for k in self.searchers}
-        open_folds = [k for k, n in counts.items() if n < self.trials_per_fold]
-        if not open_folds:
+        counts = {k: list(self.search_of.values()).count(k) for k in self.searchers}
+        unfinished = [k for k, n in counts.items() if n < self.trials_per_search]
+        if not unfinished:
             return Searcher.FINISHED
-        free = [k for k in open_folds if k not in self.running]
+        free = [k for k in unfinished if k not in self.running]
         if not free:
             return None  # asked again when a trial ends
-        fold = min(free, key=lambda k: (counts[k], k))
-        params = self.searchers[fold].suggest(trial_id)
+        key = min(free, key=lambda k: counts[k])  # the first of the least searched
+        params = self.searchers[key].suggest(trial_id)
         if not isinstance(params, dict):
             return params
-        self.fold_of[trial_id] = fold
-        self.running[fold] = trial_id
-        return params | {FOLD: fold, FOLD_TRIAL: counts[fold]}
+        self.search_of[trial_id] = key
+        self.running[key] = trial_id
+        return params | key.config() | {FOLD_TRIAL: counts[key]}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self.fold_of:
-            self.searchers[self.fold_of[trial_id]].on_trial_result(trial_id, result)
+        if trial_id in self.search_of:
+            self.searchers[self.search_of[trial_id]].on_trial_result(trial_id, result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        """A finished (or ASHA-stopped) trial's best score goes to its fold's TPE. Its fold is
-        read from its config (Tune's state and this searcher's are saved apart: a restored
+        """A finished (or ASHA-stopped) trial's best score goes to its search's TPE. Its search
+        is read from its config (Tune's state and this searcher's are saved apart: a restored
         experiment can hold a trial this searcher never proposed; its result is added as an
-        evaluated point). A failed trial frees its fold but is not told as failed: Optuna would
+        evaluated point). A failed trial frees its search but is not told as failed: Optuna would
         drop the completion of the resumed run."""
         config = (result or {}).get("config") or {}
-        fold = config.get(FOLD, self.fold_of.get(trial_id))
-        if fold is None:
+        key = SearchKey.of(config) if FOLD in config else self.search_of.get(trial_id)
+        if key is None:
             return  # failed before reporting, and never proposed by this searcher
-        if self.running.get(fold) == trial_id:
-            del self.running[fold]
+        if self.running.get(key) == trial_id:
+            del self.running[key]
         if error or not result or self.metric not in result:
             return
-        if trial_id in self.fold_of:
-            self.searchers[fold].on_trial_complete(trial_id, result)
+        if trial_id in self.search_of:
+            self.searchers[key].on_trial_complete(trial_id, result)
         else:
-            self.searchers[fold].add_evaluated_point(searched(config), result[self.metric])
+            self.searchers[key].add_evaluated_point(searched(config), result[self.metric])
 
     def save(self, checkpoint_path: str) -> None:
         states = {}
         with tempfile.TemporaryDirectory() as tmp:
-            for k, searcher in self.searchers.items():
-                searcher.save(f"{tmp}/{k}")
-                states[k] = Path(f"{tmp}/{k}").read_bytes()
-        state = {"fold_of": self.fold_of, "running": self.running, "states": states}
+            for i, (key, searcher) in enumerate(self.searchers.items()):
+                searcher.save(f"{tmp}/{i}")
+                states[key] = Path(f"{tmp}/{i}").read_bytes()
+        state = {"search_of": self.search_of, "running": self.running, "states": states}
         Path(checkpoint_path).write_bytes(pickle.dumps(state))
 
     def restore(self, checkpoint_path: str) -> None:
         saved = pickle.loads(Path(checkpoint_path).read_bytes())
-        self.fold_of, self.running = saved["fold_of"], saved["running"]
+        self.search_of, self.running = saved["search_of"], saved["running"]
         with tempfile.TemporaryDirectory() as tmp:
-            for k, state in saved["states"].items():
-                Path(f"{tmp}/{k}").write_bytes(state)
-                self.searchers[k].restore(f"{tmp}/{k}")
+            for i, (key, state) in enumerate(saved["states"].items()):
+                Path(f"{tmp}/{i}").write_bytes(state)
+                self.searchers[key].restore(f"{tmp}/{i}")
 
 
-def search_record(space: SearchSpace, cfg: Config, folds: list[int]) -> dict:
-    """What selected each fold's config, for results.json: the space, its start points, the
-    trials per fold and each fold's TPE seed."""
+def _tpe(space: SearchSpace, key: SearchKey, metric: str) -> OptunaSearch:
+    """One search's TPE over `space`, seeded by `sampler_seed`, evaluating its start points
+    first."""
+    return OptunaSearch(
+        space=OptunaSearch.convert_search_space({p.key: p.domain() for p in space.params}),
+        metric=metric,
+        mode="max",
+        seed=sampler_seed(key.seed, key.fold),
+        points_to_evaluate=copy.deepcopy(space.start) or None,
+    )
+
+
+def search_keys(cfg: Config, folds: list[int]) -> list[SearchKey]:
+    """The job's searches: every outer fold for every mode and seed (`tune.modes`, `tune.seeds`;
+    by default `loss.mode` and `train.seed` alone)."""
+    modes, seeds = cfg.tune.modes or [cfg.loss.mode], cfg.tune.seeds or [cfg.train.seed]
+    return [SearchKey(mode, seed, fold) for mode in modes for seed in seeds for fold in folds]
+
+
+def search_record(space: SearchSpace, cfg: Config, keys: list[SearchKey]) -> dict:
+    """What selected each search's config, for results.json: the space, its start points, what
+    each mode searched of it, the trials per search and each search's TPE seed. Checks first that
+    every mode has something to search."""
+    modes = dict.fromkeys(key.mode for key in keys)
     return space.record() | {
-        "trials_per_fold": cfg.tune.num_samples,
-        "sampler_seeds": {k: sampler_seed(cfg.train.seed, k) for k in folds},
+        "searched_per_mode": {m: [p.key for p in space.for_mode(m).params] for m in modes},
+        "trials_per_search": cfg.tune.num_samples,
+        "sampler_seeds": {
+            RunPaths.run_name(*key): sampler_seed(key.seed, key.fold) for key in keys
+        },
     }
 
 
 def sampler_seed(seed: int, fold: int) -> int:
-    """The seed of fold `fold`'s TPE sampler (`results.json` records it)."""
-    return seed + fold
+    """The seed of the TPE sampler of a search (`results.json` records it): distinct for every
+    training seed and fold (< 1000), shared by the modes of one seed and fold."""
+    return 1000 * seed + fold
 
 
-class FoldASHA(FIFOScheduler):
-    """ASHA per outer fold: a trial competes only with its own fold's trials."""
+class NestedASHA(FIFOScheduler):
+    """ASHA per search: a trial competes only with its own search's trials."""
 
-    def __init__(self, folds: list[int], **asha: Any):
+    def __init__(self, keys: list[SearchKey], **asha: Any):
         super().__init__()
-        self.ashas = {k: ASHAScheduler(**asha) for k in folds}
+        self.ashas = {key: ASHAScheduler(**asha) for key in keys}
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         done = [a.set_search_properties(metric, mode, **spec) for a in self.ashas.values()]
         return all(done)
 
+    def _asha(self, trial) -> ASHAScheduler:
+        return self.ashas[SearchKey.of(trial.config)]
+
     def on_trial_add(self, tune_controller, trial):
-        self.ashas[trial.config[FOLD]].on_trial_add(tune_controller, trial)
+        self._asha(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result):
-        return self.ashas[trial.config[FOLD]].on_trial_result(tune_controller, trial, result)
+        return self._asha(trial).on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result):
-        self.ashas[trial.config[FOLD]].on_trial_complete(tune_controller, trial, result)
+        self._asha(trial).on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller, trial):
-        self.ashas[trial.config[FOLD]].on_trial_remove(tune_controller, trial)
+        self._asha(trial).on_trial_remove(tune_controller, trial)
 
     def debug_string(self) -> str:
-        return "\n".join(f"fold {k}: {a.debug_string()}" for k, a in self.ashas.items())
+        return "\n".join(f"{key}: {a.debug_string()}" for key, a in self.ashas.items())
 
 
 class SchedulerState(Callback):
-    """Keeps a `FoldASHA`'s rungs in Tune's own experiment state. `Tuner.restore` brings back the
+    """Keeps a `NestedASHA`'s rungs in Tune's own experiment state. `Tuner.restore` brings back the
     trials, the searcher and the callbacks' states, not the scheduler's; Tune saves this callback's
     state with its own, wherever the experiment is stored (an `s3://` storage path too), and
     restores it before the restored trials are added, so a resumed driver, on any machine, continues
-    every fold's ASHA where it stopped."""
+    every search's ASHA where it stopped."""
 
-    def __init__(self, scheduler: FoldASHA):
+    def __init__(self, scheduler: NestedASHA):
         self.scheduler = scheduler  # the same object as the Tuner's (one pickle holds both)
 
     def get_state(self) -> dict:
@@ -212,7 +229,7 @@ def _trial(
     utterances it trains and validates on (`utterances.json`, in the trial's folder) and resumes
     from its last checkpoint after a restore or a failure."""
     fold = params[FOLD]
-    cfg = override(Config.from_dict(base), searched(params))
+    cfg = trial_config(Config.from_dict(base), params)
     split_ids, trial = splits[fold], ray.tune.get_context().get_trial_id()
     write_text(paths.trial_utterances(trial), json.dumps({"fold": fold, **split_ids}))
     if trains_in_trial(cfg):  # its data fed inside this trial's reservation (`trial_resources`)
@@ -239,8 +256,9 @@ def run_search(
     resume: bool = False,
     callbacks: list | None = None,
 ) -> ray.tune.ResultGrid:
-    """One Tune experiment holding an independent search per fold (`FoldSearch`, `FoldASHA`): each
-    fold's trials train and validate on the other sessions only. TPE and ASHA are told each trial's
+    """One Tune experiment holding an independent search per mode, seed and fold (`search_keys`;
+    `NestedSearch`, `NestedASHA`): each fold's trials train and validate on the other sessions
+    only. TPE and ASHA are told each trial's
     best validation score so far (`best_<tune.metric>`: the score that selects). Tune's state
     (ASHA's rungs included) and a folder per trial go to `paths.search`. `resume` continues an
     interrupted search (a finished one returns its results, training nothing). `callbacks`: Tune
@@ -269,10 +287,10 @@ def run_search(
             paths.search, trainable, resume_unfinished=True, resume_errored=True
         ).fit()
     # a new search; or resuming a job killed before Tune first saved its state: nothing to keep
-    t, sessions, in_trial = cfg.tune, list(splits), trains_in_trial(cfg)
+    t, keys, in_trial = cfg.tune, search_keys(cfg, list(splits)), trains_in_trial(cfg)
     score = f"best_{t.metric}"  # a trial's best epoch so far: the score that selects its config
-    asha = FoldASHA(
-        sessions,
+    asha = NestedASHA(
+        keys,
         metric=score,
         mode="max",
         time_attr="epoch",
@@ -282,11 +300,10 @@ def run_search(
     )
     tuner = Tuner(
         trainable,
-        param_space={p.key: p.domain() for p in space.params},
-        tune_config=TuneConfig(
-            search_alg=FoldSearch(sessions, t.num_samples, score, space.start, cfg.train.seed),
+        tune_config=TuneConfig(  # each search's space is its TPE's (`NestedSearch`)
+            search_alg=NestedSearch(keys, space, t.num_samples, score),
             scheduler=asha,
-            num_samples=t.num_samples * len(sessions),
+            num_samples=t.num_samples * len(keys),
             max_concurrent_trials=t.max_concurrent_trials,
             # a trial that trains in its process hands it to the next trial (a TorchTrainer's
             # driver cannot: stopped inside `fit`, its thread never ends)

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from turbo_ray.config import Config
+from turbo_ray.config import MODE_TERMS, Config
 from turbo_ray.model.encoders import AudioEncoder, TextEncoder, build_encoders
 
 MIN_TEMPERATURE = 0.01  # a learnable τ is clamped here after every step, as open_clip does
@@ -115,7 +115,7 @@ def build_model(cfg: Config, num_classes: int) -> TurboModel:
         proj_dim=cfg.model.proj_dim,
         head_hidden=cfg.model.head_hidden,
         head_dropout=cfg.model.head_dropout,
-        contrastive=cfg.loss.mode != "baseline",
+        contrastive=bool(MODE_TERMS[cfg.loss.mode]),
         temperature=cfg.loss.temperature,
         learnable_temperature=cfg.loss.learnable_temperature,
     )
