@@ -42,8 +42,8 @@ def search(cfg, corpus, fold, space: SearchSpace, out: Path) -> dict:
     grid = run_search(cfg, [fold], space, corpus, paths)
     wall = time.perf_counter() - started
     trials = trial_table(grid, space, cfg)
-    (selected,) = best_trials(grid, cfg).values()  # one search
-    row = tested(cfg, corpus, fold, selected, paths)
+    ((key, selected),) = best_trials(grid, cfg).items()  # one search
+    row = tested(cfg, corpus, fold, key, selected, paths)
     return {
         "trial-epochs": int(trials.epochs.sum()),
         "wall s": wall,
