@@ -34,8 +34,9 @@ import psutil
 import soundfile as sf
 import torch
 
-from turbo_ray.config import CLASS_SETS, load_config
+from turbo_ray.config import load_config
 from turbo_ray.data.corpus import prepare_corpus
+from turbo_ray.data.iemocap import DEFAULT_CLASSES
 from turbo_ray.data.pipeline import TrainFeed, collate_for
 from turbo_ray.data.shard_writer import write_shards
 from turbo_ray.model import build_model
@@ -121,7 +122,7 @@ def iemocap_like(folder: str, utterances: int, rate: int, audio_format: str, tar
         manifest,
         f"{folder}/shards",
         audio_format,
-        classes=CLASS_SETS["4class"],
+        classes=DEFAULT_CLASSES.names,
         sample_rate=target if audio_format == "pcm16" else None,
     )
     return f"{folder}/shards"
@@ -159,7 +160,7 @@ def consumption(cfg, batches: list[dict]) -> float:
     """Samples/s of tiny Turbo training steps (1 thread, as a 1-CPU Train worker) on real
     batches."""
     torch.set_num_threads(1)
-    model = build_model(cfg, len(CLASS_SETS[cfg.data.classes])).train()
+    model = build_model(cfg, len(DEFAULT_CLASSES.names)).train()
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps=2 * len(batches))
     times = []

@@ -28,9 +28,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from bench_turbo_step import make_batch
 
-from turbo_ray.config import CLASS_SETS, Config, load_config, override
+from turbo_ray.config import Config, load_config, override
 from turbo_ray.data.corpus import prepare_corpus
 from turbo_ray.data.folds import fold_splits
+from turbo_ray.data.iemocap import DEFAULT_CLASSES
 from turbo_ray.model import build_model
 from turbo_ray.runners import build_trainer
 from turbo_ray.runtime import init_ray
@@ -56,7 +57,7 @@ def _side_by_side_worker(rank: int, procs: int, cfg: dict, steps: int, init_file
     torch.manual_seed(0)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=procs)
     config = Config.from_dict(cfg)
-    model = build_model(config, len(CLASS_SETS[config.data.classes])).train()
+    model = build_model(config, len(DEFAULT_CLASSES.names)).train()
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, steps=steps + 1)
     batch = make_batch(

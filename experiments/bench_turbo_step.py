@@ -32,7 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers import AutoModel, BertConfig, Wav2Vec2Config
 
-from turbo_ray.config import CLASS_SETS, load_config
+from turbo_ray.config import load_config
+from turbo_ray.data.iemocap import DEFAULT_CLASSES
 from turbo_ray.losses import LossWeights, objective
 from turbo_ray.model import AudioEncoder, TextEncoder, TurboModel, TurboOutput, build_model
 from turbo_ray.train import (
@@ -197,9 +198,7 @@ def main() -> None:
     rounds = 2 if args.quick else args.rounds
 
     cfg = load_config(None, ["loss.mode=turbo"])
-    model = (
-        base_sized_model(cfg) if args.base else build_model(cfg, len(CLASS_SETS[cfg.data.classes]))
-    )
+    model = base_sized_model(cfg) if args.base else build_model(cfg, len(DEFAULT_CLASSES.names))
     med = step_times(model, cfg, args.batch, args.seconds, rounds, torch.device("cpu"))
 
     preset = "base-sized (random init)" if args.base else "tiny"

@@ -41,7 +41,11 @@ def test_int_and_exponent_are_accepted_for_float_and_none_for_optional():
         (["model.dropout=1.5"], "model.dropout must be in"),
         # the registries a config names are checked here, not deep in the module that uses them
         (["model.preset=huge"], "model.preset must be one of tiny, base, large; got 'huge'"),
-        (["data.classes=7class"], "data.classes must be one of 4class, all; got '7class'"),
+        (["data.classes=angry"], "data.classes 'angry': a classifier needs two classes or more"),
+        (["data.classes=a,b=c+"], "expected classes like a,b=b1\\+b2, got item 'b=c\\+'"),
+        (["data.classes=a,b=a+c"], "label 'a' in two classes"),
+        (["data.classes=a,b,a"], "class 'a' twice"),
+        (["data.folds=1"], "data.folds must be >= 2"),
         (["data.audio_format=mp3"], "data.audio_format must be one of wav, pcm16; got 'mp3'"),
         (["data.val_split=dialog"], "data.val_split must be one of random, speaker; got 'dialog'"),
         (["data.val_fraction=1.0"], "data.val_fraction must be in"),

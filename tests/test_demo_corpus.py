@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from turbo_ray.data.classes import ClassMap
 from turbo_ray.data.demo import MARKER, make_demo_corpus
 from turbo_ray.data.iemocap import load_manifest
 
@@ -51,7 +52,7 @@ def test_loader_reads_it_with_no_problems_and_the_recorded_counts(
                 excluded[raw] += n
     assert df.groupby(["session", "label"]).size().to_dict() == expected
     assert df.attrs["report"].excluded == excluded and set(excluded) == {"fru", "xxx"}
-    every = load_manifest(release, classes="all")
+    every = load_manifest(release, classes=ClassMap.parse("all"))
     assert len(every) == recorded["utterances"]
 
     assert sorted(df.session.unique()) == [1, 2, 3, 4, 5]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from turbo_ray.config import CLASS_SETS
+from turbo_ray.data.classes import ClassMap
 from turbo_ray.data.folds import loso_folds
 from turbo_ray.data.iemocap import (
     COLUMNS,
@@ -160,13 +160,13 @@ def test_odd_cases_parse_exactly(tmp_path: Path) -> None:
 
 
 def test_all_class_set_keeps_every_label(tmp_path: Path) -> None:
-    df = load_manifest(odd_tree(tmp_path), classes="all")
+    df = load_manifest(odd_tree(tmp_path), classes=ClassMap.parse("all"))
     assert len(df) == 12 and df.attrs["report"].excluded == {}
     by_id = df.set_index("utterance_id")
     assert by_id.loc["Ses01F_impro01_M000", "label"] == "excited"
     assert by_id.loc["Ses01F_impro01_F001", "label"] == "no_agreement"
     assert by_id.loc["Ses01F_impro01_M001", "label"] == "frustrated"
-    assert (df.label_id == [CLASS_SETS["all"].index(name) for name in df.label]).all()
+    assert (df.label_id == [ClassMap.parse("all").names.index(name) for name in df.label]).all()
 
 
 def test_parent_folder_and_non_iemocap_folder(tmp_path: Path) -> None:
@@ -301,7 +301,9 @@ def test_loso_folds_partition_each_session(loso_manifest: pd.DataFrame, val_spli
         assert ids(fold.train) | ids(fold.val) | ids(fold.test) == ids(loso_manifest)
         assert all(isinstance(df.index, pd.RangeIndex) for df in (fold.train, fold.val, fold.test))
         if val_split == "random":  # stratified: round(0.2 × 12) of each label
-            assert fold.val.label.value_counts().to_dict() == dict.fromkeys(CLASS_SETS["4class"], 2)
+            assert fold.val.label.value_counts().to_dict() == dict.fromkeys(
+                ClassMap.parse("4class").names, 2
+            )
         else:  # round(0.2 × 8) whole speakers
             assert fold.val.speaker.nunique() == 2 and not set(fold.val.speaker) & set(
                 fold.train.speaker
@@ -323,5 +325,5 @@ def test_loso_folds_need_two_sessions(loso_manifest: pd.DataFrame) -> None:
 
 
 def test_scan_corpus_returns_the_report(tmp_path: Path) -> None:
-    df, report = scan_corpus(odd_tree(tmp_path), classes="4class")
+    df, report = scan_corpus(odd_tree(tmp_path), classes=ClassMap.parse("4class"))
     assert len(df) == len(EXPECTED_4CLASS) and report.problems() == {} and "report" not in df.attrs

@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 from turbo_ray import train
 from turbo_ray.checkpoints import KEEP_SCORE, checkpoint_at, keep_score, load_model, selected_epoch
 from turbo_ray.cli import main
-from turbo_ray.config import CLASS_SETS, load_config
+from turbo_ray.config import load_config
+from turbo_ray.data.classes import ClassMap
 from turbo_ray.data.folds import fold_splits
 from turbo_ray.data.pipeline import collate_for, split_dataset
 from turbo_ray.model import build_model
@@ -265,8 +266,8 @@ def test_same_seed_same_scores_over_every_class(ray_local, tiny, tmp_path, capsy
     kept = [str(c) for c in (tmp_path / "first").glob("checkpoints/*/checkpoint_*") if c.is_dir()]
     assert kept == [runs[0]["folds"][0]["checkpoint"]]
     assert sorted(f.name for f in Path(kept[0]).iterdir()) == ["meta.json", "model.pt"]
-    assert runs[0]["classes"] == list(CLASS_SETS["all"])
-    assert len(first[0]["confusion"]) == len(CLASS_SETS["all"])
+    assert runs[0]["classes"] == list(ClassMap.parse("all").names)
+    assert len(first[0]["confusion"]) == len(ClassMap.parse("all").names)
 
 
 def test_a_fixed_config_ablation_prints_and_writes_the_paired_comparison(

@@ -32,7 +32,9 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--data-dir", help="IEMOCAP_full_release folder (default: the generated demo corpus)"
+        "--data-dir",
+        help="IEMOCAP_full_release, or a folder with a metadata.csv "
+        "(default: the generated demo corpus)",
     )
 
 
@@ -93,7 +95,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     corpus = prepare_corpus(cfg.data, strict=args.strict)
     print(corpus.summary())
     counts = corpus.manifest.groupby(["session", "label"]).size().unstack(fill_value=0)
-    print(f"{len(corpus.manifest)} utterances in {cfg.data.classes}:\n{counts.to_string()}")
+    counts = counts.rename_axis(index="outer fold")[list(corpus.classes)]
+    print(f"utterances per outer fold ({corpus.outer.title}) and class:\n{counts.to_string()}")
     print(f"shards   {corpus.shards}")
     return 0
 
@@ -150,10 +153,8 @@ def watch_commands(result: JobResult) -> str:
         "\nCompare the runs:",
         f"  MLflow:      {result.tracker.ui_command()}   (then http://127.0.0.1:5000)",
     ]
-    from turbo_ray.experiment import NESTED
-
     search = result.paths.search
-    if result.protocol == NESTED and not is_uri(search):  # Tune's event files, here
+    if result.nested and not is_uri(search):  # Tune's event files, here
         tensorboard = Path(sys.executable).parent / "tensorboard"
         lines.append(f"  TensorBoard: {os.path.relpath(tensorboard)} --logdir {search}")
     if not result.joined:
@@ -222,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser(
-        "prepare", help="parse IEMOCAP (or the demo corpus) and write Parquet shards"
+        "prepare", help="parse the corpus (IEMOCAP, a metadata.csv, the demo) and write its shards"
     )
     add_config_args(p)
     add_data_dir(p)

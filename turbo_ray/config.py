@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from turbo_ray.data.classes import ClassMap, ClassSpecError
+
 # loss.mode: the contrastive terms each ablation mode trains (baseline: cross-entropy alone)
 MODE_TERMS: dict[str, tuple[str, ...]] = {
     "baseline": (),
@@ -41,23 +43,6 @@ PRECISIONS = ("auto", "fp32", "bf16")
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement group strategies
 # validation scores only: test data never selects
 SELECTION_METRICS = ("val_ua", "val_wa", "val_f1")
-# data.classes: the class sets of IEMOCAP's labels; "4class" merges excited into happy
-CLASS_SETS: dict[str, tuple[str, ...]] = {
-    "4class": ("neutral", "happy", "angry", "sad"),
-    "all": (
-        "neutral",
-        "happy",
-        "excited",
-        "angry",
-        "sad",
-        "frustrated",
-        "fearful",
-        "surprised",
-        "disgusted",
-        "other",
-        "no_agreement",
-    ),
-}
 # data.audio_format: the audio in the shards, "wav" file bytes or decoded 16-bit "pcm16"
 AUDIO_FORMATS = ("wav", "pcm16")
 # data.val_split: validation carved as "random", or as whole "speaker"s (none of them in training)
@@ -85,12 +70,21 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    data_dir: str | None = None  # IEMOCAP_full_release; None = the generated demo corpus
+    # IEMOCAP_full_release, or a folder of audio files with a metadata.csv (README: Your own data);
+    # None = the generated demo corpus
+    data_dir: str | None = None
     cache_dir: str = "~/.cache/turbo_ray"  # demo corpus and prepared shards
     demo_utterances_per_speaker: int = 40  # size of the generated demo corpus (10 speakers)
     # local path or URI; None = <cache_dir>/shards/<corpus fingerprint>
     shards_dir: str | None = None
-    classes: str = "4class"  # "4class" (neutral, happy+excited, angry, sad) or "all"
+    # the classes, in order: "4class" (IEMOCAP's neutral, happy+excited, angry, sad), "all" (its
+    # every label), or a list "a,b=b1+b2,…" (class b merges labels b1, b2); None: the corpus's own
+    # (IEMOCAP and the demo: 4class; a metadata.csv corpus: every label it has)
+    classes: str | None = None
+    # the outer folds of a metadata.csv corpus with a `group` column: None, one per group
+    # (leave-one-group-out); K: K folds of whole groups, drawn with data.seed
+    folds: int | None = None
+    positive_class: str | None = None  # two classes: the one ROC-AUC scores (None: the second)
     # in the shards: "wav" file bytes, or decoded "pcm16" resampled to sample_rate at prepare
     audio_format: str = "wav"
     sample_rate: int = 16_000
@@ -204,7 +198,6 @@ def validate(cfg: Config) -> None:
     """Every check that types alone cannot express, each a ConfigError naming its key."""
     one_of = {
         "model.preset": PRESETS,
-        "data.classes": CLASS_SETS,
         "data.audio_format": AUDIO_FORMATS,
         "data.val_split": VAL_SPLITS,
         "model.modalities": MODALITIES,
@@ -216,6 +209,13 @@ def validate(cfg: Config) -> None:
     for key, allowed in one_of.items():
         if _get(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {_get(cfg, key)!r}")
+    if cfg.data.classes is not None:
+        try:
+            ClassMap.parse(cfg.data.classes)
+        except ClassSpecError as err:
+            raise ConfigError(str(err)) from None
+    if cfg.data.folds is not None and cfg.data.folds < 2:
+        raise ConfigError(f"data.folds must be >= 2 (null: a fold per group), got {cfg.data.folds}")
     for key, values in (("tune.modes", cfg.tune.modes), ("tune.seeds", cfg.tune.seeds)):
         if values is not None and (not values or len(set(values)) < len(values)):
             raise ConfigError(f"{key} must list distinct values, got {values}")

@@ -17,7 +17,8 @@ from turbo_ray.config import Config
 from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.folds import Fold
 from turbo_ray.data.pipeline import collate_for, configure_ray_data, split_dataset
-from turbo_ray.results import SCORES
+from turbo_ray.metrics import positive_index
+from turbo_ray.results import scores_of
 from turbo_ray.runners import device_of, worker_resources
 from turbo_ray.train import evaluate
 
@@ -45,7 +46,7 @@ def tested_row(
         **selection,
         "best_epoch": metrics["epoch"],
         metric: metrics[metric],
-        **{k: scores[k] for k in SCORES},
+        **{k: scores[k] for k in scores_of(scores)},
         "n_test": scores["n"],
         "confusion": scores["confusion"],
         "checkpoint": checkpoint.path,
@@ -64,4 +65,5 @@ def _evaluate(
     batches = split_dataset(cfg, shards, test_ids).iter_torch_batches(
         batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg)
     )
-    return evaluate(model, batches, len(meta["classes"]), device, cfg.train.precision)
+    positive = positive_index(meta["classes"], cfg.data.positive_class)
+    return evaluate(model, batches, len(meta["classes"]), device, cfg.train.precision, positive)

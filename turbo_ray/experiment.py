@@ -54,17 +54,21 @@ from turbo_ray.trials import (
 )
 from turbo_ray.tune import run_search, search_keys, search_record, trains_in_trial
 
-NESTED, FIXED = "nested-loso", "loso"  # the protocols, as results.json and MLflow name them
+
+def protocol(corpus: Corpus, nested: bool) -> str:
+    """How results.json and MLflow name a job's protocol: its outer folds (`loso`, `logo`,
+    `group-kfold`, `split`), "nested-" where each fold's config was searched."""
+    return f"nested-{corpus.outer.kind}" if nested else corpus.outer.kind
 
 
 @dataclass(frozen=True)
 class JobResult:
     """A finished job: its rows (one per tested fold, and mode and seed), files and tracker."""
 
-    protocol: str
+    nested: bool  # each fold's config searched (the main job), or one given config
     cfg: Config
     paths: RunPaths
-    corpus: str  # how tables name the corpus
+    corpus: Corpus
     rows: pd.DataFrame
     by: list[str] | None  # the columns that group the rows (None: one run)
     files: list[Path]
@@ -72,15 +76,19 @@ class JobResult:
     joined: bool  # ran on a Ray that outlives the job (its dashboard stays)
     comparison: pd.DataFrame | None  # each mode against the baseline, paired (`comparison.py`)
 
+    @property
+    def protocol(self) -> str:
+        return protocol(self.corpus, self.nested)
+
     def table(self) -> str:
         """The test scores per fold, with mean and std (per group)."""
-        if self.protocol == NESTED:
+        if self.nested:
             title = (
-                f"Nested leave-one-session-out ({NESTED}): test scores of each fold's selected "
-                f"checkpoint, {self.corpus}"
+                f"Nested {self.corpus.outer.title} ({self.protocol}): test scores of each "
+                f"fold's selected checkpoint, {self.corpus.label}"
             )
         else:
-            title = f"Test scores of the best-val epoch, {self.corpus}"
+            title = f"Test scores of the best-val epoch, {self.corpus.label}"
         return format_table(self.rows, title, self.by)
 
     def selection(self) -> str:
@@ -93,14 +101,14 @@ class JobResult:
             return None
         seeds = ",".join(str(s) for s in sorted(self.rows["seed"].unique()))
         folds = self.rows["test_session"].nunique()
-        if self.protocol == NESTED:
+        if self.nested:
             how = f"a search per mode and fold, {counted(self.cfg.tune.num_samples, 'trial')} each"
         else:
             how = "one fixed config for all modes"
         title = (
             f"Paired comparison with the baseline ({self.protocol}, {how}, "
             f"{self.cfg.train.epochs} epochs; seeds {seeds}; "
-            f"{counted(folds, 'fold')}), {self.corpus}"
+            f"{counted(folds, 'fold')}), {self.corpus.label}"
         )
         return format_comparison(self.comparison, title)
 
@@ -122,8 +130,8 @@ def run_nested(
     search = search_record(space, cfg, keys)  # checks that every mode has something to search
     with ray_logs_in(paths.ray_log):
         joined = start_ray(cfg, paths, address, resume, drives_trainers=not trains_in_trial(cfg))
-        print(describe_searches(cfg, keys))
-        tracker = Tracker.open(cfg, paths, NESTED, corpus.label)
+        print(describe_searches(cfg, keys, corpus))
+        tracker = Tracker.open(cfg, paths, protocol(corpus, nested=True), corpus.label)
         total = len(keys) * cfg.tune.num_samples
         progress = SearchProgress(total, cfg.tune.metric, cfg.train.epochs)
         grid = run_search(cfg, list(folds.values()), space, corpus, paths, resume, [progress])
@@ -133,16 +141,16 @@ def run_nested(
         rows = [tested(cfg, corpus, folds[key.fold], key, selected[key], paths) for key in keys]
         prune(cfg, paths.search, rows)
         by = ["mode"] if len(keys) > len(folds) else None
-        return finish(NESTED, cfg, corpus, paths, rows, files, tracker, joined, by, search)
+        return finish(True, cfg, corpus, paths, rows, files, tracker, joined, by, search)
 
 
-def describe_searches(cfg: Config, keys: list[SearchKey]) -> str:
+def describe_searches(cfg: Config, keys: list[SearchKey], corpus: Corpus) -> str:
     """The protocol and its budget, in a line (two when it compares modes or seeds)."""
     folds = sorted({key.fold for key in keys})
     line = (
-        f"nested leave-one-session-out over {counted(len(folds), 'fold')}: per fold, "
+        f"nested {corpus.outer.title} over {counted(len(folds), 'fold')}: per fold, "
         f"{cfg.tune.num_samples} trials (TPE + ASHA on each trial's best {cfg.tune.metric}) "
-        "on the other sessions only"
+        "that never see the fold's test data"
     )
     if len(keys) == len(folds):
         return line
@@ -173,7 +181,7 @@ def run_fixed(
         raise ConfigError(f"no LOSO fold tests session(s) {sessions} in {corpus.label}")
     with ray_logs_in(paths.ray_log):
         joined = start_ray(cfg, paths, address)
-        tracker = Tracker.open(cfg, paths, FIXED, corpus.label)
+        tracker = Tracker.open(cfg, paths, protocol(corpus, nested=False), corpus.label)
         rows = []
         for mode in modes:
             for seed in seeds:
@@ -185,7 +193,7 @@ def run_fixed(
                     rows.append(row | {"mode": mode, "seed": seed})
         prune(cfg, paths.checkpoints, rows)
         by = ["mode"] if len(modes) > 1 or len(seeds) > 1 else None
-        return finish(FIXED, cfg, corpus, paths, rows, [], tracker, joined, by=by)
+        return finish(False, cfg, corpus, paths, rows, [], tracker, joined, by=by)
 
 
 def fixed_fold(cfg: Config, corpus: Corpus, fold: Fold, name: str) -> dict:
@@ -246,7 +254,7 @@ def prune(cfg: Config, storage: str, rows: list[dict]) -> None:
 
 
 def finish(
-    protocol: str,
+    nested: bool,
     cfg: Config,
     corpus: Corpus,
     paths: RunPaths,
@@ -262,12 +270,14 @@ def finish(
     table = pd.DataFrame(rows)
     classes = list(corpus.classes)
     comparison = compared_with_baseline(table)
-    files = files + write_results(table, paths, classes, cfg, protocol, by, search, comparison)
+    name = protocol(corpus, nested)
+    setup = {"protocol": name, "outer_folds": corpus.outer.record()} | (
+        {"search": search} if search else {}
+    )
+    files = files + write_results(table, paths, classes, cfg, setup, by, comparison)
     tracker.log_folds(table, cfg, classes)
     tracker.finish(table, files, by, comparison)
-    return JobResult(
-        protocol, cfg, paths, corpus.label, table, by, files, tracker, joined, comparison
-    )
+    return JobResult(nested, cfg, paths, corpus, table, by, files, tracker, joined, comparison)
 
 
 def open_job(job: str, cfg: Config, out: Path | None, resume: bool) -> tuple[Config, RunPaths]:

@@ -1,9 +1,12 @@
-"""Classification metrics of the IEMOCAP protocol: WA (accuracy), UA (mean per-class recall),
-macro-F1."""
+"""Classification metrics: WA (accuracy), UA (mean per-class recall), macro-F1, and for two
+classes ROC-AUC of the positive one (detection tasks report it)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from scipy.stats import rankdata
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int | None = None) -> np.ndarray:
@@ -40,9 +43,38 @@ def macro_f1(y_true, y_pred, num_classes: int | None = None) -> float:
     return float(f1[present].mean()) if present.any() else float("nan")
 
 
-def classification_report(y_true, y_pred, num_classes: int) -> dict[str, float]:
-    return {
+def roc_auc(is_positive, score) -> float:
+    """The area under the ROC curve: the chance that a random positive scores above a random
+    negative (ties count half), from the ranks (Mann-Whitney U). NaN without both kinds."""
+    is_positive, score = np.asarray(is_positive, dtype=bool), np.asarray(score, dtype=float)
+    positives, negatives = is_positive.sum(), (~is_positive).sum()
+    if not positives or not negatives:
+        return float("nan")
+    ranks = rankdata(score)
+    return float(
+        (ranks[is_positive].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    )
+
+
+def positive_index(classes: Sequence[str], positive_class: str | None) -> int:
+    """Which of two classes ROC-AUC scores: `data.positive_class`, else the second."""
+    if positive_class is None:
+        return 1
+    if positive_class not in classes:
+        raise ValueError(f"data.positive_class {positive_class!r} is not one of {list(classes)}")
+    return list(classes).index(positive_class)
+
+
+def classification_report(
+    y_true, y_pred, num_classes: int, probs=None, positive: int = 1
+) -> dict[str, float]:
+    """WA, UA, macro-F1; with two classes and the predicted probabilities (`probs`, one column
+    per class), also ROC-AUC of class `positive`."""
+    report = {
         "wa": weighted_accuracy(y_true, y_pred),
         "ua": unweighted_accuracy(y_true, y_pred, num_classes),
         "f1": macro_f1(y_true, y_pred, num_classes),
     }
+    if num_classes == 2 and probs is not None:
+        report["auc"] = roc_auc(np.asarray(y_true) == positive, np.asarray(probs)[:, positive])
+    return report

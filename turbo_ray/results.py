@@ -2,7 +2,7 @@
 printed tables and results.csv / results.json / confusion.png.
 
     print(format_table(rows, "Nested leave-one-session-out …"))
-    write_results(rows, paths, classes, cfg, protocol)
+    write_results(rows, paths, classes, cfg, {"protocol": "nested-loso"})
 """
 
 from __future__ import annotations
@@ -18,6 +18,12 @@ from turbo_ray.paths import RunPaths
 from turbo_ray.plots import plot_comparison, plot_confusion
 
 SCORES = ("wa", "ua", "f1")  # a fold's test scores: accuracy, mean per-class recall, macro-F1
+AUC = "auc"  # and, with two classes, ROC-AUC of the positive class
+
+
+def scores_of(columns) -> tuple[str, ...]:
+    """The scores rows (or a test pass's result) hold: `SCORES`, and `AUC` for two classes."""
+    return (*SCORES, AUC) if AUC in columns else SCORES
 
 
 def short(value) -> str:
@@ -58,7 +64,7 @@ def with_mean_std(results: pd.DataFrame, by: list[str] | None = None) -> pd.Data
     groups = results.groupby(by, sort=False) if by else [((), results)]
     frames = []
     for key, group in groups:
-        stats = group[list(SCORES)].agg(["mean", "std"])  # one fold: no std (NaN)
+        stats = group[list(scores_of(results))].agg(["mean", "std"])  # one fold: no std (NaN)
         extra = dict(zip(by, key if isinstance(key, tuple) else (key,))) if by else {}
         frames += [
             group,
@@ -69,13 +75,16 @@ def with_mean_std(results: pd.DataFrame, by: list[str] | None = None) -> pd.Data
 
 def format_table(results: pd.DataFrame, title: str, by: list[str] | None = None) -> str:
     table = with_mean_std(results, by)
-    columns = (by or []) + [c for c in ("seed",) if c in table] + ["test_session", *SCORES]
+    scores = scores_of(table)
+    columns = (by or []) + [c for c in ("seed",) if c in table] + ["test_session", *scores]
     if "seed" in table:  # an integer label, blank on the mean/std rows
         table["seed"] = table["seed"].map(lambda seed: "" if pd.isna(seed) else str(int(seed)))
     body = table[columns].to_string(
         index=False, float_format=lambda x: "     –" if np.isnan(x) else f"{100 * x:6.2f}"
     )
-    return f"{title}\n(WA = accuracy, UA = mean per-class recall, F1 = macro-F1; in %)\n{body}"
+    auc = ", AUC = ROC-AUC of the positive class" if AUC in scores else ""
+    legend = f"(WA = accuracy, UA = mean per-class recall, F1 = macro-F1{auc}; in %)"
+    return f"{title}\n{legend}\n{body}"
 
 
 def write_results(
@@ -83,17 +92,17 @@ def write_results(
     paths: RunPaths,
     classes: list[str],
     cfg: Config,
-    protocol: str,
+    setup: dict,
     by: list[str] | None = None,
-    search: dict | None = None,
     comparison: pd.DataFrame | None = None,
 ) -> list[Path]:
-    """results.csv, results.json (the protocol, the config, `search`: what selected the configs,
-    `comparison`: each mode against the baseline, per-fold rows), comparison.csv and .png (if
-    any) and a summed confusion-matrix PNG; returns the paths written."""
+    """results.csv, results.json (`setup`: the protocol, the outer folds and what selected the
+    configs; the config, `comparison`: each mode against the baseline, per-fold rows),
+    comparison.csv and .png (if any) and a summed confusion-matrix PNG; returns the paths
+    written."""
     table = with_mean_std(results, by)
     table.drop(columns=["confusion"], errors="ignore").to_csv(paths.results_csv, index=False)
-    extra = {"search": search} if search else {}
+    extra = {}
     if comparison is not None:
         comparison.to_csv(paths.comparison_csv, index=False)
         plot_comparison(results, comparison, paths.comparison_png)
@@ -101,7 +110,7 @@ def write_results(
     paths.results_json.write_text(
         json.dumps(
             {
-                "protocol": protocol,
+                **setup,
                 "config": cfg.to_dict(),
                 "classes": list(classes),
                 **extra,

@@ -30,7 +30,7 @@ from ray.tune import ResultGrid
 
 from turbo_ray.config import Config, override
 from turbo_ray.paths import RunPaths
-from turbo_ray.results import SCORES
+from turbo_ray.results import scores_of
 from turbo_ray.trials import (
     FOLD_TRIAL,
     SearchKey,
@@ -128,7 +128,7 @@ class Tracker:
                     client.set_tag(run_id, key, row[key])
             setting = {"loss.mode": row["mode"], "train.seed": row["seed"]}
             self.log_params(run_id, flat_config(override(cfg, row.get("params", {}) | setting)))
-            scores = {f"test_{k}": row[k] for k in SCORES}
+            scores = {f"test_{k}": row[k] for k in scores_of(row)}
             self.log_metrics(
                 run_id, scores | {metric: row[metric], "best_epoch": row["best_epoch"]}
             )
@@ -190,7 +190,7 @@ class Tracker:
         groups = results.groupby(by, sort=False) if by else [((), results)]
         for key, group in groups:
             suffix = "".join(f"/{v}" for v in (key if isinstance(key, tuple) else (key,)))
-            means = {f"mean_test_{k}{suffix}": group[k].mean() for k in SCORES}
+            means = {f"mean_test_{k}{suffix}": group[k].mean() for k in scores_of(group)}
             self.log_metrics(self.parent, means)
         for row in (comparison if comparison is not None else pd.DataFrame()).to_dict("records"):
             stats = ("difference", "ci_low", "ci_high", "p")

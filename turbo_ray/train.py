@@ -42,7 +42,7 @@ from turbo_ray.data.pipeline import (
     split_dataset,
 )
 from turbo_ray.losses import LossWeights, objective
-from turbo_ray.metrics import classification_report, confusion_matrix
+from turbo_ray.metrics import classification_report, confusion_matrix, positive_index
 from turbo_ray.model import TurboModel, build_model
 
 
@@ -91,19 +91,25 @@ def _unwrap(model: torch.nn.Module) -> TurboModel:
 
 @torch.no_grad()
 def evaluate(
-    model: TurboModel, batches, num_classes: int, device: torch.device, precision: str = "fp32"
+    model: TurboModel,
+    batches,
+    num_classes: int,
+    device: torch.device,
+    precision: str = "fp32",
+    positive: int = 1,
 ) -> dict[str, Any]:
-    """One deterministic pass (dropout off): WA, UA, macro-F1 and the confusion matrix."""
+    """One deterministic pass (dropout off): WA, UA, macro-F1 (and, for two classes, ROC-AUC of
+    class `positive`) and the confusion matrix."""
     model.eval()
-    y_true, y_pred = [], []
+    y_true, logits = [], []
     for batch in batches:
         inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
         with forward_precision(precision, device):
-            logits = model(**inputs).logits
-        y_pred.append(logits.float().argmax(-1).cpu())
+            logits.append(model(**inputs).logits.float().cpu())
         y_true.append(batch["labels"].cpu())
-    y_true, y_pred = torch.cat(y_true).numpy(), torch.cat(y_pred).numpy()
-    report = classification_report(y_true, y_pred, num_classes)
+    y_true, logits = torch.cat(y_true).numpy(), torch.cat(logits)
+    y_pred, probs = logits.argmax(-1).numpy(), logits.softmax(-1).numpy()
+    report = classification_report(y_true, y_pred, num_classes, probs, positive)
     return report | {
         "confusion": confusion_matrix(y_true, y_pred, num_classes).tolist(),
         "n": len(y_true),
@@ -166,7 +172,7 @@ def fit(loop_config: dict, ctx: RunContext) -> TurboModel:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint_dir = None
             if rank == 0:
-                metrics |= validate_epoch(core, val, cfg, len(classes), device)
+                metrics |= validate_epoch(core, val, cfg, classes, device)
                 score = metrics[cfg.tune.metric]
                 if score > best:  # ties go to the earlier epoch
                     best, best_epoch = score, epoch
@@ -199,12 +205,13 @@ def loop_config(cfg: Config, classes: list[str], shards: str, splits: dict[str, 
 
 
 def validate_epoch(
-    model: TurboModel, val: ray.data.Dataset, cfg: Config, num_classes: int, device: torch.device
+    model: TurboModel, val: ray.data.Dataset, cfg: Config, classes: list[str], device: torch.device
 ) -> dict[str, Any]:
     """`evaluate` on the validation split, as `val_<score>` metrics."""
     started = time.perf_counter()
     batches = val.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collate_for(cfg))
-    result = evaluate(model, batches, num_classes, device, cfg.train.precision)
+    positive = positive_index(classes, cfg.data.positive_class)
+    result = evaluate(model, batches, len(classes), device, cfg.train.precision, positive)
     return {f"val_{k}": v for k, v in result.items()} | {
         "time_eval_s": time.perf_counter() - started
     }

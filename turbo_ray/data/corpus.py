@@ -1,4 +1,5 @@
-"""The corpus a run uses: an IEMOCAP release or the generated demo corpus, parsed and sharded once.
+"""The corpus a run uses: an IEMOCAP release, a folder with a metadata.csv (`audiofolder.py`) or
+the generated demo corpus, parsed and sharded once.
 
 corpus = prepare_corpus(cfg.data)              # manifest + Parquet shards (cached, idempotent)
 fold = corpus.fold(cfg.data)                   # train / val / test of the configured LOSO fold
@@ -13,22 +14,31 @@ from pathlib import Path
 
 import pandas as pd
 
-from turbo_ray.config import CLASS_SETS, DataConfig
+from turbo_ray.config import DataConfig
+from turbo_ray.data.audiofolder import load_audiofolder, metadata_file
+from turbo_ray.data.classes import ClassMap
 from turbo_ray.data.demo import make_demo_corpus
-from turbo_ray.data.folds import Fold, loso_folds
-from turbo_ray.data.iemocap import CorpusError, CorpusReport, load_manifest
+from turbo_ray.data.folds import Fold, OuterFolds, loso_folds, split_fold
+from turbo_ray.data.iemocap import (
+    DEFAULT_CLASSES,
+    SESSIONS,
+    CorpusError,
+    CorpusReport,
+    load_manifest,
+)
 from turbo_ray.data.shard_writer import write_shards
 from turbo_ray.paths import demo_corpus_dir, shards_location
 
 
 @dataclass(frozen=True)
 class Corpus:
-    root: Path  # the IEMOCAP_full_release folder (real or demo)
+    root: Path  # the IEMOCAP_full_release folder (real or demo), or the metadata.csv's folder
     manifest: pd.DataFrame  # one row per usable utterance
     report: CorpusReport
     shards: str  # local path or URI of the Parquet shards
     classes: tuple[str, ...]
     is_demo: bool
+    outer: OuterFolds  # how the corpus is cut into outer folds
 
     @property
     def label(self) -> str:
@@ -38,14 +48,28 @@ class Corpus:
     def summary(self) -> str:
         """What was found: the corpus, its size and classes, and its problem report."""
         label = "  (demo corpus: a fixture, not real speech)" if self.is_demo else ""
+        counts = self.manifest.label.value_counts()
+        classes = ", ".join(f"{name} {counts.get(name, 0)}" for name in self.classes)
+        speakers = "" if self.has_speakers else "; no speakers: validation is a random share"
         return (
-            f"corpus {self.root}{label}: {len(self.manifest)} utterances "
-            f"in {len(self.classes)} classes\n{self.report.summary()}"
+            f"corpus {self.root}{label}: {len(self.manifest)} utterances in "
+            f"{len(self.classes)} classes ({classes}); outer folds: {self.outer.title} "
+            f"({len(self.outer.groups)}){speakers}\n{self.report.summary()}"
         )
 
+    @property
+    def has_speakers(self) -> bool:
+        """Whether every utterance names its speaker (a metadata.csv may not)."""
+        return bool((self.manifest.speaker != "").all())
+
     def folds(self, cfg: DataConfig) -> list[Fold]:
-        """The LOSO folds; every split must hold utterances (training and selection need them)."""
-        folds = loso_folds(self.manifest, cfg.val_fraction, cfg.seed, cfg.val_split)
+        """The outer folds; every split must hold utterances (training and selection need
+        them). Validation holds out whole speakers (`data.val_split`) where speakers are known."""
+        val_split = cfg.val_split if self.has_speakers else "random"
+        if self.outer.kind == "split":
+            folds = [split_fold(self.manifest, cfg.val_fraction, cfg.seed, val_split)]
+        else:
+            folds = loso_folds(self.manifest, cfg.val_fraction, cfg.seed, val_split)
         for fold in folds:
             for name in ("train", "val", "test"):
                 if getattr(fold, name).empty:
@@ -66,8 +90,7 @@ class Corpus:
 
 
 def corpus_root(cfg: DataConfig) -> tuple[Path, bool]:
-    """(IEMOCAP_full_release folder, is_demo): the configured release, or the demo corpus,
-    built once."""
+    """(the corpus folder, is_demo): `data.data_dir`, or the demo corpus, built once."""
     if cfg.data_dir:
         return Path(cfg.data_dir).expanduser().resolve(), False
     demo = make_demo_corpus(
@@ -79,18 +102,35 @@ def corpus_root(cfg: DataConfig) -> tuple[Path, bool]:
 def prepare_corpus(cfg: DataConfig, strict: bool = False) -> Corpus:
     """Parse the corpus and write (or reuse) its Parquet shards."""
     root, is_demo = corpus_root(cfg)
-    manifest = load_manifest(root, cfg.classes, strict=strict)
-    classes = CLASS_SETS[cfg.classes]
-    if manifest.empty:
+    if metadata_file(root):
+        manifest = load_audiofolder(root, cfg.classes, cfg.folds, cfg.seed, strict)
+        class_map, outer = manifest.attrs["classes"], manifest.attrs["outer_folds"]
+    else:
+        class_map = ClassMap.parse(cfg.classes) if cfg.classes else DEFAULT_CLASSES
+        manifest = load_manifest(root, class_map, strict=strict)
+        outer = OuterFolds(
+            "loso", {k: [SESSIONS[k - 1]] for k in sorted(manifest.session.unique())}
+        )
+    classes = class_map.names
+    if manifest.empty or len(classes) < 2:
         problems = manifest.attrs["report"].summary().splitlines()[0]
+        found = f"classes {list(classes)}" if len(classes) < 2 else "no usable utterance"
         raise CorpusError(
-            f"{root}: no usable utterance in the class set {cfg.classes!r} ({problems}; "
+            f"{root}: {found} in data.classes={cfg.classes} ({problems}; "
             f"`turbo-ray prepare --data-dir {root}` lists them)"
+        )
+    if cfg.positive_class is not None and (len(classes) != 2 or cfg.positive_class not in classes):
+        raise CorpusError(
+            f"data.positive_class {cfg.positive_class!r} must be one of a two-class corpus's "
+            f"classes; {root} has {list(classes)}"
         )
     # pcm16 is stored at the encoder's rate: resampled once here, not in every epoch's feed
     rate = cfg.sample_rate if cfg.audio_format == "pcm16" else None
     options = f"{cfg.audio_format}@{rate}" if rate else cfg.audio_format
-    key = hashlib.sha256(f"{root}|{cfg.classes}|{options}".encode()).hexdigest()[:12]
+    cut = (
+        f"{cfg.folds}|{cfg.seed}" if outer.kind != "loso" else ""
+    )  # a group's fold is in the shards
+    key = hashlib.sha256(f"{root}|{cfg.classes}|{options}{cut}".encode()).hexdigest()[:12]
     shards = shards_location(cfg, key)
     write_shards(manifest, shards, audio_format=cfg.audio_format, classes=classes, sample_rate=rate)
-    return Corpus(root, manifest, manifest.attrs.get("report"), shards, classes, is_demo)
+    return Corpus(root, manifest, manifest.attrs["report"], shards, classes, is_demo, outer)

@@ -1,5 +1,6 @@
-"""Leave-one-session-out folds of a manifest (any corpus with `session`, `speaker` and `label`
-columns: an IEMOCAP release, the demo corpus).
+"""The outer folds of a manifest (any corpus with `session`, `speaker` and `label` columns): one
+per value of `session`, which is an IEMOCAP session, a group of a metadata.csv corpus, or a fold of
+whole groups (`group_sessions`); or the one fold of a given train/validation/test split.
 
     folds = loso_folds(manifest, val_fraction=0.1, seed=0, val_split="speaker")
     fold_splits(folds[0])      # {"train": ids, "val": ids}: all that training sees of fold 1
@@ -13,6 +14,31 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+
+@dataclass(frozen=True)
+class OuterFolds:
+    """How a corpus is cut into outer folds, for titles and results.json: `kind` (`KINDS`) and
+    the groups each fold tests."""
+
+    kind: str
+    groups: dict[int, list[str]]  # fold (its `session` value) → the groups it tests
+
+    @property
+    def title(self) -> str:
+        return KINDS[self.kind].format(k=len(self.groups))
+
+    def record(self) -> dict:
+        """What results.json keeps of it."""
+        return {"kind": self.kind, "title": self.title, "groups": self.groups}
+
+
+KINDS = {  # outer folds → how tables name them
+    "loso": "leave-one-session-out",
+    "logo": "leave-one-group-out",
+    "group-kfold": "group {k}-fold",
+    "split": "train/validation/test split",
+}
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: DataFrames have no truth value to compare
@@ -73,3 +99,37 @@ def loso_folds(
             )
         )
     return folds
+
+
+def group_sessions(groups: pd.Series, folds: int | None, seed: int) -> tuple[np.ndarray, dict]:
+    """Each row's outer fold (1..) from its group: one fold per group (sorted), or `folds` folds of
+    whole groups, dealt in a seeded order, each next group to the fold with the fewest rows.
+    Returns the folds and each fold's groups."""
+    names = sorted(groups.unique())
+    if folds is None:
+        of = {name: k for k, name in enumerate(names, 1)}
+    else:
+        if folds > len(names):
+            raise ValueError(f"data.folds={folds} needs at least {folds} groups, got {len(names)}")
+        sizes = groups.value_counts()
+        order = np.random.default_rng(seed).permutation(names)
+        order = sorted(order, key=lambda name: -sizes[name])  # stable: ties keep the seeded order
+        rows, of = np.zeros(folds, dtype=int), {}
+        for name in order:
+            k = int(rows.argmin())
+            of[name], rows[k] = k + 1, rows[k] + sizes[name]
+    fold_groups = {k: sorted(n for n in names if of[n] == k) for k in sorted(set(of.values()))}
+    return groups.map(of).to_numpy(), fold_groups
+
+
+def split_fold(manifest: pd.DataFrame, val_fraction: float, seed: int, val_split: str) -> Fold:
+    """The one fold of a given split (`manifest.split`: train / validation / test); without
+    validation rows, validation is carved from train as in `loso_folds`."""
+    split = manifest["split"]
+    train, test = manifest[split == "train"], manifest[split == "test"]
+    val = manifest[split == "validation"]
+    if val.empty:
+        carve = _speaker_val if val_split == "speaker" else _random_val
+        is_val = carve(train, val_fraction, np.random.default_rng([seed, 1]))
+        train, val = train[~is_val], train[is_val]
+    return Fold(1, *(part.reset_index(drop=True) for part in (train, val, test)))

@@ -1,7 +1,7 @@
 """Parse an IEMOCAP_full_release folder into a manifest (one row per utterance).
 
     # problems in df.attrs["report"]
-    df = load_manifest("/data/IEMOCAP_full_release", classes="4class")
+    df = load_manifest("/data/IEMOCAP_full_release", ClassMap.parse("all"))  # default: 4class
 
 The layout and the parsing rules are those of the release (README: Data). Anything that does not
 fit them is reported (`CorpusReport`) and the utterance left out: a wrong or missing label is never
@@ -19,13 +19,13 @@ from pathlib import Path
 import pandas as pd
 import soundfile as sf
 
-from turbo_ray.config import CLASS_SETS
+from turbo_ray.data.classes import ClassMap
 
 RELEASE_NAME = "IEMOCAP_full_release"
 SESSIONS = tuple(f"Session{n}" for n in range(1, 6))
 RAW_LABELS = ("neu", "hap", "exc", "ang", "sad", "fru", "fea", "sur", "dis", "oth", "xxx")
-LONG_NAMES = dict(zip(RAW_LABELS, CLASS_SETS["all"]))  # raw label -> class name
-MERGED = {"4class": {"exc": "happy"}}  # raw label -> class, where it differs from the long name
+LONG_NAMES = dict(zip(RAW_LABELS, ClassMap.parse("all").names))  # raw label -> its long name
+DEFAULT_CLASSES = ClassMap.parse("4class")  # data.classes unset
 COLUMNS = (
     "utterance_id",
     "session",
@@ -71,6 +71,7 @@ class CorpusReport:
     left out."""
 
     label_without_wav: list[str] = field(default_factory=list)
+    missing_audio: list[str] = field(default_factory=list)  # "path:line: file" (metadata.csv)
     wav_without_label: list[str] = field(default_factory=list)
     unreadable_wav: list[str] = field(default_factory=list)
     missing_transcription: list[str] = field(default_factory=list)
@@ -93,6 +94,13 @@ class CorpusReport:
             for f in fields(self)
             if f.name not in INFO_FIELDS and getattr(self, f.name)
         }
+
+    def refuse(self, source: Path) -> None:
+        """--strict: any problem is a CorpusError naming them."""
+        if problems := self.problems():
+            listed = "; ".join(f"{kind}: {', '.join(items)}" for kind, items in problems.items())
+            count = sum(map(len, problems.values()))
+            raise CorpusError(f"{source}: {count} problem(s) (--strict): {listed}")
 
     def summary(self, limit: int = 10) -> str:
         """Counts, and the first `limit` entries of each problem."""
@@ -131,14 +139,9 @@ def release_dir(root: str | Path) -> Path:
         if any((candidate / session).is_dir() for session in SESSIONS):
             return candidate
     raise CorpusError(
-        f"{root} is not an {RELEASE_NAME} folder: expected Session1..Session5 folders in it"
+        f"{root} is not an {RELEASE_NAME} folder: expected Session1..Session5 folders in it "
+        "(or, for another corpus, a metadata.csv: README, Your own data)"
     )
-
-
-def class_name(raw: str, classes: str) -> str | None:
-    """The class of a raw label in the class set `classes`, or None where the set leaves it out."""
-    name = MERGED.get(classes, {}).get(raw, LONG_NAMES[raw])
-    return name if name in CLASS_SETS[classes] else None
 
 
 def _visible(folder: Path, suffix: str = "") -> list[Path]:
@@ -206,7 +209,7 @@ def _parse_transcriptions(
     return texts, conflicting
 
 
-def _wav_info(path: Path) -> tuple[int, int, int] | None:
+def wav_info(path: Path) -> tuple[int, int, int] | None:
     """(frames, sample rate, channels) of a readable, non-empty wav, or None."""
     try:
         info = sf.info(str(path))
@@ -215,7 +218,9 @@ def _wav_info(path: Path) -> tuple[int, int, int] | None:
     return (info.frames, info.samplerate, info.channels) if info.frames > 0 else None
 
 
-def scan_corpus(root: str | Path, classes: str = "4class") -> tuple[pd.DataFrame, CorpusReport]:
+def scan_corpus(
+    root: str | Path, classes: ClassMap = DEFAULT_CLASSES
+) -> tuple[pd.DataFrame, CorpusReport]:
     """The manifest of the usable utterances whose label is in `classes`, and the report of
     everything else."""
     release = release_dir(root)
@@ -248,7 +253,7 @@ def scan_corpus(root: str | Path, classes: str = "4class") -> tuple[pd.DataFrame
     rows, excluded = [], Counter()
     for utt in sorted(set(labels) - duplicates - set(report.unknown_label)):
         label, wav = labels[utt], wavs.get(utt)
-        info = None if wav is None else _wav_info(wav)
+        info = None if wav is None else wav_info(wav)
         if wav is None:
             report.label_without_wav.append(utt)
         elif info is None:
@@ -257,7 +262,7 @@ def scan_corpus(root: str | Path, classes: str = "4class") -> tuple[pd.DataFrame
             report.missing_transcription.append(utt)
         if info is None or utt not in texts:
             continue
-        name = class_name(label.raw, classes)
+        name = classes.of(LONG_NAMES[label.raw])
         if name is None:
             excluded[label.raw] += 1
             continue
@@ -272,7 +277,7 @@ def scan_corpus(root: str | Path, classes: str = "4class") -> tuple[pd.DataFrame
                 utt[:5] + turn[0],
                 turn[0],
                 name,
-                CLASS_SETS[classes].index(name),
+                classes.names.index(name),
                 label.raw,
                 texts[utt],
                 str(wav),
@@ -290,13 +295,13 @@ def scan_corpus(root: str | Path, classes: str = "4class") -> tuple[pd.DataFrame
     return manifest, report
 
 
-def load_manifest(root: str | Path, classes: str = "4class", strict: bool = False) -> pd.DataFrame:
+def load_manifest(
+    root: str | Path, classes: ClassMap = DEFAULT_CLASSES, strict: bool = False
+) -> pd.DataFrame:
     """`scan_corpus`'s manifest with its report in `df.attrs["report"]`; `strict`: any problem
     is a CorpusError."""
     manifest, report = scan_corpus(root, classes)
-    if problems := report.problems() if strict else {}:
-        listed = "; ".join(f"{kind}: {', '.join(items)}" for kind, items in problems.items())
-        count = sum(map(len, problems.values()))
-        raise CorpusError(f"{release_dir(root)}: {count} problem(s) (--strict): {listed}")
+    if strict:
+        report.refuse(release_dir(root))
     manifest.attrs["report"] = report
     return manifest

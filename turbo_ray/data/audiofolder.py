@@ -1,0 +1,190 @@
+"""A corpus in Hugging Face's `audiofolder` layout: audio files under a folder and, beside them, a
+`metadata.csv` (or `metadata.parquet`) with a row per utterance.
+
+    file_name,text,label,speaker,group
+    clips/a1.wav,hey computer turn the lights on,directed,spk01,kitchen
+
+    manifest = load_audiofolder("/data/dds", classes=None, folds=None, seed=0)
+    manifest.attrs["report"], manifest.attrs["classes"]     # its problems; its ClassMap
+    manifest.attrs["outer_folds"]                           # how it is cut into outer folds
+
+Columns: `file_name` (the audio, relative to the folder), `text`, `label`; optional `speaker`,
+`group` (session, recording, site: the outer folds leave one group out, or `folds` of them) and
+`split` (train / validation / test: one outer fold, as given). A row that does not fit is reported
+by its line and left out: a wrong label is never guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from turbo_ray.data.classes import ClassMap
+from turbo_ray.data.folds import OuterFolds, group_sessions
+from turbo_ray.data.iemocap import COLUMNS, DTYPES, CorpusError, CorpusReport, wav_info
+
+METADATA = ("metadata.csv", "metadata.parquet")
+REQUIRED = ("file_name", "text", "label")
+OPTIONAL = ("speaker", "group", "split")
+SPLITS = ("train", "validation", "test")
+MAX_FOLDS = 127  # the shards keep a row's outer fold in an int8
+
+
+def metadata_file(root: Path) -> Path | None:
+    """The folder's metadata.csv or metadata.parquet, if it has one."""
+    return next((root / name for name in METADATA if (root / name).is_file()), None)
+
+
+def _records(path: Path) -> tuple[list[str], Iterator[tuple[str, list | str]]]:
+    """The header and, per row, (where: "path:line", its fields, or why it has none)."""
+    if path.suffix == ".parquet":
+        table = pd.read_parquet(path).astype(str)
+        rows = ((f"{path}: row {i}", list(r)) for i, r in enumerate(table.values.tolist(), 1))
+        return list(table.columns), rows
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise CorpusError(f"{path}: not UTF-8 at byte {err.start}") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [name.strip() for name in next(reader, [])]
+
+    def rows():
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                yield f"{path}:{reader.line_num}", f"not CSV: {err}"
+                continue
+            if fields:  # blank lines
+                yield f"{path}:{reader.line_num}", fields
+
+    return header, rows()
+
+
+def load_audiofolder(
+    root: Path, classes: str | None, folds: int | None, seed: int, strict: bool = False
+) -> pd.DataFrame:
+    """The manifest of the folder's usable rows (the columns of an IEMOCAP manifest plus `group`
+    and `split`; `session`: the outer fold that tests the row), with its report and outer folds
+    in `attrs`. `classes`: `data.classes` (None: every label, sorted); `strict`: any problem is a
+    CorpusError."""
+    path = metadata_file(root)
+    header, records = _records(path)
+    if missing := [c for c in REQUIRED if c not in header]:
+        raise CorpusError(f"{path}: no column {missing[0]!r} (the header must name {REQUIRED})")
+    if "split" not in header and "group" not in header:
+        raise CorpusError(
+            f"{path}: needs a `group` column (the outer folds leave one group out) or a `split` "
+            "column (train / validation / test)"
+        )
+    report, rows, lines = CorpusReport(), [], {}
+    for where, fields in records:
+        if isinstance(fields, str) or len(fields) != len(header):
+            why = fields if isinstance(fields, str) else f"{len(fields)} fields, not {len(header)}"
+            report.malformed_lines.append(f"{where}: {why}")
+            continue
+        row = {k: v.strip() for k, v in zip(header, fields) if k in REQUIRED + OPTIONAL}
+        if problem := _row_problem(row, header):
+            report.malformed_lines.append(f"{where}: {problem}")
+            continue
+        lines.setdefault(row["file_name"], []).append(where)
+        rows.append((where, row))
+    report.duplicate_ids = [
+        f"{wheres[0]}: {name} again at {', '.join(w.rsplit(':', 1)[-1] for w in wheres[1:])}"
+        for name, wheres in lines.items()
+        if len(wheres) > 1
+    ]
+    rows = [(where, row) for where, row in rows if len(lines[row["file_name"]]) == 1]
+    labels = (row["label"] for _, row in rows)
+    class_map = ClassMap.parse(classes) if classes else ClassMap.of_labels(labels)
+    usable = []
+    for where, row in rows:
+        audio = root / row["file_name"]
+        info = wav_info(audio) if audio.is_file() else None
+        if not audio.is_file():
+            report.missing_audio.append(f"{where}: {row['file_name']}")
+        elif info is None:
+            report.unreadable_wav.append(f"{where}: {row['file_name']}")
+        if not row["text"]:
+            report.missing_transcription.append(f"{where}: {row['file_name']}")
+        name = class_map.of(row["label"])
+        if name is None:
+            report.unknown_label.append(
+                f"{where}: label {row['label']!r} is in no class of {class_map.spec()}"
+            )
+        if info is None or not row["text"] or name is None:
+            continue
+        frames, rate, channels = info
+        if channels > 1:
+            report.downmixed.append(row["file_name"])
+        usable.append(_manifest_row(row, audio, name, class_map, frames, rate))
+    if strict:
+        report.refuse(path)
+    manifest = pd.DataFrame(usable, columns=[*COLUMNS, "group", "split"]).astype(DTYPES)
+    manifest.attrs["report"], manifest.attrs["classes"] = report, class_map
+    where = f"{path} ({report.summary().splitlines()[0]} left out)"
+    manifest.attrs["outer_folds"] = _cut(manifest, "split" in header, folds, seed, where)
+    return manifest
+
+
+def _row_problem(row: dict, header: list[str]) -> str | None:
+    """Why a row cannot be read at all (an empty file name, label, speaker or group, a split
+    that is not one of `SPLITS`), or None."""
+    for key in ("file_name", "label", "speaker", "group"):
+        if key in row and not row[key]:
+            return f"empty {key}"
+    if "split" in header and row["split"] not in SPLITS:
+        return f"split {row['split']!r} is not one of {', '.join(SPLITS)}"
+    return None
+
+
+def _manifest_row(
+    row: dict, audio: Path, name: str, classes: ClassMap, frames: int, rate: int
+) -> tuple:
+    """A usable row in the manifest's columns (no dialog or annotator ratings: NaN, empty)."""
+    values = {
+        "utterance_id": row["file_name"],
+        "session": 1,  # the outer fold, set by `_cut`
+        "dialog": row.get("group", ""),
+        "speaker": row.get("speaker", ""),
+        "gender": "",
+        "label": name,
+        "label_id": classes.names.index(name),
+        "label_raw": row["label"],
+        "text": row["text"],
+        "wav_path": str(audio),
+        "duration": frames / rate,
+        "sample_rate": rate,
+        "group": row.get("group", ""),
+        "split": row.get("split", ""),
+    }
+    return tuple(values.get(column, np.nan) for column in [*COLUMNS, "group", "split"])
+
+
+def _cut(
+    manifest: pd.DataFrame, has_split: bool, folds: int | None, seed: int, path: str
+) -> OuterFolds:
+    """The outer folds: the given split, or one per group (or `folds` of whole groups); sets
+    each row's `session` to the fold that tests it."""
+    if has_split:
+        if not (manifest.split == "test").any() or not (manifest.split == "train").any():
+            raise CorpusError(f"{path}: the split column needs train and test rows")
+        return OuterFolds("split", {1: ["test"]})
+    try:
+        sessions, groups = group_sessions(manifest["group"], folds, seed)
+    except ValueError as err:
+        raise CorpusError(f"{path}: {err}") from None
+    if not 2 <= len(groups) <= MAX_FOLDS:
+        raise CorpusError(
+            f"{path}: {len(groups)} usable group(s); leave-one-group-out needs 2 to "
+            f"{MAX_FOLDS} (with more, set data.folds=K, e.g. 5)"
+        )
+    manifest["session"] = sessions
+    return OuterFolds("logo" if folds is None else "group-kfold", groups)
