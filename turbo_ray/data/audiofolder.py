@@ -32,6 +32,7 @@ METADATA = ("metadata.csv", "metadata.parquet")
 REQUIRED = ("file_name", "text", "label")
 OPTIONAL = ("speaker", "group", "split")
 SPLITS = ("train", "validation", "test")
+MANIFEST_COLUMNS = (*COLUMNS, "group", "split")  # an IEMOCAP manifest's, and where a row belongs
 MAX_FOLDS = 127  # the shards keep a row's outer fold in an int8
 
 
@@ -84,7 +85,24 @@ def load_audiofolder(
             f"{path}: needs a `group` column (the outer folds leave one group out) or a `split` "
             "column (train / validation / test)"
         )
-    report, rows, lines = CorpusReport(), [], {}
+    report = CorpusReport()
+    rows = _distinct_rows(header, records, report)
+    labels = (row["label"] for _, row in rows)
+    class_map = ClassMap.parse(classes) if classes else ClassMap.of_labels(labels)
+    usable = [_usable(root, where, row, class_map, report) for where, row in rows]
+    if strict:
+        report.refuse(path)
+    manifest = pd.DataFrame([r for r in usable if r], columns=MANIFEST_COLUMNS).astype(DTYPES)
+    manifest.attrs["report"], manifest.attrs["classes"] = report, class_map
+    where = f"{path} ({report.summary().splitlines()[0]} left out)"
+    manifest.attrs["outer_folds"] = _cut(manifest, "split" in header, folds, seed, where)
+    return manifest
+
+
+def _distinct_rows(header: list[str], records, report: CorpusReport) -> list[tuple[str, dict]]:
+    """(where, row) of every well-formed row whose file_name no other row names; the rest
+    reported."""
+    rows, lines = [], {}
     for where, fields in records:
         if isinstance(fields, str) or len(fields) != len(header):
             why = fields if isinstance(fields, str) else f"{len(fields)} fields, not {len(header)}"
@@ -101,54 +119,32 @@ def load_audiofolder(
         for name, wheres in lines.items()
         if len(wheres) > 1
     ]
-    rows = [(where, row) for where, row in rows if len(lines[row["file_name"]]) == 1]
-    labels = (row["label"] for _, row in rows)
-    class_map = ClassMap.parse(classes) if classes else ClassMap.of_labels(labels)
-    usable = []
-    for where, row in rows:
-        audio = root / row["file_name"]
-        info = wav_info(audio) if audio.is_file() else None
-        if not audio.is_file():
-            report.missing_audio.append(f"{where}: {row['file_name']}")
-        elif info is None:
-            report.unreadable_wav.append(f"{where}: {row['file_name']}")
-        if not row["text"]:
-            report.missing_transcription.append(f"{where}: {row['file_name']}")
-        name = class_map.of(row["label"])
-        if name is None:
-            report.unknown_label.append(
-                f"{where}: label {row['label']!r} is in no class of {class_map.spec()}"
-            )
-        if info is None or not row["text"] or name is None:
-            continue
-        frames, rate, channels = info
-        if channels > 1:
-            report.downmixed.append(row["file_name"])
-        usable.append(_manifest_row(row, audio, name, class_map, frames, rate))
-    if strict:
-        report.refuse(path)
-    manifest = pd.DataFrame(usable, columns=[*COLUMNS, "group", "split"]).astype(DTYPES)
-    manifest.attrs["report"], manifest.attrs["classes"] = report, class_map
-    where = f"{path} ({report.summary().splitlines()[0]} left out)"
-    manifest.attrs["outer_folds"] = _cut(manifest, "split" in header, folds, seed, where)
-    return manifest
+    return [(where, row) for where, row in rows if len(lines[row["file_name"]]) == 1]
 
 
-def _row_problem(row: dict, header: list[str]) -> str | None:
-    """Why a row cannot be read at all (an empty file name, label, speaker or group, a split
-    that is not one of `SPLITS`), or None."""
-    for key in ("file_name", "label", "speaker", "group"):
-        if key in row and not row[key]:
-            return f"empty {key}"
-    if "split" in header and row["split"] not in SPLITS:
-        return f"split {row['split']!r} is not one of {', '.join(SPLITS)}"
-    return None
-
-
-def _manifest_row(
-    row: dict, audio: Path, name: str, classes: ClassMap, frames: int, rate: int
-) -> tuple:
-    """A usable row in the manifest's columns (no dialog or annotator ratings: NaN, empty)."""
+def _usable(
+    root: Path, where: str, row: dict, classes: ClassMap, report: CorpusReport
+) -> tuple | None:
+    """The row in the manifest's columns, or None with every reason reported: its audio missing
+    or unreadable, its text empty, its label in no class."""
+    audio = root / row["file_name"]
+    info = wav_info(audio) if audio.is_file() else None
+    if not audio.is_file():
+        report.missing_audio.append(f"{where}: {row['file_name']}")
+    elif info is None:
+        report.unreadable_wav.append(f"{where}: {row['file_name']}")
+    if not row["text"]:
+        report.missing_transcription.append(f"{where}: {row['file_name']}")
+    name = classes.of(row["label"])
+    if name is None:
+        report.unknown_label.append(
+            f"{where}: label {row['label']!r} is in no class of {classes.spec()}"
+        )
+    if info is None or not row["text"] or name is None:
+        return None
+    frames, rate, channels = info
+    if channels > 1:
+        report.downmixed.append(row["file_name"])
     values = {
         "utterance_id": row["file_name"],
         "session": 1,  # the outer fold, set by `_cut`
@@ -164,8 +160,19 @@ def _manifest_row(
         "sample_rate": rate,
         "group": row.get("group", ""),
         "split": row.get("split", ""),
-    }
-    return tuple(values.get(column, np.nan) for column in [*COLUMNS, "group", "split"])
+    }  # no dialog times or annotator ratings: NaN
+    return tuple(values.get(column, np.nan) for column in MANIFEST_COLUMNS)
+
+
+def _row_problem(row: dict, header: list[str]) -> str | None:
+    """Why a row cannot be read at all (an empty file name, label, speaker or group, a split
+    that is not one of `SPLITS`), or None."""
+    for key in ("file_name", "label", "speaker", "group"):
+        if key in row and not row[key]:
+            return f"empty {key}"
+    if "split" in header and row["split"] not in SPLITS:
+        return f"split {row['split']!r} is not one of {', '.join(SPLITS)}"
+    return None
 
 
 def _cut(
