@@ -108,9 +108,8 @@ def prepare_corpus(cfg: DataConfig, strict: bool = False) -> Corpus:
     else:
         class_map = ClassMap.parse(cfg.classes) if cfg.classes else DEFAULT_CLASSES
         manifest = load_manifest(root, class_map, strict=strict)
-        outer = OuterFolds(
-            "loso", {k: [SESSIONS[k - 1]] for k in sorted(manifest.session.unique())}
-        )
+        sessions = sorted(int(k) for k in manifest.session.unique())
+        outer = OuterFolds("loso", {k: [SESSIONS[k - 1]] for k in sessions})
     classes = class_map.names
     if manifest.empty or len(classes) < 2:
         problems = manifest.attrs["report"].summary().splitlines()[0]
@@ -127,10 +126,10 @@ def prepare_corpus(cfg: DataConfig, strict: bool = False) -> Corpus:
     # pcm16 is stored at the encoder's rate: resampled once here, not in every epoch's feed
     rate = cfg.sample_rate if cfg.audio_format == "pcm16" else None
     options = f"{cfg.audio_format}@{rate}" if rate else cfg.audio_format
-    cut = (
-        f"{cfg.folds}|{cfg.seed}" if outer.kind != "loso" else ""
-    )  # a group's fold is in the shards
-    key = hashlib.sha256(f"{root}|{cfg.classes}|{options}{cut}".encode()).hexdigest()[:12]
+    # the shards hold each row's outer fold: dealt groups are keyed by how they were dealt
+    cut = f"|{cfg.folds}-fold|{cfg.seed}" if outer.kind == "group-kfold" else ""
+    key = f"{root}|{class_map.spec()}|{options}{cut}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:12]
     shards = shards_location(cfg, key)
     write_shards(manifest, shards, audio_format=cfg.audio_format, classes=classes, sample_rate=rate)
     return Corpus(root, manifest, manifest.attrs["report"], shards, classes, is_demo, outer)
