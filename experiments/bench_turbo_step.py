@@ -34,15 +34,10 @@ from transformers import AutoModel, BertConfig, Wav2Vec2Config
 
 from turbo_ray.config import load_config
 from turbo_ray.data.iemocap import DEFAULT_CLASSES
+from turbo_ray.inference import forward_precision
 from turbo_ray.losses import LossWeights, objective
 from turbo_ray.model import AudioEncoder, TextEncoder, TurboModel, TurboOutput, build_model
-from turbo_ray.train import (
-    build_optimizer,
-    build_scheduler,
-    forward_precision,
-    optimizer_step,
-    train_step,
-)
+from turbo_ray.train import build_optimizer, build_scheduler, optimizer_step, train_step
 
 
 def base_sized_model(cfg) -> TurboModel:

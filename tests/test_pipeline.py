@@ -10,14 +10,8 @@ import soundfile as sf
 import torch
 
 from turbo_ray.config import load_config
-from turbo_ray.data.pipeline import (
-    PadCollate,
-    Preprocess,
-    TrainFeed,
-    read_rows,
-    split_dataset,
-    tokenizer_name,
-)
+from turbo_ray.data.pipeline import TrainFeed, read_rows, split_dataset
+from turbo_ray.data.preprocess import Padding, Preprocess, tokenizer_name
 from turbo_ray.data.shard_writer import write_shards
 from turbo_ray.data.shards import read_shard_manifest, resample
 
@@ -103,7 +97,7 @@ def rows(lengths, ids):
 
 
 def test_pad_collate_pads_and_masks():
-    collate = PadCollate(pad_token_id=1, max_samples=100)  # RoBERTa's pad id is 1, not 0
+    collate = Padding(pad_token_id=1, max_samples=100)  # RoBERTa's pad id is 1, not 0
     batch = {
         "waveform": ragged([np.ones(5, np.float32), np.ones(3, np.float32)]),
         "input_ids": ragged([np.array([0, 7, 2]), np.array([0, 2])]),
@@ -121,12 +115,12 @@ def test_pad_collate_pads_and_masks():
 def test_crops_are_centred_in_evaluation_and_seeded_by_seed_epoch_and_utterance_in_training():
     ids = [f"Ses01F_impro01_F{i:03d}" for i in range(8)]
     batch = rows([1000] * 8, ids)
-    centred = PadCollate(0, max_samples=100)(batch)["waveforms"]
+    centred = Padding(0, max_samples=100)(batch)["waveforms"]
     assert (centred[:, 0] == 450).all() and centred.shape == (8, 100)
 
     def starts(seed, order=slice(None)):
         sub = {k: v[order].copy() for k, v in batch.items()}
-        first = PadCollate(0, max_samples=100, seed=seed)(sub)["waveforms"][:, 0]
+        first = Padding(0, max_samples=100, seed=seed)(sub)["waveforms"][:, 0]
         return dict(zip(sub["utterance_id"], first.tolist()))
 
     epoch1 = starts((0, 1))
@@ -140,7 +134,7 @@ def test_crops_are_centred_in_evaluation_and_seeded_by_seed_epoch_and_utterance_
     assert (
         starts((0, 2)) != epoch1 and starts((1, 1)) != epoch1
     )  # another epoch or seed: other crops
-    short = PadCollate(0, max_samples=100, seed=(0, 1))(rows([60, 1000], ids[:2]))
+    short = Padding(0, max_samples=100, seed=(0, 1))(rows([60, 1000], ids[:2]))
     assert short["audio_lengths"].tolist() == [60, 100]
 
 

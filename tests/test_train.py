@@ -20,9 +20,10 @@ from turbo_ray.config import load_config
 from turbo_ray.data.classes import ClassMap
 from turbo_ray.data.folds import fold_splits
 from turbo_ray.data.pipeline import collate_for, split_dataset
+from turbo_ray.inference import evaluate
 from turbo_ray.model import build_model
 from turbo_ray.runners import build_trainer, worker_context
-from turbo_ray.train import build_optimizer, evaluate, fit
+from turbo_ray.train import build_optimizer, fit
 
 FAST = [
     "data.max_seconds=2.0",

@@ -17,10 +17,10 @@ from turbo_ray.config import Config
 from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.folds import Fold
 from turbo_ray.data.pipeline import collate_for, configure_ray_data, split_dataset
+from turbo_ray.inference import evaluate
 from turbo_ray.metrics import positive_index
 from turbo_ray.results import scores_of
 from turbo_ray.runners import device_of, worker_resources
-from turbo_ray.train import evaluate
 
 
 def tested_row(

@@ -41,8 +41,9 @@ from turbo_ray.data.pipeline import (
     configure_ray_data,
     split_dataset,
 )
+from turbo_ray.inference import evaluate, forward_precision
 from turbo_ray.losses import LossWeights, objective
-from turbo_ray.metrics import classification_report, confusion_matrix, positive_index
+from turbo_ray.metrics import positive_index
 from turbo_ray.model import TurboModel, build_model
 
 
@@ -87,33 +88,6 @@ def warmup_linear(total_steps: int, warmup_ratio: float):
 
 def _unwrap(model: torch.nn.Module) -> TurboModel:
     return model.module if hasattr(model, "module") else model
-
-
-@torch.no_grad()
-def evaluate(
-    model: TurboModel,
-    batches,
-    num_classes: int,
-    device: torch.device,
-    precision: str = "fp32",
-    positive: int = 1,
-) -> dict[str, Any]:
-    """One deterministic pass (dropout off): WA, UA, macro-F1 (and, for two classes, ROC-AUC of
-    class `positive`) and the confusion matrix."""
-    model.eval()
-    y_true, logits = [], []
-    for batch in batches:
-        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "labels"}
-        with forward_precision(precision, device):
-            logits.append(model(**inputs).logits.float().cpu())
-        y_true.append(batch["labels"].cpu())
-    y_true, logits = torch.cat(y_true).numpy(), torch.cat(logits)
-    y_pred, probs = logits.argmax(-1).numpy(), logits.softmax(-1).numpy()
-    report = classification_report(y_true, y_pred, num_classes, probs, positive)
-    return report | {
-        "confusion": confusion_matrix(y_true, y_pred, num_classes).tolist(),
-        "n": len(y_true),
-    }
 
 
 @dataclass(frozen=True)
@@ -233,13 +207,6 @@ def build_scheduler(optimizer, cfg: Config, steps: int) -> torch.optim.lr_schedu
 
 def _seed(*values: int) -> int:
     return int(np.random.SeedSequence(values).generate_state(1)[0])
-
-
-def forward_precision(precision: str, device: torch.device):
-    """The forward's autocast context: bf16 for "bf16" ("auto": on CUDA), none for fp32."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def forward_backward(
