@@ -17,6 +17,7 @@ import pyarrow.fs as pafs
 import torch
 from ray.train import Checkpoint
 
+from turbo_ray.classifier import write_model_folder
 from turbo_ray.config import Config
 from turbo_ray.model import TurboModel, build_model
 from turbo_ray.paths import META_FILE, MODEL_FILE, STATE_FILE, filesystem
@@ -70,9 +71,18 @@ def load_model(
 ) -> tuple[TurboModel, dict]:
     """Rebuild the model of a checkpoint and load its weights; returns (model, meta)."""
     weights, meta = read_checkpoint(checkpoint_dir, device)
-    model = build_model(Config.from_dict(meta["config"]), len(meta["classes"]))
+    model = build_model(Config.from_dict(meta["config"]), len(meta["classes"]), pretrained=False)
     model.load_state_dict(weights)
     return model.to(device).eval(), meta
+
+
+def export_checkpoint(checkpoint_dir: str | Path, out: str | Path) -> Path:
+    """The self-contained model folder of a checkpoint (`turbo-ray export`; `classifier.py`)."""
+    model, meta = load_model(checkpoint_dir)
+    scores = {k: v for k, v in meta["metrics"].items() if isinstance(v, float)}
+    source = {"checkpoint": str(checkpoint_dir), "epoch": meta["epoch"], "metrics": scores}
+    cfg = Config.from_dict(meta["config"])
+    return write_model_folder(model, cfg, meta["classes"], out, source)
 
 
 def restore(

@@ -146,6 +146,50 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a checkpoint's self-contained model folder."""
+    from turbo_ray.checkpoints import export_checkpoint
+
+    print(f"model folder {export_checkpoint(args.checkpoint, args.out)}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Classify recordings with a model folder; writes predictions.csv, scores labelled ones."""
+    from turbo_ray.classifier import load_classifier
+    from turbo_ray.predict import format_scores, predict, read_inputs
+
+    if bool(args.wav) != bool(args.text is not None):
+        raise UsageError("--wav and --text go together: one recording and its transcript")
+    classifier = load_classifier(args.model_dir)
+    inputs = read_inputs(
+        classifier.classes,
+        classifier.cfg.data.classes,
+        data_dir=args.data_dir,
+        csv=args.csv,
+        wav=args.wav,
+        text=args.text,
+        skip_bad=args.skip_bad,
+    )
+    for skipped in inputs.skipped:
+        print(f"skipped  {skipped}")
+    if args.actors:
+        from turbo_ray.runtime import init_ray
+
+        init_ray(args.address)
+    table = predict(args.model_dir, inputs, args.actors)
+    out = Path(args.out)
+    partial = out.with_name(f".{out.name}.partial")
+    table.to_csv(partial, index=False)
+    partial.rename(out)  # whole or not at all
+    print(f"{len(table)} predictions: {out}")
+    if len(table) == 1:
+        print(table.drop(columns="utterance_id").to_string(index=False))
+    if inputs.labelled:
+        print(format_scores(table, classifier))
+    return 0
+
+
 def watch_commands(result: JobResult) -> str:
     """How to look at the finished experiment: MLflow's UI, TensorBoard (a search's), and the
     dashboard (of a cluster that outlives the job)."""
@@ -281,6 +325,29 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the newest runs/tune-*)",
     )
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("export", help="write a checkpoint's self-contained model folder")
+    p.add_argument("checkpoint", help="a checkpoint folder (results.json names each fold's)")
+    p.add_argument("out", help="the model folder to create")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="classify recordings with a model folder")
+    p.add_argument("model_dir", help="a folder written by `turbo-ray export` (or --final)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-dir", help="an IEMOCAP_full_release folder (labels scored)")
+    source.add_argument("--csv", help="a CSV of path,text[,label] (paths relative to it)")
+    source.add_argument("--wav", help="one recording (with --text)")
+    p.add_argument("--text", help="the transcript of --wav")
+    p.add_argument("--out", default="predictions.csv", help="where predictions go")
+    p.add_argument(
+        "--actors",
+        type=int,
+        help="0: predict in this process; N: through Ray Data, N models side by side "
+        "(default: in process up to 500 utterances)",
+    )
+    p.add_argument("--skip-bad", action="store_true", help="leave out bad inputs, listing them")
+    p.add_argument("--address", help="the Ray cluster of --actors ('auto' on a head node)")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("check-cluster", help="validate a `ray up` cluster.yaml offline")
     p.add_argument("path", nargs="?", default="cluster.yaml")

@@ -207,7 +207,7 @@ def _complete_manifest(out: str) -> dict | None:
         return None
 
 
-def _audio_cell(row: tuple, audio_format: str, sample_rate: int | None) -> bytes:
+def audio_cell(row: tuple, audio_format: str, sample_rate: int | None) -> bytes:
     """The `audio` cell of a manifest row (a namedtuple): the wav file's bytes, or its int16
     samples (resampled to `sample_rate` if given). Multi-channel audio is down-mixed to mono (the
     channels' mean; a float wav in the "wav" format)."""
@@ -244,7 +244,7 @@ def _write_shard(
     """Write one shard to `path`; its manifest entry."""
     columns = {c: rows[c].tolist() for c in SHARD_SCHEMA.names if c in rows.columns}
     columns["audio"] = [
-        _audio_cell(row, audio_format, sample_rate) for row in rows.itertuples(index=False)
+        audio_cell(row, audio_format, sample_rate) for row in rows.itertuples(index=False)
     ]
     columns["audio_format"] = [audio_format] * len(rows)
     if sample_rate:

@@ -64,16 +64,18 @@ def _dropout_overrides(config, dropout: float, attention_dropout: float) -> dict
     return out
 
 
-def load_pretrained(name: str, dropout: float, attention_dropout: float) -> nn.Module:
-    """`AutoModel` by hub name or local directory (never with remote code),
-    dropout from the config."""
+def load_pretrained(
+    name: str, dropout: float, attention_dropout: float, weights: bool = True
+) -> nn.Module:
+    """`AutoModel` by hub name or local directory (never with remote code), dropout from the
+    config; `weights=False`: its architecture only (randomly initialised)."""
     tiny = name == TINY_AUDIO
     config = (
         tiny_audio_config() if tiny else AutoConfig.from_pretrained(name, trust_remote_code=False)
     )
     for key, value in _dropout_overrides(config, dropout, attention_dropout).items():
         setattr(config, key, value)
-    if tiny:
+    if tiny or not weights:
         return AutoModel.from_config(config)
     return AutoModel.from_pretrained(name, config=config, trust_remote_code=False)
 
@@ -170,16 +172,21 @@ class TextEncoder(nn.Module):
         return masked_mean(hidden, attention_mask)
 
 
-def build_encoders(cfg: ModelConfig) -> tuple[AudioEncoder | None, TextEncoder | None]:
-    """The encoders of `cfg.modalities` (None for a modality left out)."""
+def build_encoders(
+    cfg: ModelConfig, pretrained: bool = True
+) -> tuple[AudioEncoder | None, TextEncoder | None]:
+    """The encoders of `cfg.modalities` (None for a modality left out); `pretrained=False`:
+    without loading their weights."""
     audio_name, text_name = encoder_names(cfg)
     audio = text = None
     if "audio" in cfg.modalities:
         audio = AudioEncoder(
-            load_pretrained(audio_name, cfg.dropout, cfg.attention_dropout),
+            load_pretrained(audio_name, cfg.dropout, cfg.attention_dropout, pretrained),
             cfg.freeze_feature_encoder,
             pretrained=audio_name != TINY_AUDIO,
         )
     if "text" in cfg.modalities:
-        text = TextEncoder(load_pretrained(text_name, cfg.dropout, cfg.attention_dropout))
+        text = TextEncoder(
+            load_pretrained(text_name, cfg.dropout, cfg.attention_dropout, pretrained)
+        )
     return audio, text

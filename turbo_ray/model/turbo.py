@@ -104,10 +104,11 @@ class TurboModel(nn.Module):
         )
 
 
-def build_model(cfg: Config, num_classes: int) -> TurboModel:
-    """The model of `cfg` with a classifier over `num_classes`
-    (the corpus's class set decides it)."""
-    audio, text = build_encoders(cfg.model)
+def build_model(cfg: Config, num_classes: int, pretrained: bool = True) -> TurboModel:
+    """The model of `cfg` with a classifier over `num_classes` (the corpus's class set decides
+    it); `pretrained=False` builds the encoders from their configs alone, for weights that come
+    with a checkpoint."""
+    audio, text = build_encoders(cfg.model, pretrained)
     return TurboModel(
         audio,
         text,

@@ -1,0 +1,200 @@
+"""A model folder's predictions on new recordings: a folder in the IEMOCAP layout, a CSV of
+`path,text[,label]` rows, or one pair; in this process, or through Ray Data over an actor pool
+(one model per actor) for large inputs.
+
+    inputs = read_inputs(classifier.classes, csv="new.csv")        # checked: every problem named
+    table = predict(model_dir, inputs, actors=0)     # utterance_id, predicted, prob_<class>…, label
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from turbo_ray.classifier import BATCH, Classifier, load_classifier
+from turbo_ray.data.classes import ClassMap
+from turbo_ray.data.iemocap import load_manifest, wav_info
+from turbo_ray.data.shard_writer import audio_cell
+from turbo_ray.metrics import classification_report, confusion_matrix, positive_index
+from turbo_ray.paths import UsageError
+
+IN_PROCESS_MAX = 500  # utterances predicted in this process by default; more go through Ray Data
+COLUMNS = ["utterance_id", "wav_path", "text", "label"]  # an input row (label: None if unknown)
+
+
+class InputError(UsageError):
+    """An input that cannot be predicted; the message names the file (and line)."""
+
+
+@dataclass
+class Inputs:
+    rows: pd.DataFrame  # utterance_id, wav_path, sample_rate, text, label (None: unknown)
+    skipped: list[str] = field(default_factory=list)  # what --skip-bad left out, and why
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.rows.label.notna().all()) and not self.rows.empty
+
+
+def read_inputs(
+    classes: tuple[str, ...],
+    class_spec: str | None = None,
+    data_dir: str | None = None,
+    csv: str | None = None,
+    wav: str | None = None,
+    text: str | None = None,
+    skip_bad: bool = False,
+) -> Inputs:
+    """The utterances to predict, from exactly one source. A missing or unreadable audio file,
+    an empty text or a label outside `classes` is an InputError naming it, or with `skip_bad` a
+    reported skip."""
+    if data_dir:
+        manifest = load_manifest(data_dir, ClassMap.parse(class_spec or ",".join(classes)))
+        problems = manifest.attrs["report"].problems()
+        bad = [f"{kind}: {item}" for kind, items in problems.items() for item in items]
+        rows = manifest[["utterance_id", "wav_path", "text", "label"]]
+    elif csv:
+        rows, bad = _csv_rows(Path(csv))
+    else:
+        rows, bad = pd.DataFrame([(Path(wav).name, wav, text, None)], columns=COLUMNS), []
+        bad = [] if (text or "").strip() else [f"{wav}: empty text (--text)"]
+    rows, unreadable = _with_rates(rows)
+    bad += unreadable
+    if unknown := sorted(set(rows.label.dropna()) - set(classes)):
+        bad.append(f"labels {unknown} are not among the model's classes {list(classes)}")
+        rows = rows[rows.label.isna() | rows.label.isin(classes)]
+    if bad and not skip_bad:
+        raise InputError(f"{len(bad)} bad input(s) (--skip-bad leaves them out): {bad[0]}")
+    return Inputs(rows.reset_index(drop=True), bad)
+
+
+def _csv_rows(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of a `path,text[,label]` CSV (paths relative to its folder), and its bad lines."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: cannot read it as CSV ({err})") from None
+    if missing := {"path", "text"} - set(table.columns):
+        raise InputError(f"{path}: no column {sorted(missing)[0]!r} (expected path,text[,label])")
+    rows, bad = [], []
+    for line, row in enumerate(table.itertuples(index=False), 2):
+        if not row.text.strip():
+            bad.append(f"{path}:{line}: {row.path}: empty text")
+            continue
+        label = getattr(row, "label", "") or None
+        rows.append((row.path, str(path.parent / row.path), row.text.strip(), label))
+    return pd.DataFrame(rows, columns=COLUMNS), bad
+
+
+def _with_rates(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows whose audio reads, with its sample rate; the others, named."""
+    infos = [wav_info(Path(p)) if Path(p).is_file() else None for p in rows.wav_path]
+    bad = [
+        f"{p}: {'unreadable audio' if Path(p).is_file() else 'no such file'}"
+        for p, info in zip(rows.wav_path, infos)
+        if info is None
+    ]
+    kept = rows[[info is not None for info in infos]].copy()
+    kept["sample_rate"] = [info[1] for info in infos if info is not None]
+    return kept, bad
+
+
+def audio_rows(rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Rows as shards hold them: the audio file's bytes (down-mixed to mono where it is not),
+    its rate, the text."""
+    return {
+        "utterance_id": rows.utterance_id.to_numpy(dtype=object),
+        "audio": np.array([audio_cell(r, "wav", None) for r in rows.itertuples()], dtype=object),
+        "audio_format": np.full(len(rows), "wav", dtype=object),
+        "sample_rate": rows.sample_rate.to_numpy(dtype=np.int64),
+        "text": rows.text.to_numpy(dtype=object),
+    }
+
+
+class _Predictor:
+    """A Ray Data actor: one model, loaded once, predicting batch after batch."""
+
+    def __init__(self, model_dir: str):
+        self.classifier = load_classifier(model_dir)
+
+    def __call__(self, batch: pd.DataFrame) -> dict[str, np.ndarray]:
+        probs = self.classifier.predict_rows(audio_rows(batch))
+        return {"utterance_id": batch.utterance_id.to_numpy(), "probs": list(probs)}
+
+
+def _probs_on_ray(model_dir: str, rows: pd.DataFrame, actors: int, gpus: bool) -> np.ndarray:
+    """Every row's probabilities through Ray Data, `actors` models side by side, in row order."""
+    import ray.data
+
+    from turbo_ray.data.pipeline import configure_ray_data
+
+    configure_ray_data()
+    ray.data.DataContext.get_current().enable_progress_bars = True
+    result = (
+        ray.data.from_pandas(rows)
+        .map_batches(
+            _Predictor,
+            fn_constructor_kwargs={"model_dir": model_dir},
+            batch_size=BATCH,
+            batch_format="pandas",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_gpus=1 if gpus else 0,
+        )
+        .to_pandas()
+    )
+    if result.utterance_id.tolist() != rows.utterance_id.tolist():
+        raise RuntimeError("Ray Data returned the predictions out of order")
+    return np.stack(result.probs.to_numpy())
+
+
+def predict(model_dir: str, inputs: Inputs, actors: int | None = None) -> pd.DataFrame:
+    """utterance_id, predicted, prob_<class> per class (and label, where known), in input
+    order. `actors`: 0 predicts in this process, N through Ray Data with N actors (default: in
+    process up to `IN_PROCESS_MAX` utterances, else one actor per CPU, or per GPU)."""
+    classifier = load_classifier(model_dir)
+    rows = inputs.rows
+    if actors is None:
+        actors = 0 if len(rows) <= IN_PROCESS_MAX else _default_actors(classifier)
+    if actors == 0:
+        probs = classifier.predict_rows(audio_rows(rows))
+    else:
+        probs = _probs_on_ray(model_dir, rows, actors, classifier.device.type == "cuda")
+    table = pd.DataFrame({"utterance_id": rows.utterance_id})
+    table["predicted"] = [classifier.classes[i] for i in probs.argmax(1)]
+    for k, name in enumerate(classifier.classes):
+        table[f"prob_{name}"] = probs[:, k].round(6)
+    if inputs.labelled:
+        table["label"] = rows.label.to_numpy()
+    return table
+
+
+def _default_actors(classifier: Classifier) -> int:
+    import torch
+
+    gpus = torch.cuda.device_count() if classifier.device.type == "cuda" else 0
+    return max(1, gpus or min(os.cpu_count() or 1, 8))
+
+
+def format_scores(table: pd.DataFrame, classifier: Classifier) -> str:
+    """The scores of labelled predictions and their confusion matrix, as printed."""
+    score = scores(table, classifier)
+    names = ", ".join(f"{k.upper()} {100 * v:.2f}" for k, v in score.items() if k != "confusion")
+    classes = list(classifier.classes)
+    confusion = pd.DataFrame(score["confusion"], classes, classes).to_string()
+    return f"{names} (in %)\nconfusion (rows: label, columns: predicted):\n{confusion}"
+
+
+def scores(table: pd.DataFrame, classifier: Classifier) -> dict:
+    """WA, UA, macro-F1 (and ROC-AUC for two classes) and the confusion matrix of labelled
+    predictions."""
+    classes = list(classifier.classes)
+    y_true = table.label.map(classes.index).to_numpy()
+    y_pred = table.predicted.map(classes.index).to_numpy()
+    probs = table[[f"prob_{c}" for c in classes]].to_numpy()
+    positive = positive_index(classes, classifier.cfg.data.positive_class)
+    report = classification_report(y_true, y_pred, len(classes), probs, positive)
+    return report | {"confusion": confusion_matrix(y_true, y_pred, len(classes)).tolist()}
