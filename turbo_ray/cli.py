@@ -74,6 +74,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "tune.folds": getattr(args, "tune_folds", None),
         "tune.modes": modes and modes.split(","),
         "tune.seeds": seeds and seeds_from(seeds),
+        "tune.final": True if getattr(args, "final", False) else None,
     }
     from_flags = [f"{k}={v}" for k, v in flags.items() if v is not None]
     return load_config(args.config, from_flags + list(args.overrides))
@@ -141,6 +142,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"\n{result.selection()}\n\n{result.table()}\n")
     if compared := result.compared():
         print(f"{compared}\n")
+    if result.model:
+        print(
+            f"final model: {result.model} (the table above estimates it; "
+            f"turbo-ray predict {result.model} --wav FILE --text TEXT)\n"
+        )
     print("\n".join(f"wrote {p}" for p in result.files))
     print(watch_commands(result))
     return 0
@@ -317,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="tune_seeds",
         help="comma-separated training seeds, e.g. 0,1,2: the protocol once per seed "
         "(default: train.seed)",
+    )
+    p.add_argument(
+        "--final",
+        action="store_true",
+        help="also search a final model on all of the corpus (same budget) and export it to "
+        "<output-dir>/model (the folds' scores are its estimate)",
     )
     p.add_argument(
         "--resume",

@@ -171,6 +171,8 @@ class TuneConfig:
     # None: loss.mode alone, train.seed alone
     modes: list[str] | None = None
     seeds: list[int] | None = None
+    # also search the final model on all of the corpus (same budget) and export it: <out>/model
+    final: bool = False
     # MLflow tracking server (http://…); None: $MLFLOW_TRACKING_URI, else <run folder>/mlflow.db
     tracking_uri: str | None = None
 

@@ -24,11 +24,16 @@ import ray.train
 import ray.tune
 import yaml
 
-from turbo_ray.checkpoints import checkpoint_at, prune_checkpoints, selected_epoch
+from turbo_ray.checkpoints import (
+    checkpoint_at,
+    export_checkpoint,
+    prune_checkpoints,
+    selected_epoch,
+)
 from turbo_ray.comparison import compared_with_baseline, format_comparison
 from turbo_ray.config import MODES, Config, ConfigError, load_config, override
 from turbo_ray.data.corpus import Corpus, prepare_corpus
-from turbo_ray.data.folds import Fold, fold_splits
+from turbo_ray.data.folds import FINAL, Fold, fold_splits
 from turbo_ray.evaluation import tested_row
 from turbo_ray.paths import (
     RunPaths,
@@ -75,6 +80,7 @@ class JobResult:
     tracker: Tracker
     joined: bool  # ran on a Ray that outlives the job (its dashboard stays)
     comparison: pd.DataFrame | None  # each mode against the baseline, paired (`comparison.py`)
+    model: Path | None = None  # the final model's folder (`tune.final`)
 
     @property
     def protocol(self) -> str:
@@ -127,6 +133,8 @@ def run_nested(
     corpus = prepare(cfg)
     folds = {fold.test_session: fold for fold in corpus.folds(cfg.data)[: cfg.tune.folds]}
     keys = search_keys(cfg, list(folds))
+    if cfg.tune.final:
+        folds[FINAL] = corpus.final_fold(cfg.data)
     search = search_record(space, cfg, keys)  # checks that every mode has something to search
     with ray_logs_in(paths.ray_log):
         joined = start_ray(cfg, paths, address, resume, drives_trainers=not trains_in_trial(cfg))
@@ -134,24 +142,46 @@ def run_nested(
         tracker = Tracker.open(cfg, paths, protocol(corpus, nested=True), corpus.label)
         total = len(keys) * cfg.tune.num_samples
         progress = SearchProgress(total, cfg.tune.metric, cfg.train.epochs)
-        grid = run_search(cfg, list(folds.values()), space, corpus, paths, resume, [progress])
+        grid = run_search(cfg, keys, list(folds.values()), space, corpus, paths, resume, [progress])
         tracker.log_trials(grid, cfg)
         files = write_search_outputs(grid, space, cfg, paths)
         selected = best_trials(grid, cfg)
-        rows = [tested(cfg, corpus, folds[key.fold], key, selected[key], paths) for key in keys]
+        outer = [key for key in keys if key.fold != FINAL]
+        rows = [tested(cfg, corpus, folds[key.fold], key, selected[key], paths) for key in outer]
+        model = export_final(cfg, selected, paths) if cfg.tune.final else None
         prune(cfg, paths.search, rows)
-        by = ["mode"] if len(keys) > len(folds) else None
-        return finish(True, cfg, corpus, paths, rows, files, tracker, joined, by, search)
+        by = ["mode"] if len(outer) > len(folds) - cfg.tune.final else None
+        return finish(True, cfg, corpus, paths, rows, files, tracker, joined, by, search, model)
+
+
+def export_final(cfg: Config, selected: dict, paths: RunPaths) -> Path:
+    """The final search's selected checkpoint as a model folder (<out>/model), once: a resumed
+    job finds it there (written whole or not at all)."""
+    (key,) = [key for key in selected if key.fold == FINAL]
+    if not paths.model_dir.exists():
+        trial = selected[key]
+        epoch = selected_epoch(trial, cfg.tune.metric)
+        checkpoint, _ = checkpoint_at(trial_run(trial, cfg, paths), epoch)
+        with checkpoint.as_directory() as directory:
+            export_checkpoint(directory, paths.model_dir)
+    return paths.model_dir
 
 
 def describe_searches(cfg: Config, keys: list[SearchKey], corpus: Corpus) -> str:
-    """The protocol and its budget, in a line (two when it compares modes or seeds)."""
+    """The protocol and its budget, in a line (more when it compares modes or seeds, or searches
+    a final model)."""
+    keys = [key for key in keys if key.fold != FINAL]
     folds = sorted({key.fold for key in keys})
     line = (
         f"nested {corpus.outer.title} over {counted(len(folds), 'fold')}: per fold, "
         f"{cfg.tune.num_samples} trials (TPE + ASHA on each trial's best {cfg.tune.metric}) "
         "that never see the fold's test data"
     )
+    if cfg.tune.final:
+        line += (
+            f"\nand a final search on all of the corpus ({cfg.loss.mode}, seed {cfg.train.seed}, "
+            "the same budget): its selected model is exported, scored by the folds above"
+        )
     if len(keys) == len(folds):
         return line
     modes = ",".join(dict.fromkeys(key.mode for key in keys))
@@ -264,6 +294,7 @@ def finish(
     joined: bool,
     by: list[str] | None = None,
     search: dict | None = None,
+    model: Path | None = None,
 ) -> JobResult:
     """Compare the modes (if the job ran the baseline and another), write the results files, log
     the folds and close the experiment's MLflow run."""
@@ -277,7 +308,9 @@ def finish(
     files = files + write_results(table, paths, classes, cfg, setup, by, comparison)
     tracker.log_folds(table, cfg, classes)
     tracker.finish(table, files, by, comparison)
-    return JobResult(nested, cfg, paths, corpus, table, by, files, tracker, joined, comparison)
+    return JobResult(
+        nested, cfg, paths, corpus, table, by, files, tracker, joined, comparison, model
+    )
 
 
 def open_job(job: str, cfg: Config, out: Path | None, resume: bool) -> tuple[Config, RunPaths]:

@@ -177,6 +177,11 @@ class RunPaths:
         return self.out / f"best_config_{self.run_name(mode, seed, fold)}.yaml"
 
     @property
+    def model_dir(self) -> Path:
+        """The final model's folder (`tune.final`), as `turbo-ray export` writes one."""
+        return self.out / "model"
+
+    @property
     def ray_log(self) -> Path:
         """Ray's driver-side log records (the terminal shows the job's own progress)."""
         return self.out / "ray.log"

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from turbo_ray.data.folds import FINAL
+
 
 def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     """Counts and row-normalised recall of the (summed) test confusion matrix."""
@@ -58,7 +60,10 @@ def _search_panels(searches: list[tuple], title: str) -> tuple[plt.Figure, dict]
     panels = {}
     for mode, seed, fold in searches:
         ax = panels[mode, seed, fold] = axes[rows.index((mode, seed))][folds.index(fold)]
-        ax.set_title(f"{mode}, seed {seed}, fold {fold} (test session {fold})", fontsize=8)
+        where = (
+            "final: all of the corpus" if fold == FINAL else f"fold {fold} (test session {fold})"
+        )
+        ax.set_title(f"{mode}, seed {seed}, {where}", fontsize=8)
     fig.suptitle(title)
     return fig, panels
 

@@ -20,6 +20,7 @@ import ray.tune
 import yaml
 
 from turbo_ray.config import Config, override
+from turbo_ray.data.folds import FINAL
 from turbo_ray.paths import RunPaths
 from turbo_ray.plots import plot_curves, plot_importances, plot_search_history
 from turbo_ray.search_space import SearchSpace, hashable
@@ -47,7 +48,8 @@ class SearchKey(NamedTuple):
         return {MODE: self.mode, SEED: self.seed, FOLD: self.fold}
 
     def __str__(self) -> str:
-        return f"{self.mode} seed {self.seed} fold {self.fold}"
+        fold = "final" if self.fold == FINAL else f"fold {self.fold}"
+        return f"{self.mode} seed {self.seed} {fold}"
 
 
 def searched(config: dict) -> dict:
@@ -181,11 +183,16 @@ def write_search_outputs(
     written = [paths.trials_csv, paths.history_png, paths.curves_png]
     for key, result in sorted(best_trials(grid, cfg).items()):
         path = paths.best_config(*key)
-        header = (
-            f"# {key} (test session {key.fold}): trial {trial_id(result)}, best {metric} "
-            f"{best_score(result.metrics_dataframe, metric):.4f}, chosen on sessions other than "
-            f"{key.fold}\n# re-run this fold: turbo-ray train --config {path} --fold {key.fold}\n"
-        )
+        best = best_score(result.metrics_dataframe, metric)
+        score = f"trial {trial_id(result)}, best {metric} {best:.4f}"
+        if key.fold == FINAL:
+            header = f"# {key} (all of the corpus): {score}\n"
+        else:
+            header = (
+                f"# {key} (test session {key.fold}): {score}, chosen on sessions other than "
+                f"{key.fold}\n# re-run this fold: "
+                f"turbo-ray train --config {path} --fold {key.fold}\n"
+            )
         config = trial_config(cfg, result.config)
         path.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
         written.append(path)

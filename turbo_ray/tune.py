@@ -3,7 +3,7 @@ proposes, ASHA stops early, each trial trains on its fold's training sessions: i
 process with one worker (processes are reused from trial to trial), through a TorchTrainer with
 more (DDP).
 
-    grid = run_search(cfg, folds, space, corpus, paths)     # resume=True continues a killed one
+    grid = run_search(cfg, keys, folds, space, corpus, paths)   # resume=True: a killed one goes on
 
 What the trials did and which one each search selects: `turbo_ray.trials`.
 """
@@ -28,7 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from turbo_ray.checkpoints import retention
 from turbo_ray.config import Config, override
 from turbo_ray.data.corpus import Corpus
-from turbo_ray.data.folds import Fold, fold_splits
+from turbo_ray.data.folds import FINAL, Fold, fold_splits
 from turbo_ray.data.pipeline import feed_cpus
 from turbo_ray.paths import RunPaths, write_text
 from turbo_ray.runners import build_trainer, device_of, trial_context, worker_resources
@@ -131,9 +131,11 @@ def _tpe(space: SearchSpace, key: SearchKey, metric: str) -> OptunaSearch:
 
 def search_keys(cfg: Config, folds: list[int]) -> list[SearchKey]:
     """The job's searches: every outer fold for every mode and seed (`tune.modes`, `tune.seeds`;
-    by default `loss.mode` and `train.seed` alone)."""
+    by default `loss.mode` and `train.seed` alone), and with `tune.final` the final model's
+    (`loss.mode`, `train.seed`, fold `FINAL`)."""
     modes, seeds = cfg.tune.modes or [cfg.loss.mode], cfg.tune.seeds or [cfg.train.seed]
-    return [SearchKey(mode, seed, fold) for mode in modes for seed in seeds for fold in folds]
+    keys = [SearchKey(mode, seed, fold) for mode in modes for seed in seeds for fold in folds]
+    return keys + ([SearchKey(cfg.loss.mode, cfg.train.seed, FINAL)] if cfg.tune.final else [])
 
 
 def search_record(space: SearchSpace, cfg: Config, keys: list[SearchKey]) -> dict:
@@ -249,6 +251,7 @@ def _trial_dirname(trial: ray.tune.experiment.Trial) -> str:
 
 def run_search(
     cfg: Config,
+    keys: list[SearchKey],
     folds: list[Fold],
     space: SearchSpace,
     corpus: Corpus,
@@ -256,9 +259,9 @@ def run_search(
     resume: bool = False,
     callbacks: list | None = None,
 ) -> ray.tune.ResultGrid:
-    """One Tune experiment holding an independent search per mode, seed and fold (`search_keys`;
-    `NestedSearch`, `NestedASHA`): each fold's trials train and validate on the other sessions
-    only. TPE and ASHA are told each trial's
+    """One Tune experiment holding an independent search per key (`search_keys`: mode, seed and
+    fold of `folds`; `NestedSearch`, `NestedASHA`): each fold's trials train and validate on the
+    other sessions only. TPE and ASHA are told each trial's
     best validation score so far (`best_<tune.metric>`: the score that selects). Tune's state
     (ASHA's rungs included) and a folder per trial go to `paths.search`. `resume` continues an
     interrupted search (a finished one returns its results, training nothing). `callbacks`: Tune
@@ -287,7 +290,7 @@ def run_search(
             paths.search, trainable, resume_unfinished=True, resume_errored=True
         ).fit()
     # a new search; or resuming a job killed before Tune first saved its state: nothing to keep
-    t, keys, in_trial = cfg.tune, search_keys(cfg, list(splits)), trains_in_trial(cfg)
+    t, in_trial = cfg.tune, trains_in_trial(cfg)
     score = f"best_{t.metric}"  # a trial's best epoch so far: the score that selects its config
     asha = NestedASHA(
         keys,

@@ -18,7 +18,7 @@ from turbo_ray.config import DataConfig
 from turbo_ray.data.audiofolder import load_audiofolder, metadata_file
 from turbo_ray.data.classes import ClassMap
 from turbo_ray.data.demo import make_demo_corpus
-from turbo_ray.data.folds import Fold, OuterFolds, loso_folds, split_fold
+from turbo_ray.data.folds import Fold, OuterFolds, final_fold, loso_folds, split_fold
 from turbo_ray.data.iemocap import (
     DEFAULT_CLASSES,
     SESSIONS,
@@ -65,13 +65,27 @@ class Corpus:
     def folds(self, cfg: DataConfig) -> list[Fold]:
         """The outer folds; every split must hold utterances (training and selection need
         them). Validation holds out whole speakers (`data.val_split`) where speakers are known."""
-        val_split = cfg.val_split if self.has_speakers else "random"
+        val_split = self._val_split(cfg)
         if self.outer.kind == "split":
             folds = [split_fold(self.manifest, cfg.val_fraction, cfg.seed, val_split)]
         else:
             folds = loso_folds(self.manifest, cfg.val_fraction, cfg.seed, val_split)
+        return self._checked(folds, cfg)
+
+    def final_fold(self, cfg: DataConfig) -> Fold:
+        """The final model's fold: all of the corpus, validation carved as in the outer
+        folds, no test."""
+        fold = final_fold(self.manifest, cfg.val_fraction, cfg.seed, self._val_split(cfg))
+        return self._checked([fold], cfg, ("train", "val"))[0]
+
+    def _val_split(self, cfg: DataConfig) -> str:
+        return cfg.val_split if self.has_speakers else "random"
+
+    def _checked(
+        self, folds: list[Fold], cfg: DataConfig, splits=("train", "val", "test")
+    ) -> list[Fold]:
         for fold in folds:
-            for name in ("train", "val", "test"):
+            for name in splits:
                 if getattr(fold, name).empty:
                     raise CorpusError(
                         f"the fold testing session {fold.test_session} has an empty {name} split "

@@ -122,6 +122,18 @@ def group_sessions(groups: pd.Series, folds: int | None, seed: int) -> tuple[np.
     return groups.map(of).to_numpy(), fold_groups
 
 
+FINAL = 0  # the final model's fold: every utterance trains or validates, none is tested
+
+
+def final_fold(manifest: pd.DataFrame, val_fraction: float, seed: int, val_split: str) -> Fold:
+    """The final model's fold: validation carved from the whole corpus as in `loso_folds`, the
+    rest trains, no test (the outer folds' scores are this model's estimate)."""
+    carve = _speaker_val if val_split == "speaker" else _random_val
+    is_val = carve(manifest, val_fraction, np.random.default_rng([seed, FINAL]))
+    parts = (manifest[~is_val], manifest[is_val], manifest.iloc[:0])
+    return Fold(FINAL, *(part.reset_index(drop=True) for part in parts))
+
+
 def split_fold(manifest: pd.DataFrame, val_fraction: float, seed: int, val_split: str) -> Fold:
     """The one fold of a given split (`manifest.split`: train / validation / test); without
     validation rows, validation is carved from train as in `loso_folds`."""
