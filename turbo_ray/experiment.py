@@ -142,7 +142,7 @@ def run_nested(
         tracker = Tracker.open(cfg, paths, protocol(corpus, nested=True), corpus.label)
         total = len(keys) * cfg.tune.num_samples
         progress = SearchProgress(total, cfg.tune.metric, cfg.train.epochs)
-        grid = run_search(cfg, keys, list(folds.values()), space, corpus, paths, resume, [progress])
+        grid = run_search(cfg, list(folds.values()), space, corpus, paths, resume, [progress])
         tracker.log_trials(grid, cfg)
         files = write_search_outputs(grid, space, cfg, paths)
         selected = best_trials(grid, cfg)

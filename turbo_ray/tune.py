@@ -3,7 +3,7 @@ proposes, ASHA stops early, each trial trains on its fold's training sessions: i
 process with one worker (processes are reused from trial to trial), through a TorchTrainer with
 more (DDP).
 
-    grid = run_search(cfg, keys, folds, space, corpus, paths)   # resume=True: a killed one goes on
+    grid = run_search(cfg, folds, space, corpus, paths)     # resume=True continues a killed one
 
 What the trials did and which one each search selects: `turbo_ray.trials`.
 """
@@ -251,7 +251,6 @@ def _trial_dirname(trial: ray.tune.experiment.Trial) -> str:
 
 def run_search(
     cfg: Config,
-    keys: list[SearchKey],
     folds: list[Fold],
     space: SearchSpace,
     corpus: Corpus,
@@ -259,9 +258,9 @@ def run_search(
     resume: bool = False,
     callbacks: list | None = None,
 ) -> ray.tune.ResultGrid:
-    """One Tune experiment holding an independent search per key (`search_keys`: mode, seed and
-    fold of `folds`; `NestedSearch`, `NestedASHA`): each fold's trials train and validate on the
-    other sessions only. TPE and ASHA are told each trial's
+    """One Tune experiment holding an independent search per mode, seed and fold of `folds`
+    (`search_keys`; `NestedSearch`, `NestedASHA`): each fold's trials train and validate on the
+    other sessions only (the `FINAL` fold's, with `tune.final`, on all of them). TPE and ASHA are told each trial's
     best validation score so far (`best_<tune.metric>`: the score that selects). Tune's state
     (ASHA's rungs included) and a folder per trial go to `paths.search`. `resume` continues an
     interrupted search (a finished one returns its results, training nothing). `callbacks`: Tune
@@ -290,7 +289,8 @@ def run_search(
             paths.search, trainable, resume_unfinished=True, resume_errored=True
         ).fit()
     # a new search; or resuming a job killed before Tune first saved its state: nothing to keep
-    t, in_trial = cfg.tune, trains_in_trial(cfg)
+    outer = [k for k in splits if k != FINAL]
+    t, keys, in_trial = cfg.tune, search_keys(cfg, outer), trains_in_trial(cfg)
     score = f"best_{t.metric}"  # a trial's best epoch so far: the score that selects its config
     asha = NestedASHA(
         keys,
