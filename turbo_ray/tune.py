@@ -260,11 +260,11 @@ def run_search(
 ) -> ray.tune.ResultGrid:
     """One Tune experiment holding an independent search per mode, seed and fold of `folds`
     (`search_keys`; `NestedSearch`, `NestedASHA`): each fold's trials train and validate on the
-    other sessions only (the `FINAL` fold's, with `tune.final`, on all of them). TPE and ASHA are told each trial's
-    best validation score so far (`best_<tune.metric>`: the score that selects). Tune's state
-    (ASHA's rungs included) and a folder per trial go to `paths.search`. `resume` continues an
-    interrupted search (a finished one returns its results, training nothing). `callbacks`: Tune
-    callbacks, e.g. progress lines (Tune's own output is off)."""
+    other sessions only (with `tune.final`, the `FINAL` fold's on all of them). TPE and ASHA are
+    told each trial's best validation score so far (`best_<tune.metric>`: the score that
+    selects). Tune's state (ASHA's rungs included) and a folder per trial go to `paths.search`.
+    `resume` continues an interrupted search (a finished one returns its results, training
+    nothing). `callbacks`: Tune callbacks, e.g. progress lines (Tune's own output is off)."""
     # Tune's own tables and hints off (`verbose=0` silences only its legacy reporter): the job
     # prints its progress through `callbacks`
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
