@@ -20,7 +20,7 @@ from ray.train import Checkpoint
 from turbo_ray.classifier import write_model_folder
 from turbo_ray.config import Config
 from turbo_ray.model import TurboModel, build_model
-from turbo_ray.paths import META_FILE, MODEL_FILE, STATE_FILE, filesystem
+from turbo_ray.paths import META_FILE, MODEL_FILE, STATE_FILE, UsageError, filesystem
 
 KEEP_SCORE = "checkpoint_score"  # what ranks the checkpoints Ray keeps (`keep_score`)
 
@@ -78,6 +78,10 @@ def load_model(
 
 def export_checkpoint(checkpoint_dir: str | Path, out: str | Path) -> Path:
     """The self-contained model folder of a checkpoint (`turbo-ray export`; `classifier.py`)."""
+    if not (Path(checkpoint_dir) / MODEL_FILE).is_file():
+        raise UsageError(f"{checkpoint_dir} is not a checkpoint folder: no {MODEL_FILE} in it")
+    if Path(out).exists():
+        raise UsageError(f"{out} already exists: export into a new folder")
     model, meta = load_model(checkpoint_dir)
     scores = {k: v for k, v in meta["metrics"].items() if isinstance(v, float)}
     source = {"checkpoint": str(checkpoint_dir), "epoch": meta["epoch"], "metrics": scores}

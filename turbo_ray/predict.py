@@ -17,7 +17,7 @@ import pandas as pd
 
 from turbo_ray.classifier import BATCH, Classifier, load_classifier
 from turbo_ray.data.classes import ClassMap
-from turbo_ray.data.iemocap import load_manifest, wav_info
+from turbo_ray.data.iemocap import DEFAULT_CLASSES, load_manifest, wav_info
 from turbo_ray.data.shard_writer import audio_cell
 from turbo_ray.metrics import classification_report, confusion_matrix, positive_index
 from turbo_ray.paths import UsageError
@@ -53,7 +53,12 @@ def read_inputs(
     an empty text or a label outside `classes` is an InputError naming it, or with `skip_bad` a
     reported skip."""
     if data_dir:
-        manifest = load_manifest(data_dir, ClassMap.parse(class_spec or ",".join(classes)))
+        default = (
+            DEFAULT_CLASSES
+            if classes == DEFAULT_CLASSES.names
+            else ClassMap(tuple((name, (name,)) for name in classes))
+        )
+        manifest = load_manifest(data_dir, ClassMap.parse(class_spec) if class_spec else default)
         problems = manifest.attrs["report"].problems()
         bad = [f"{kind}: {item}" for kind, items in problems.items() for item in items]
         rows = manifest[["utterance_id", "wav_path", "text", "label"]]

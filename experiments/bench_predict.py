@@ -1,0 +1,66 @@
+"""Prediction throughput of a model folder on the demo corpus, per CPU core: in this process (one
+thread) and through Ray Data (`--actors` models side by side, one CPU each), measured in one run.
+The weights are untrained (throughput does not depend on them); the whole corpus is predicted
+twice per path and the second pass is timed (the first loads models and tokenizers).
+
+    python experiments/bench_predict.py                  # the demo corpus, 2 actors
+    python experiments/bench_predict.py --actors 4 data.demo_utterances_per_speaker=12
+"""
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from turbo_ray.classifier import write_model_folder
+from turbo_ray.config import load_config
+from turbo_ray.data.corpus import prepare_corpus
+from turbo_ray.model import build_model
+from turbo_ray.predict import predict, read_inputs
+from turbo_ray.progress import ray_logs_in
+from turbo_ray.runtime import init_ray
+
+
+def timed(model_dir: str, inputs, actors: int) -> float:
+    """Seconds of the second of two passes over `inputs`."""
+    predict(model_dir, inputs, actors)
+    started = time.perf_counter()
+    predict(model_dir, inputs, actors)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", help="config overrides")
+    args = parser.parse_args()
+    cfg = load_config(None, args.overrides)
+    corpus = prepare_corpus(cfg.data)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_predict_"))
+    model = build_model(cfg, len(corpus.classes)).eval()
+    model_dir = str(write_model_folder(model, cfg, list(corpus.classes), tmp / "model", {}))
+    inputs = read_inputs(corpus.classes, cfg.data.classes, data_dir=str(corpus.root))
+    n = len(inputs.rows)
+    torch.set_num_threads(1)
+    here = timed(model_dir, inputs, 0)
+    with ray_logs_in(tmp / "ray.log") as log:
+        print(f"Ray's own log: {log}")
+        init_ray()
+        on_ray = timed(model_dir, inputs, args.actors)
+    cores = min(args.actors, os.cpu_count() or 1)
+    in_process, ray_data = n / here, n / on_ray / cores
+    print(f"{n} utterances of the demo corpus, {cfg.data.max_seconds} s crops, batches of 16")
+    print(f"  in process (1 thread)    {in_process:7.1f} utterances/s per core")
+    print(f"  Ray Data, {args.actors} actors      {ray_data:7.1f} utterances/s per core")
+    print(f"ray/in-process per core: {ray_data / in_process:.2f}")
+    shutil.rmtree(tmp)  # kept only when the run fails, for its logs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Using a model: a checkpoint exported to a self-contained folder, loaded offline without Ray,
+predicting new recordings in process and through Ray Data; the final model of the main job; bad
+inputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import yaml
+
+from turbo_ray.cli import main
+
+REPO = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def exported(ray_local, tiny, tmp_path_factory):
+    """A one-fold `turbo-ray train` run, its tested checkpoint exported: (results row, folder)."""
+    out = tmp_path_factory.mktemp("trained")
+    assert main(["train", "--fold", "1", "--output-dir", str(out / "run"), *tiny]) == 0
+    (row,) = json.loads((out / "run" / "results.json").read_text())["folds"]
+    assert main(["export", row["checkpoint"], str(out / "model")]) == 0
+    return row, out / "model"
+
+
+OFFLINE = """
+import json, sys
+from turbo_ray import load_classifier
+from turbo_ray.predict import predict, read_inputs, scores
+classifier = load_classifier(sys.argv[1])
+inputs = read_inputs(classifier.classes, classifier.cfg.data.classes, data_dir=sys.argv[2])
+inputs.rows = inputs.rows[inputs.rows.utterance_id.str.startswith("Ses01")]
+table = predict(sys.argv[1], inputs, actors=0)
+print(json.dumps({"ray": "ray" in sys.modules, **scores(table, classifier)}))
+"""
+
+
+def test_an_exported_model_predicts_offline_without_ray_as_the_jobs_test_pass(
+    exported, demo_corpus, tmp_path
+):
+    row, model = exported
+    meta = json.loads((model / "turbo_ray.json").read_text())
+    assert meta["classes"] == list(demo_corpus.classes)
+    assert meta["source"]["epoch"] == row["best_epoch"]
+    assert sorted(p.name for p in model.iterdir()) == [
+        "audio_encoder",
+        "model.pt",
+        "text_encoder",
+        "turbo_ray.json",
+    ]
+    assert (model / "text_encoder" / "tokenizer_config.json").is_file()
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    env |= {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}  # this checkout
+    done = subprocess.run(
+        [sys.executable, "-c", OFFLINE, str(model), str(demo_corpus.root)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # not the repository: nothing of the run folder or the hub
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    offline = json.loads(done.stdout.splitlines()[-1])
+    assert offline["ray"] is False
+    assert offline["confusion"] == row["confusion"]  # the same predictions, fold 1's test set
+    assert offline["wa"] == pytest.approx(row["wa"]) and offline["ua"] == pytest.approx(row["ua"])
+
+
+def test_predict_through_ray_data_gives_the_in_process_predictions(
+    exported, demo_corpus, tmp_path, capsys
+):
+    _, model = exported
+    args = ["predict", str(model), "--data-dir", str(demo_corpus.root)]
+    assert main([*args, "--actors", "0", "--out", str(tmp_path / "here.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "WA " in printed and "confusion (rows: label, columns: predicted)" in printed
+    assert main([*args, "--actors", "2", "--out", str(tmp_path / "ray.csv")]) == 0
+    here, on_ray = (pd.read_csv(tmp_path / name) for name in ("here.csv", "ray.csv"))
+    assert len(here) == len(demo_corpus.manifest)
+    assert list(here.columns) == [
+        "utterance_id",
+        "predicted",
+        *(f"prob_{c}" for c in demo_corpus.classes),
+        "label",
+    ]
+    pd.testing.assert_frame_equal(here, on_ray, atol=2e-6, rtol=0)
+    assert (here.predicted == on_ray.predicted).all()
+
+
+def test_bad_inputs_are_one_line_or_reported_skips_and_nothing_half_written(
+    exported, demo_corpus, tmp_path, capsys
+):
+    row, model = exported
+    wavs = demo_corpus.manifest.wav_path.tolist()
+    mono, rate = sf.read(wavs[0])
+    sf.write(tmp_path / "stereo-8k.wav", np.stack([mono[::2], mono[::2]], 1), rate // 2)
+    (tmp_path / "broken.wav").write_text("not audio")
+    csv = tmp_path / "new.csv"
+    csv.write_text(
+        f"path,text\n{wavs[0]},hello there\nstereo-8k.wav,and a stereo one\n"
+        f"missing.wav,nobody\nbroken.wav,garbage\n{wavs[1]},\n"
+    )
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(model), "--csv", str(csv), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "3 bad input(s)" in err and f"{csv}:6:" in err
+    assert not out.exists() and not list(tmp_path.glob(".predictions*"))
+    assert main(["predict", str(model), "--csv", str(csv), "--out", str(out), "--skip-bad"]) == 0
+    printed = capsys.readouterr().out
+    assert "no such file" in printed and "unreadable audio" in printed and "empty text" in printed
+    table = pd.read_csv(out)
+    assert table.utterance_id.tolist() == [wavs[0], "stereo-8k.wav"]  # 8 kHz stereo: resampled
+    assert np.allclose(table.filter(like="prob_").sum(1), 1, atol=1e-5)
+    # one recording
+    assert main(["predict", str(model), "--wav", wavs[0], "--text", "hello there"]) == 0
+    # a folder of another format
+    meta = json.loads((model / "turbo_ray.json").read_text())
+    old = tmp_path / "old-model"
+    old.mkdir()
+    (old / "turbo_ray.json").write_text(json.dumps(meta | {"format": 99}))
+    assert main(["predict", str(old), "--wav", wavs[0], "--text", "hi"]) == 2
+    assert "model folder format 99" in capsys.readouterr().err
+    assert main(["export", row["checkpoint"], str(model)]) == 2  # exists: never overwritten
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), str(tmp_path / "m")]) == 2
+    assert "is not a checkpoint folder" in capsys.readouterr().err
+
+
+def test_the_main_job_searches_and_exports_a_final_model(ray_local, tiny, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {loguniform: [3.0e-4, 3.0e-3]}\n")
+    out = tmp_path / "job"
+    job = ["tune", "--final", "--folds", "1", "--num-samples", "1", "--search-space", str(space)]
+    assert main([*job, "--output-dir", str(out), *tiny]) == 0
+    printed = capsys.readouterr().out
+    assert "and a final search on all of the corpus" in printed
+    assert f"final model: {out / 'model'}" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert [f["test_session"] for f in results["folds"]] == [1]  # the final model is not tested
+    selected = (out / "best_config_turbo-seed0-s0.yaml").read_text()
+    meta = json.loads((out / "model" / "turbo_ray.json").read_text())
+    assert meta["config"] == yaml.safe_load(selected)  # the final search's selected config
+    trials = pd.read_csv(out / "trials.csv")
+    assert sorted(trials.fold) == [0, 1]
+    seen = (out / "search").glob("trial-*/utterances.json")
+    utterances = [json.loads(p.read_text()) for p in seen]
+    (final,) = [u for u in utterances if u["fold"] == 0]
+    assert {u[:5] for u in final["train"] + final["val"]} == {f"Ses0{k}" for k in range(1, 6)}
