@@ -43,12 +43,7 @@ def shared_ray():
     ray.shutdown()
 
 
-@pytest.fixture
-def ray_local(shared_ray, tmp_path_factory):
-    """A real local Ray as a job starts it (logical CPUs for the trials' feeds, the dashboard on:
-    Tune needs the State API), shared by the tests that ask for it: the first starts it, the next
-    find it running (a test that needs no Ray, or another cluster, shuts it down: the next use
-    starts it again). Returns the dashboard URL."""
+def _shared_local_ray(shared_ray: dict, tmp_path_factory) -> str | None:
     import ray
 
     from turbo_ray.runtime import init_ray
@@ -57,6 +52,21 @@ def ray_local(shared_ray, tmp_path_factory):
         os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.getbasetemp() / "ray"))
         shared_ray["dashboard"] = init_ray(object_store_mb=512)
     return shared_ray["dashboard"]
+
+
+@pytest.fixture
+def ray_local(shared_ray, tmp_path_factory):
+    """A real local Ray as a job starts it (logical CPUs for the trials' feeds, the dashboard on:
+    Tune needs the State API), shared by the tests that ask for it: the first starts it, the next
+    find it running (a test that needs no Ray, or another cluster, shuts it down: the next use
+    starts it again). Returns the dashboard URL."""
+    return _shared_local_ray(shared_ray, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def ray_for_module(shared_ray, tmp_path_factory):
+    """`ray_local` for a module-scoped fixture (a job whose results its module's tests share)."""
+    return _shared_local_ray(shared_ray, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

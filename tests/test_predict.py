@@ -20,7 +20,7 @@ REPO = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
-def exported(ray_local, tiny, tmp_path_factory):
+def exported(ray_for_module, tiny, tmp_path_factory):
     """A one-fold `turbo-ray train` run, its tested checkpoint exported: (results row, folder)."""
     out = tmp_path_factory.mktemp("trained")
     assert main(["train", "--fold", "1", "--output-dir", str(out / "run"), *tiny]) == 0
@@ -73,7 +73,7 @@ def test_an_exported_model_predicts_offline_without_ray_as_the_jobs_test_pass(
 
 
 def test_predict_through_ray_data_gives_the_in_process_predictions(
-    exported, demo_corpus, tmp_path, capsys
+    ray_local, exported, demo_corpus, tmp_path, capsys
 ):
     _, model = exported
     args = ["predict", str(model), "--data-dir", str(demo_corpus.root)]
