@@ -77,10 +77,10 @@ def write_model_folder(
     building.mkdir(parents=True)
     torch.save(model.state_dict(), building / WEIGHTS)
     for modality, folder in ENCODERS.items():
-        encoder = getattr(model, modality)
+        encoder = getattr(model, f"{modality}_encoder")
         if encoder is not None:
             encoder.model.config.save_pretrained(building / folder)
-    if model.text is not None:
+    if model.text_encoder is not None:
         AutoTokenizer.from_pretrained(tokenizer_name(cfg)).save_pretrained(
             building / ENCODERS["text"]
         )
