@@ -1,7 +1,8 @@
 """Prediction throughput of a model folder on the demo corpus, per CPU core: in this process (one
 thread) and through Ray Data (`--actors` models side by side, one CPU each), measured in one run.
-The weights are untrained (throughput does not depend on them); the whole corpus is predicted
-twice per path and the second pass is timed (the first loads models and tokenizers).
+The weights are untrained (throughput does not depend on them); the corpus is predicted `--repeat`
+times over in one call, the Ray Data path's actor start-up included (each call starts its pool),
+after a warm-up pass (tokenizers, this process's model).
 
     python experiments/bench_predict.py                  # the demo corpus, 2 actors
     python experiments/bench_predict.py --actors 4 data.demo_utterances_per_speaker=12
@@ -14,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from turbo_ray.classifier import write_model_folder
@@ -25,9 +27,10 @@ from turbo_ray.progress import ray_logs_in
 from turbo_ray.runtime import init_ray
 
 
-def timed(model_dir: str, inputs, actors: int) -> float:
-    """Seconds of the second of two passes over `inputs`."""
-    predict(model_dir, inputs, actors)
+def timed(model_dir: str, inputs, actors: int, warm_up: bool) -> float:
+    """Seconds of a pass over `inputs` (the second of two with `warm_up`)."""
+    if warm_up:
+        predict(model_dir, inputs, actors)
     started = time.perf_counter()
     predict(model_dir, inputs, actors)
     return time.perf_counter() - started
@@ -38,6 +41,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=8, help="copies of the corpus predicted")
+    parser.add_argument("--quick", action="store_true", help="one pass each, no warm-up (tests)")
     parser.add_argument("overrides", nargs="*", help="config overrides")
     args = parser.parse_args()
     cfg = load_config(None, args.overrides)
@@ -46,16 +51,19 @@ def main() -> None:
     model = build_model(cfg, len(corpus.classes)).eval()
     model_dir = str(write_model_folder(model, cfg, list(corpus.classes), tmp / "model", {}))
     inputs = read_inputs(corpus.classes, cfg.data.classes, data_dir=str(corpus.root))
+    copies = 1 if args.quick else args.repeat
+    inputs.rows = pd.concat([inputs.rows] * copies, ignore_index=True)
     n = len(inputs.rows)
     torch.set_num_threads(1)
-    here = timed(model_dir, inputs, 0)
+    here = timed(model_dir, inputs, 0, not args.quick)
     with ray_logs_in(tmp / "ray.log") as log:
         print(f"Ray's own log: {log}")
         init_ray()
-        on_ray = timed(model_dir, inputs, args.actors)
+        on_ray = timed(model_dir, inputs, args.actors, not args.quick)
     cores = min(args.actors, os.cpu_count() or 1)
     in_process, ray_data = n / here, n / on_ray / cores
-    print(f"{n} utterances of the demo corpus, {cfg.data.max_seconds} s crops, batches of 16")
+    crops = f"{cfg.data.max_seconds} s crops"
+    print(f"{n} utterances ({copies} x the demo corpus), {crops}, batches of 16")
     print(f"  in process (1 thread)    {in_process:7.1f} utterances/s per core")
     print(f"  Ray Data, {args.actors} actors      {ray_data:7.1f} utterances/s per core")
     print(f"ray/in-process per core: {ray_data / in_process:.2f}")

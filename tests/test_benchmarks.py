@@ -84,6 +84,13 @@ def test_bench_search(run_command, tiny):
     assert out.strip().splitlines()[-1].startswith("asha/full trial-epochs: ")
 
 
+def test_bench_predict(run_command, tiny):
+    out = run_quick(run_command, "bench_predict.py", *tiny)
+    for name in ("in process \\(1 thread\\)", "Ray Data, 2 actors"):
+        assert re.search(rf"^  {name} +[0-9.]+ utterances/s per core$", out, re.M), out
+    ratios(out, ["ray/in-process per core"])
+
+
 def test_gpu_check_without_cuda_says_so_and_passes(run_command):
     env = {"CUDA_VISIBLE_DEVICES": ""}  # no GPU seen, whatever the machine has
     out = run_command("experiments/gpu_check.py", env=env)

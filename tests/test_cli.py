@@ -52,7 +52,8 @@ def test_an_empty_corpus(tmp_path, capsys, iemocap_without_utterances):
         str(tmp_path / "out"),
         f"data.cache_dir={tmp_path / 'cache'}",
     )
-    assert f"{iemocap_without_utterances}: no usable utterance in the class set '4class'" in err
+    classes = "neutral,happy=happy+excited,angry,sad"  # data.classes unset: IEMOCAP's 4class
+    assert f"{iemocap_without_utterances}: no usable utterance in the classes {classes}" in err
     assert not (tmp_path / "out").exists()
 
 

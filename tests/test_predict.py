@@ -116,7 +116,7 @@ def test_bad_inputs_are_one_line_or_reported_skips_and_nothing_half_written(
     assert "no such file" in printed and "unreadable audio" in printed and "empty text" in printed
     table = pd.read_csv(out)
     assert table.utterance_id.tolist() == [wavs[0], "stereo-8k.wav"]  # 8 kHz stereo: resampled
-    assert np.allclose(table.filter(like="prob_").sum(1), 1, atol=1e-5)
+    assert np.allclose(table.filter(like="prob_").sum(axis=1), 1, atol=1e-5)
     # one recording
     assert main(["predict", str(model), "--wav", wavs[0], "--text", "hello there"]) == 0
     # a folder of another format

@@ -24,6 +24,7 @@ from turbo_ray.paths import UsageError
 
 IN_PROCESS_MAX = 500  # utterances predicted in this process by default; more go through Ray Data
 COLUMNS = ["utterance_id", "wav_path", "text", "label"]  # an input row (label: None if unknown)
+BLOCK = 4 * BATCH  # rows per Ray Data block: the actors share the blocks; batches stay aligned
 
 
 class InputError(UsageError):
@@ -139,8 +140,9 @@ def _probs_on_ray(model_dir: str, rows: pd.DataFrame, actors: int, gpus: bool) -
 
     configure_ray_data()
     ray.data.DataContext.get_current().enable_progress_bars = True
+    blocks = [rows.iloc[i : i + BLOCK] for i in range(0, len(rows), BLOCK)]  # for the actors
     result = (
-        ray.data.from_pandas(rows)
+        ray.data.from_pandas(blocks)
         .map_batches(
             _Predictor,
             fn_constructor_kwargs={"model_dir": model_dir},

@@ -129,7 +129,7 @@ def prepare_corpus(cfg: DataConfig, strict: bool = False) -> Corpus:
         problems = manifest.attrs["report"].summary().splitlines()[0]
         found = f"classes {list(classes)}" if len(classes) < 2 else "no usable utterance"
         raise CorpusError(
-            f"{root}: {found} in data.classes={cfg.classes} ({problems}; "
+            f"{root}: {found} in the classes {class_map.spec()} ({problems}; "
             f"`turbo-ray prepare --data-dir {root}` lists them)"
         )
     if cfg.positive_class is not None and (len(classes) != 2 or cfg.positive_class not in classes):
