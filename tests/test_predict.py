@@ -152,3 +152,18 @@ def test_the_main_job_searches_and_exports_a_final_model(ray_local, tiny, tmp_pa
     utterances = [json.loads(p.read_text()) for p in seen]
     (final,) = [u for u in utterances if u["fold"] == 0]
     assert {u[:5] for u in final["train"] + final["val"]} == {f"Ses0{k}" for k in range(1, 6)}
+
+
+def test_a_named_config_trains_on_all_of_the_corpus_and_is_exported(ray_local, tiny, tmp_path):
+    named = tmp_path / "chosen.yaml"
+    named.write_text("train:\n  lr: 0.002\nmodel:\n  dropout: 0.15\n")
+    out = tmp_path / "final"
+    assert main(["train", "--final", "--config", str(named), "--output-dir", str(out), *tiny]) == 0
+    meta = json.loads((out / "model" / "turbo_ray.json").read_text())
+    assert meta["config"]["train"]["lr"] == 0.002 and meta["config"]["model"]["dropout"] == 0.15
+    given = yaml.safe_load((out / "config.yaml").read_text())
+    for config in (given, meta["config"]):
+        config["train"].pop("storage_path")  # the run's checkpoints went to its folder
+    assert meta["config"] == given
+    # nothing left of the run's checkpoints but their records: the weights are in the folder
+    assert not list(out.glob("checkpoints/*/checkpoint_*/model.pt"))

@@ -105,11 +105,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """One config over the LOSO folds, for each requested mode and seed;
     prints and writes the table."""
-    from turbo_ray.experiment import run_fixed
+    from turbo_ray.experiment import run_final, run_fixed
 
+    out = Path(args.output_dir) if args.output_dir else None
+    if args.final:
+        if args.mode or args.seeds or args.fold:
+            raise UsageError("--final trains the config's loss.mode and train.seed on all folds")
+        model = run_final(config_from_args(args), out, args.address)
+        print(f"\nfinal model: {model}\n  turbo-ray predict {model} --wav FILE --text TEXT")
+        return 0
     result = run_fixed(
         config_from_args(args),
-        Path(args.output_dir) if args.output_dir else None,
+        out,
         modes=args.mode.split(",") if args.mode else None,
         seeds=seeds_from(args.seeds) if args.seeds else None,
         sessions=[args.fold] if args.fold else list(range(1, args.folds + 1)),
@@ -293,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     folds.add_argument("--fold", type=int, help="one LOSO fold: test session K only")
     p.add_argument(
         "--seeds", help="comma-separated training seeds, e.g. 0,1,2 (default: train.seed)"
+    )
+    p.add_argument(
+        "--final",
+        action="store_true",
+        help="train the config once on all of the corpus and export it to <output-dir>/model "
+        "(no test score: its folds' scores estimate it)",
     )
     p.set_defaults(func=cmd_train)
 

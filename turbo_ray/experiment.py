@@ -160,10 +160,33 @@ def export_final(cfg: Config, selected: dict, paths: RunPaths) -> Path:
     (key,) = [key for key in selected if key.fold == FINAL]
     if not paths.model_dir.exists():
         trial = selected[key]
-        epoch = selected_epoch(trial, cfg.tune.metric)
-        checkpoint, _ = checkpoint_at(trial_run(trial, cfg, paths), epoch)
-        with checkpoint.as_directory() as directory:
-            export_checkpoint(directory, paths.model_dir)
+        export_selected(trial_run(trial, cfg, paths), trial, cfg, paths.model_dir)
+    return paths.model_dir
+
+
+def export_selected(run, result, cfg: Config, out: Path) -> Path:
+    """The checkpoint of `run` at `result`'s best validation epoch (the rule that selects
+    everywhere) as a model folder at `out`."""
+    checkpoint, _ = checkpoint_at(run, selected_epoch(result, cfg.tune.metric))
+    with checkpoint.as_directory() as directory:
+        return export_checkpoint(directory, out)
+
+
+def run_final(cfg: Config, out: Path | None = None, address: str | None = None) -> Path:
+    """The final model of one given config (`turbo-ray train --final`): a Train run on all of the
+    corpus (validation carved as in the folds), its best validation epoch exported to
+    <out>/model. It has no test score of its own: the folds' scores of the same config are its
+    estimate. Returns the model folder."""
+    cfg, paths = open_job("train", cfg, out, resume=False)
+    corpus = prepare(cfg)
+    fold = corpus.final_fold(cfg.data)
+    with ray_logs_in(paths.ray_log):
+        start_ray(cfg, paths, address)
+        run_cfg = override(cfg, {"train.storage_path": paths.checkpoints})
+        name = paths.run_name(cfg.loss.mode, cfg.train.seed, FINAL)
+        run = build_trainer(run_cfg, corpus.shards, fold_splits(fold), corpus.classes, name).fit()
+        export_selected(run, run, cfg, paths.model_dir)
+    prune(cfg, paths.checkpoints, [])  # its weights are in the model folder
     return paths.model_dir
 
 
