@@ -106,7 +106,10 @@ def test_losing_a_one_worker_trials_node_restarts_it_elsewhere_from_its_checkpoi
     ):  # Tune recorded epoch 1 (and its checkpoint)
         assert time.time() < deadline and run.is_alive(), "no epoch was recorded"
         time.sleep(0.2)
-    (trial,) = list_actors(filters=[("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")])
+    # a function trainable's actor: "ImplicitFunc", or its qualified name once a Tune job has run
+    # in this process before ("wrap_function.<locals>.ImplicitFunc")
+    alive = list_actors(filters=[("state", "=", "ALIVE")])
+    (trial,) = [a for a in alive if a["class_name"].endswith("ImplicitFunc")]
     victim = next(n for n in cluster.list_all_nodes() if n.node_id == trial.node_id)
     cluster.remove_node(victim, allow_graceful=False)
 
