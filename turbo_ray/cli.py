@@ -186,11 +186,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     for skipped in inputs.skipped:
         print(f"skipped  {skipped}")
-    if args.actors:
-        from turbo_ray.runtime import init_ray
-
-        init_ray(args.address)
-    table = predict(args.model_dir, inputs, args.actors)
+    table = predict(args.model_dir, inputs, args.actors, args.address)
     out = Path(args.out)
     partial = out.with_name(f".{out.name}.partial")
     table.to_csv(partial, index=False)

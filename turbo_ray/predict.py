@@ -132,12 +132,17 @@ class _Predictor:
         return {"utterance_id": batch.utterance_id.to_numpy(), "probs": list(probs)}
 
 
-def _probs_on_ray(model_dir: str, rows: pd.DataFrame, actors: int, gpus: bool) -> np.ndarray:
-    """Every row's probabilities through Ray Data, `actors` models side by side, in row order."""
+def _probs_on_ray(
+    model_dir: str, rows: pd.DataFrame, actors: int, gpus: bool, address: str | None
+) -> np.ndarray:
+    """Every row's probabilities through Ray Data, `actors` models side by side, in row order,
+    on the Ray at `address` (or the one running here, joined; else a local one, started)."""
     import ray.data
 
     from turbo_ray.data.pipeline import configure_ray_data
+    from turbo_ray.runtime import init_ray
 
+    init_ray(address)
     configure_ray_data()
     ray.data.DataContext.get_current().enable_progress_bars = True
     blocks = [rows.iloc[i : i + BLOCK] for i in range(0, len(rows), BLOCK)]  # for the actors
@@ -158,10 +163,13 @@ def _probs_on_ray(model_dir: str, rows: pd.DataFrame, actors: int, gpus: bool) -
     return np.stack(result.probs.to_numpy())
 
 
-def predict(model_dir: str, inputs: Inputs, actors: int | None = None) -> pd.DataFrame:
+def predict(
+    model_dir: str, inputs: Inputs, actors: int | None = None, address: str | None = None
+) -> pd.DataFrame:
     """utterance_id, predicted, prob_<class> per class (and label, where known), in input
     order. `actors`: 0 predicts in this process, N through Ray Data with N actors (default: in
-    process up to `IN_PROCESS_MAX` utterances, else one actor per CPU, or per GPU)."""
+    process up to `IN_PROCESS_MAX` utterances, else one actor per CPU, or per GPU), on the Ray
+    cluster at `address` if given."""
     classifier = load_classifier(model_dir)
     rows = inputs.rows
     if actors is None:
@@ -169,7 +177,8 @@ def predict(model_dir: str, inputs: Inputs, actors: int | None = None) -> pd.Dat
     if actors == 0:
         probs = classifier.predict_rows(audio_rows(rows))
     else:
-        probs = _probs_on_ray(model_dir, rows, actors, classifier.device.type == "cuda")
+        gpus = classifier.device.type == "cuda"
+        probs = _probs_on_ray(model_dir, rows, actors, gpus, address)
     table = pd.DataFrame({"utterance_id": rows.utterance_id})
     table["predicted"] = [classifier.classes[i] for i in probs.argmax(1)]
     for k, name in enumerate(classifier.classes):
