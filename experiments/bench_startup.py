@@ -105,7 +105,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3, help="trials per search (one lane)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.max_seconds=1")
     args = parser.parse_args()
-    searches, trials = (1, 2) if args.quick else (args.searches, args.trials)
+    # quick: one search of two trials (a new process, then a reused one), one import of each floor
+    searches, trials, floors_each = (1, 2, 1) if args.quick else (args.searches, args.trials, 2)
     tmp = Path(tempfile.mkdtemp(prefix="bench_startup_"))
     with ray_logs_in(tmp / "ray.log") as log:  # Ray's loggers write there, not here
         print(f"Ray's own log: {log}")
@@ -124,7 +125,7 @@ def main() -> None:
 
         floors, builds, firsts, reused = [], [], [], []
         for search in range(searches):
-            floors += [floor(IMPORT) for _ in range(2)]
+            floors += [floor(IMPORT) for _ in range(floors_each)]
             builds.append(floor(BUILD))
             lane = one_search(cfg, corpus, space, tmp / f"search{search}")
             pool, opening = "cold" if search == 0 else "warm", describe(lane[0])

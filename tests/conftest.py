@@ -1,9 +1,19 @@
 """Shared test setup: offline, no usage stats, small thread pools (2-core machines); one real
-local Ray, one small demo corpus, the tiny job's overrides and one way to run a command as a user
-would (its own process)."""
+local Ray, one small demo corpus, the tiny job's overrides, the whole jobs several modules assert
+on (each run once per session), and one way to run a command as a user would (its own process).
 
+Tiers and order. A test that uses one of `RAY_FIXTURES` (directly or through another fixture)
+starts Ray or a job and is marked `job`; `make test-fast` runs the others. The job tests run
+after the rest, in three groups, so that the shared Ray starts once and never idles beside a job
+with a Ray of its own: first the commands that start their own Ray (`other_ray_dir`), then
+everything on the shared Ray (`shared_ray`), last the tests that connect this process to
+another Ray (`private_ray`), which stops the shared one."""
+
+import contextlib
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -21,11 +31,39 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 import pandas as pd
 import pytest
+import ray._private.utils
 import torch
 from mlflow.tracking import MlflowClient
 
 torch.set_num_threads(2)
 REPO = Path(__file__).parents[1]
+# in the order their tests run (see the module's docstring)
+RAY_FIXTURES = ("other_ray_dir", "shared_ray", "private_ray")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# A suite stopped by a signal (a CI time limit) still prints its summary and durations: SIGTERM
+# interrupts it like SIGINT, also once Ray is connected (`ray.init` would make it a bare exit).
+signal.signal(signal.SIGTERM, _interrupt)
+ray._private.utils.set_sigterm_handler = lambda handler: signal.signal(signal.SIGTERM, _interrupt)
+
+
+def pytest_collection_modifyitems(items):
+    def group(item) -> int:
+        used = [i for i, name in enumerate(RAY_FIXTURES) if name in item.fixturenames]
+        return 1 + max(used) if used else 0
+
+    for item in items:
+        if group(item):
+            item.add_marker(pytest.mark.job)
+    items.sort(key=group)  # stable: within a group, the files' order
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "job: starts Ray or a whole job (`make test-fast` skips)")
 
 
 @pytest.fixture
@@ -34,39 +72,32 @@ def seeded():
 
 
 @pytest.fixture(scope="session")
-def shared_ray():
-    """What `ray_local` started (its dashboard URL), shut down when the session ends."""
-    import ray
+def other_ray_dir(tmp_path_factory) -> Path:
+    """A short RAY_TMPDIR (Ray's socket paths are short) for the Rays that commands start in
+    processes of their own: a job's local Ray, `ray start`, a local cluster."""
+    return tmp_path_factory.getbasetemp() / "rp"
 
-    started = {}
-    yield started
+
+@pytest.fixture(scope="session")
+def shared_ray(tmp_path_factory):
+    """One real local Ray for this process, as a job starts it (logical CPUs for the trials'
+    feeds, the trial-driver resource, the dashboard on: Tune needs the State API), started by the
+    first test that asks, shared by every job run in this process. Returns its dashboard URL."""
+    from turbo_ray.runtime import init_ray
+
+    os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.getbasetemp() / "ray"))
+    dashboard = init_ray(object_store_mb=512)
+    yield dashboard
     ray.shutdown()
 
 
-def _shared_local_ray(shared_ray: dict, tmp_path_factory) -> str | None:
-    import ray
-
-    from turbo_ray.runtime import init_ray
-
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.getbasetemp() / "ray"))
-        shared_ray["dashboard"] = init_ray(object_store_mb=512)
-    return shared_ray["dashboard"]
-
-
-@pytest.fixture
-def ray_local(shared_ray, tmp_path_factory):
-    """A real local Ray as a job starts it (logical CPUs for the trials' feeds, the dashboard on:
-    Tune needs the State API), shared by the tests that ask for it: the first starts it, the next
-    find it running (a test that needs no Ray, or another cluster, shuts it down: the next use
-    starts it again). Returns the dashboard URL."""
-    return _shared_local_ray(shared_ray, tmp_path_factory)
-
-
 @pytest.fixture(scope="module")
-def ray_for_module(shared_ray, tmp_path_factory):
-    """`ray_local` for a module-scoped fixture (a job whose results its module's tests share)."""
-    return _shared_local_ray(shared_ray, tmp_path_factory)
+def private_ray():
+    """This process leaves the shared Ray (stopped for good: these tests run last) for a Ray the
+    test connects to itself (`ray.init`); disconnected afterwards."""
+    ray.shutdown()
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -93,19 +124,53 @@ def tiny(demo_corpus):
     ]
 
 
+def run_main(*args: str, code: int = 0) -> str:
+    """`turbo-ray ARGS` in this process (on the shared Ray, if it runs a job): it must exit with
+    `code`. Returns what it printed (stdout and stderr together)."""
+    from turbo_ray.cli import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        exit_code = main(list(args))
+    assert exit_code == code, printed.getvalue()[-5000:]
+    return printed.getvalue()
+
+
 @pytest.fixture(scope="session")
-def launch(tmp_path_factory):
+def main_job(shared_ray, tiny, tmp_path_factory):
+    """The main job as the tests run it: `turbo-ray tune --final` over 2 outer folds, 2 trials per
+    search, two trials at once (one per search: TPE and ASHA see a search's trials in launch
+    order), then a final search on all of the corpus. Returns (its folder, what it printed, its
+    overrides)."""
+    root = tmp_path_factory.mktemp("main-job")
+    space = root / "space.yaml"
+    space.write_text(
+        "train.lr: {loguniform: [3.0e-4, 3.0e-3]}\nmodel.dropout: {uniform: [0.05, 0.3]}\n"
+    )
+    overrides = [
+        *tiny,
+        "tune.folds=2",
+        "tune.num_samples=2",
+        "tune.max_concurrent_trials=2",
+        "tune.final=true",
+        f"tune.search_space={space}",
+    ]
+    out = root / "job"
+    return out, run_main("tune", "--output-dir", str(out), *overrides), overrides
+
+
+@pytest.fixture(scope="session")
+def launch(other_ray_dir):
     """Start a command in its own process, as a user would, from the repository: `turbo-ray`'s
-    subcommand (`launch("tune", ...)`) or a script (`launch("experiments/x.py", ...)`). Its own
-    Ray (if it starts one) lives under a short RAY_TMPDIR (Ray's socket paths are short) unless
-    `env` names another. Returns the Popen; `popen`: its keyword arguments."""
-    ray_tmp = str(tmp_path_factory.getbasetemp() / "rp")
+    subcommand (`launch("tune", ...)`) or a script (`launch("experiments/x.py", ...)`). A Ray it
+    starts lives under `other_ray_dir` unless `env` names another RAY_TMPDIR (or RAY_ADDRESS, a
+    Ray to join). Returns the Popen; `popen`: its keyword arguments."""
 
     def start(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
         script = args[0].endswith(".py")
         program = [str(REPO / args[0])] if script else ["-m", "turbo_ray.cli", args[0]]
         command = [sys.executable, *program, *args[1:]]
-        env = os.environ | {"RAY_TMPDIR": ray_tmp} | (env or {})
+        env = os.environ | {"RAY_TMPDIR": str(other_ray_dir)} | (env or {})
         return subprocess.Popen(command, cwd=REPO, env=env, text=True, **popen)
 
     return start
@@ -144,7 +209,7 @@ def _check_mlflow_store(out: Path, scratch: Path) -> None:
         name = "mean_test_ua" + (f"/{mode}" if len(means) > 1 or folds.seed.nunique() > 1 else "")
         assert parent.data.metrics[name] == pytest.approx(mean)
     trial_runs = {r.data.tags["trial_id"]: r for r in by_role["trial"]}
-    assert len(trial_runs) == len(by_role["trial"]) == len(trials)  # each trial logged once
+    assert len(trial_runs) == len(by_role["trial"]) == len(trials) > 0  # each trial logged once
     batch_size = str(results["config"]["data"]["batch_size"])
     for _, row in trials.iterrows():
         run = trial_runs[row.trial]
@@ -163,7 +228,7 @@ def _check_mlflow_store(out: Path, scratch: Path) -> None:
         return tags["mode"], int(tags["seed"]), int(tags["fold"])
 
     fold_runs = {search(r.data.tags): r for r in by_role["fold"]}
-    assert len(fold_runs) == len(results["folds"])
+    assert len(fold_runs) == len(results["folds"]) > 0
     for fold in results["folds"]:
         run = fold_runs[fold["mode"], fold["seed"], fold["test_session"]]
         assert run.data.metrics["test_ua"] == pytest.approx(fold["ua"])

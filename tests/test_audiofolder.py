@@ -71,7 +71,9 @@ def test_a_metadata_csv_corpus_reads_with_its_classes_groups_and_rates(corpus_di
     assert "48 utterances in 2 classes (directed 24, other 24)" in summary
     assert "outer folds: leave-one-group-out (3)" in summary
     # each fold tests one group; its validation speakers are whole speakers of the others
-    for fold in corpus.folds(cfg.data):
+    folds = corpus.folds(cfg.data)
+    assert [fold.test_session for fold in folds] == [1, 2, 3]
+    for fold in folds:
         group = GROUPS[fold.test_session - 1]
         assert set(fold.test.group) == {group} and group not in set(fold.train.group)
         assert not set(fold.val.speaker) & set(fold.train.speaker)
@@ -156,9 +158,9 @@ def split_dir(corpus_dir, tmp_path_factory):
 
 
 def test_the_main_job_runs_on_groups_and_on_a_given_split(
-    ray_local, corpus_dir, split_dir, tiny, tmp_path, capsys
+    shared_ray, corpus_dir, split_dir, tiny, tmp_path, capsys
 ):
-    job = ["tune", "--num-samples", "1", "--max-concurrent-trials", "2", *tiny]
+    job = ["tune", "--num-samples", "1", "--max-concurrent-trials", "2", *tiny, "train.epochs=1"]
     grouped = tmp_path / "grouped"
     assert main([*job, "--data-dir", str(corpus_dir), "--output-dir", str(grouped)]) == 0
     printed = capsys.readouterr().out
@@ -168,6 +170,7 @@ def test_the_main_job_runs_on_groups_and_on_a_given_split(
     assert results["protocol"] == "nested-logo"
     assert results["outer_folds"]["groups"] == {"1": ["car"], "2": ["kitchen"], "3": ["office"]}
     assert results["classes"] == ["directed", "other"]
+    assert [fold["test_session"] for fold in results["folds"]] == [1, 2, 3]
     for fold in results["folds"]:
         assert 0.0 <= fold["auc"] <= 1.0 and len(fold["confusion"]) == 2
         assert fold["search_sessions"] == [k for k in (1, 2, 3) if k != fold["test_session"]]

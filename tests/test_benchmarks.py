@@ -1,12 +1,22 @@
-"""Each benchmark's --quick mode runs and prints its ratios as finite numbers (never a speed
-assertion)."""
+"""Each benchmark's --quick mode runs as a user runs the script and prints its figures and ratios
+as finite numbers (never a speed assertion). Those that use Ray join the shared one
+(RAY_ADDRESS), as a script joins a running cluster."""
 
 import math
 import re
 
+import pytest
+import ray
 
-def run_quick(run_command, script, *args):
-    return run_command(f"experiments/{script}", "--quick", *args)
+
+@pytest.fixture(scope="module")
+def joined(shared_ray) -> dict:
+    """The environment of a process that joins the shared Ray."""
+    return {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+
+
+def run_quick(run_command, script, *args, env=None):
+    return run_command(f"experiments/{script}", "--quick", *args, env=env)
 
 
 def ratios(output, names):
@@ -29,8 +39,8 @@ def test_bench_turbo_step(run_command):
     )  # printed last
 
 
-def test_bench_pipeline(run_command):
-    out = run_quick(run_command, "bench_pipeline.py")
+def test_bench_pipeline(run_command, joined):
+    out = run_quick(run_command, "bench_pipeline.py", env=joined)
     ratios(out, ["feed/consumption", "memory x10/x1"])
     for recorded, stored in (
         ("16", "wav at 16"),
@@ -46,8 +56,8 @@ def test_bench_pipeline(run_command):
         ), out
 
 
-def test_bench_scaling(run_command):
-    out = run_quick(run_command, "bench_scaling.py")
+def test_bench_scaling(run_command, joined):
+    out = run_quick(run_command, "bench_scaling.py", env=joined)
     assert re.search(
         r"^all-reduce per step with 2 workers: [0-9.]+ MiB of fp32 gradients, "
         r"[0-9.]+ s timed alone",
@@ -64,28 +74,35 @@ def test_bench_scaling(run_command):
     ratios(out, ["speed-up 2 vs 1 workers", "scaling/ceiling (this project)"])
 
 
-def test_bench_startup(run_command, tiny):
-    out = run_quick(run_command, "bench_startup.py", *tiny, "train.epochs=1")
-    assert re.search(r"^  search 0 \(cold pool\), trial 0 \(new process\): from fit to ", out, re.M)
+STAMPS = r"worker_start -?[0-9.]+ s, first_batch -?[0-9.]+ s, first_step -?[0-9.]+ s$"
+
+
+def test_bench_startup(run_command, tiny, joined):
+    out = run_quick(run_command, "bench_startup.py", *tiny, "train.epochs=1", env=joined)
+    for lane in (
+        r"search 0 \(cold pool\), trial 0 \(new process\): from fit to ",
+        r"search 0, trial 1 \(reused process\): from the end of trial 0 to ",
+        r"two workers \(TorchTrainer\), warm pool: from fit to ",
+    ):
+        assert re.search(rf"^  {lane}{STAMPS}", out, re.M), out
     assert re.search(
-        r"^  search 0, trial 1 \(reused process\): from the end of trial 0 to ", out, re.M
+        r"^import floor \(fresh `import turbo_ray.train`, median of 1\): [0-9.]+ s$", out, re.M
     )
-    assert re.search(r"^  two workers \(TorchTrainer\), warm pool: from fit to ", out, re.M), out
     names = ["startup/(import and model built)", "two-worker trial/import", "reused trial/import"]
     ratios(out, [*names, "startup/import (this project)"])
     assert out.strip().splitlines()[-1].startswith("startup/import (this project): ")
 
 
-def test_bench_search(run_command, tiny):
-    out = run_quick(run_command, "bench_search.py", *tiny, "train.epochs=1")
+def test_bench_search(run_command, tiny, joined):
+    out = run_quick(run_command, "bench_search.py", *tiny, "train.epochs=1", env=joined)
     for name in ("under ASHA", "run to the end"):
         assert re.search(rf"^  {name} +\d+ +\d+ +config \d +[0-9.]+ +[0-9.]+$", out, re.M), out
     ratios(out, ["asha/full wall", "asha/full trial-epochs"])
     assert out.strip().splitlines()[-1].startswith("asha/full trial-epochs: ")
 
 
-def test_bench_predict(run_command, tiny):
-    out = run_quick(run_command, "bench_predict.py", *tiny)
+def test_bench_predict(run_command, tiny, joined):
+    out = run_quick(run_command, "bench_predict.py", *tiny, env=joined)
     for name in ("in process \\(1 thread\\)", "Ray Data, 2 actors"):
         assert re.search(rf"^  {name} +[0-9.]+ utterances/s per core$", out, re.M), out
     ratios(out, ["ray/in-process per core"])

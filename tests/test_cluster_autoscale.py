@@ -18,7 +18,6 @@ import psutil
 
 REPO = Path(__file__).parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
-DASHBOARD = "http://127.0.0.1:8265"
 TOKEN = {"RAY_AUTH_MODE": "token"}
 
 
@@ -30,9 +29,18 @@ def run(*command, env=None, check=True):
     return done
 
 
-def worker_nodes(env) -> int:
+def free_ports(count: int) -> list[int]:
+    """Ports nothing listens on now (held open together, so all different)."""
+    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def worker_nodes(dashboard: str, env) -> int:
     """Alive nodes other than the head, from the dashboard's state API (with the token)."""
-    nodes = run(RAY, "list", "nodes", "--format", "json", "--address", DASHBOARD, env=env | TOKEN)
+    nodes = run(RAY, "list", "nodes", "--format", "json", "--address", dashboard, env=env | TOKEN)
     return sum(n["state"] == "ALIVE" and not n["is_head_node"] for n in json.loads(nodes.stdout))
 
 
@@ -60,10 +68,7 @@ def running(process: psutil.Process) -> bool:
 
 def start_other_ray(temp_dir: Path, env) -> int:
     """A one-node Ray on free ports with its own temp folder; returns its GCS port."""
-    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(4)]
-    gcs, dashboard, client, agent = (s.getsockname()[1] for s in sockets)
-    for s in sockets:
-        s.close()
+    gcs, dashboard, client, agent = free_ports(4)
     start = [RAY, "start", "--head", f"--temp-dir={temp_dir}", "--num-cpus=0", f"--port={gcs}"]
     start += ["--include-dashboard=false", f"--dashboard-port={dashboard}"]
     start += [f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}"]
@@ -72,16 +77,21 @@ def start_other_ray(temp_dir: Path, env) -> int:
 
 
 def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
-    tiny, tmp_path, tmp_path_factory
+    other_ray_dir, tiny, tmp_path, tmp_path_factory
 ):
     # the client side of every command: no token unless TOKEN is added
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env["RAY_TMPDIR"] = str(other_ray_dir)
     turbo_ray = [sys.executable, "-m", "turbo_ray.cli", "local-cluster"]
-    up = run(*turbo_ray, "up", "cluster.yaml", "--idle-timeout-minutes", "0.1", env=env)
+    port, dashboard_port = free_ports(2)
+    ports = ["--port", str(port), "--dashboard-port", str(dashboard_port)]
+    up = run(*turbo_ray, "up", "cluster.yaml", *ports, "--idle-timeout-minutes", "0.1", env=env)
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
     down, other_port = None, None
     try:
         assert "gpu_worker: 0-4 nodes of {'CPU': 4, 'local_gpu': 1" in up.stdout
-        assert worker_nodes(env) == 0  # nothing runs: only the head
+        assert f"ray job submit --address {dashboard} --" in up.stdout
+        assert worker_nodes(dashboard, env) == 0  # nothing runs: only the head
         out = tmp_path / "job"
         entrypoint = [
             sys.executable,
@@ -99,17 +109,21 @@ def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
             "train.epochs=1",
             "train.gpu_resource=local_gpu",
         ]
-        submit = [RAY, "job", "submit", "--address", DASHBOARD, "--no-wait", "--", *entrypoint]
+        submit = [RAY, "job", "submit", "--address", dashboard, "--no-wait", "--", *entrypoint]
         refused = run(*submit, env=env, check=False)
         assert refused.returncode != 0 and "Authentication" in refused.stdout + refused.stderr
         submitted = run(*submit, env=env | TOKEN)
         job_id = re.search(r"Job '(\S+)' submitted", submitted.stdout + submitted.stderr)[1]
 
         seen, deadline = [], time.time() + 300
-        while (status := job(job_id)["status"]) not in ("SUCCEEDED", "FAILED", "STOPPED"):
+        while (status := job(dashboard, job_id)["status"]) not in (
+            "SUCCEEDED",
+            "FAILED",
+            "STOPPED",
+        ):
             assert time.time() < deadline, status
-            seen.append(worker_nodes(env))
-        logs = run(RAY, "job", "logs", job_id, "--address", DASHBOARD, env=env | TOKEN).stdout
+            seen.append(worker_nodes(dashboard, env))
+        logs = run(RAY, "job", "logs", job_id, "--address", dashboard, env=env | TOKEN).stdout
         assert status == "SUCCEEDED", logs[-3000:]
         assert max(seen) >= 1  # a gpu_worker node was added for the trial
         results = json.loads((out / "results.json").read_text())
@@ -119,18 +133,18 @@ def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
         # trial: the node goes once idle for 6 s (Ray Train's own request, by a TorchTrainer,
         # would hold it for 180 s)
         ended, deadline = time.time(), time.time() + 120
-        while worker_nodes(env):
+        while worker_nodes(dashboard, env):
             assert time.time() < deadline, "the idle worker node was not removed"
             time.sleep(2)
         print(f"worker node removed {time.time() - ended:.0f} s after the job ended")
 
-        # `down` kills the local cluster's processes (GCS port 6379), not another Ray's
+        # `down` kills the local cluster's processes (its GCS port), not another Ray's
         other_port = start_other_ray(tmp_path_factory.mktemp("ray"), env)
-        cluster, other = ray_processes(6379), ray_processes(other_port)
+        cluster, other = ray_processes(port), ray_processes(other_port)
         assert cluster and other and not cluster & other
         down = run(*turbo_ray, "down", env=env).stdout
-        assert re.search(r"stopped the local cluster at \S+:6379: head and 0 worker node", down)
-        assert not [p for p in cluster if running(p)] and not ray_processes(6379)
+        assert re.search(rf"stopped the local cluster at \S+:{port}: head and 0 worker node", down)
+        assert not [p for p in cluster if running(p)] and not ray_processes(port)
         assert all(running(p) for p in other), "another Ray instance was stopped"
         assert "no local cluster is running" in run(*turbo_ray, "down", env=env).stdout
     finally:
@@ -142,11 +156,11 @@ def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
                     p.kill()
 
 
-def job(job_id: str) -> dict:
+def job(dashboard: str, job_id: str) -> dict:
     """The job's record from the dashboard's REST API, with the token."""
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
     request = urllib.request.Request(
-        f"{DASHBOARD}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}
+        f"{dashboard}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)

@@ -20,11 +20,11 @@ from turbo_ray.runtime import DRIVER_RESOURCE, init_ray
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A head with no CPU (it only hosts the drivers) and four 2-CPU worker nodes; a lost node is
-    declared dead after ~3 s of failed health checks (Ray's default is ~15 s)."""
+def cluster(private_ray, tmp_path_factory):
+    """A head with no CPU (it only hosts the drivers) and three 2-CPU worker nodes (each test
+    loses one and needs two); a lost node is declared dead after ~3 s of failed health checks
+    (Ray's default is ~15 s)."""
     os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.getbasetemp() / "ray"))
-    ray.shutdown()  # another test's local Ray: these tests join their own cluster
     fast_health_checks = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
     cluster = Cluster(
         initialize_head=True,
@@ -34,7 +34,7 @@ def cluster(tmp_path_factory):
             "_system_config": fast_health_checks,
         },
     )
-    for _ in range(4):
+    for _ in range(3):
         cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     init_ray(address=cluster.address)
@@ -50,7 +50,7 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(cluster, demo_corpus,
             "data.max_seconds=2.0",
             "data.batch_size=8",
             "model.head_hidden=64",
-            "train.epochs=5",  # the node goes after epoch 2, well before the last
+            "train.epochs=4",  # the node goes after epoch 2, before the last
             "train.num_workers=2",
             "train.cpus_per_worker=0.5",
             "train.placement_strategy=SPREAD",
@@ -84,9 +84,9 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(cluster, demo_corpus,
     metas = [
         json.loads((Path(c.path) / "meta.json").read_text()) for c, _ in result.best_checkpoints
     ]
-    assert sorted(m["epoch"] for m in metas) == list(range(1, 6))  # none repeated or skipped
+    assert sorted(m["epoch"] for m in metas) == list(range(1, 5))  # none repeated or skipped
     started = {m["epoch"]: m["metrics"]["at_worker_start"] for m in metas}
-    assert started[5] > started[1]  # the last epochs came from workers Train started again
+    assert started[4] > started[1]  # the last epochs came from workers Train started again
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert victim.node_id not in alive
 

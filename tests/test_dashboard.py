@@ -41,9 +41,23 @@ def trial_waits_for(config):
 def get(url, token=None):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with urllib.request.urlopen(
-        urllib.request.Request(url, headers=headers), timeout=10
+        urllib.request.Request(url, headers=headers), timeout=60
     ) as response:
         return response.status, json.loads(response.read())
+
+
+def poll(url: str) -> dict | str:
+    """The dashboard's answer (JSON), or why there is none yet (a string): on a loaded machine an
+    answer can take seconds, and Train's endpoint answers 500 until its state actor exists. A
+    refusal (401, 403) is an error."""
+    try:
+        return get(url, auth_token())[1]
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise
+        return f"{err.code}: {err.read()[:300]!r}"
+    except (urllib.error.URLError, TimeoutError) as err:  # not listening yet, or slow
+        return repr(err)
 
 
 def auth_token():
@@ -53,8 +67,8 @@ def auth_token():
     )
 
 
-def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(ray_local, tmp_path):
-    url = ray_local
+def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(shared_ray, tmp_path):
+    url = shared_ray
     assert url.startswith("http://127.0.0.1:")  # never on a public interface
     marker = tmp_path / "stop"
     trainer = TorchTrainer(
@@ -72,14 +86,12 @@ def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(ray_
     for thread in threads:
         thread.start()
     try:
-        deadline, runs, last = time.time() + 120, [], None
+        deadline, runs, last = time.time() + 300, [], None
         while not any(r["name"] == "visible-run" and r["status"] == "RUNNING" for r in runs):
             assert time.time() < deadline, f"run not visible on the dashboard: {runs or last}"
             time.sleep(1)
-            try:
-                runs = get(f"{url}/api/train/v2/runs/v1", auth_token())[1].get("train_runs", [])
-            except urllib.error.HTTPError as err:  # 500 until Train's state actor exists
-                last = f"{err.code}: {err.read()[:300]!r}"
+            last = poll(f"{url}/api/train/v2/runs/v1")
+            runs = last.get("train_runs", []) if isinstance(last, dict) else []
         run_info = next(r for r in runs if r["name"] == "visible-run")
         assert len(run_info["attempts"][-1]["workers"]) == 2
         # what the Actors page lists: the run's two workers, alive, beside its controller, and
@@ -87,9 +99,10 @@ def test_dashboard_shows_a_running_train_run_and_refuses_anonymous_requests(ray_
         # (The state API lists an actor as ALIVE a moment after it starts: poll.)
         names = []  # Tune's trial actor is listed as ImplicitFunc or by its qualified name
         while sum(name.endswith("ImplicitFunc") for name in names) != 1:
-            assert time.time() < deadline, f"the trial is not listed as alive: {names}"
+            assert time.time() < deadline, f"the trial is not listed as alive: {names or last}"
             time.sleep(0.5)
-            actors = get(f"{url}{ALIVE_ACTORS}", auth_token())[1]["data"]["result"]["result"]
+            last = poll(f"{url}{ALIVE_ACTORS}")
+            actors = last["data"]["result"]["result"] if isinstance(last, dict) else []
             names = [a["class_name"] for a in actors]
         assert names.count("RayTrainWorker") == 2 and "TrainController" in names, names
 

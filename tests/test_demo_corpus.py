@@ -86,9 +86,9 @@ def test_the_odd_cases_are_on_disk(release: Path) -> None:
 def test_same_seed_same_bytes_other_seed_other_audio(release: Path, tmp_path: Path) -> None:
     other = make_demo_corpus(tmp_path, seed=1, utterances_per_speaker=PER_SPEAKER)
     wavs = [name for name in tree_files(release) if name.endswith(".wav") and "/._" not in name]
-    assert all(
-        (release / n).read_bytes() != (other / n).read_bytes() for n in wavs if (other / n).exists()
-    )
+    assert wavs == [n for n in tree_files(other) if n.endswith(".wav") and "/._" not in n]
+    assert len(wavs) == 10 * PER_SPEAKER  # the same layout and names, other audio in every file
+    assert all((release / n).read_bytes() != (other / n).read_bytes() for n in wavs)
     again = make_demo_corpus(
         tmp_path, seed=0, utterances_per_speaker=PER_SPEAKER
     )  # replaces the seed-1 corpus

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from conftest import run_main
 from moto.server import ThreadedMotoServer
 
 REPO = Path(__file__).parents[1]
@@ -56,7 +57,10 @@ def test_search_in_a_bucket_resumes_from_the_bucket_alone(
     s3_env, tiny, run_command, mlflow_store_matches, tmp_path
 ):
     shards = f"s3://{BUCKET}/shards"
-    prepared = run_command("prepare", "--out", shards, *tiny, env=s3_env)
+    with pytest.MonkeyPatch.context() as patch:  # shards written from this process
+        for name, value in s3_env.items():
+            patch.setenv(name, value)
+        prepared = run_main("prepare", "--out", shards, *tiny)
     assert f"shards   {shards}" in prepared
     assert "shards/_manifest.json" in keys(s3_env, "shards/")
 

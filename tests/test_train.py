@@ -5,17 +5,17 @@ import math
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import ray.train
 import torch
 import torch.distributed as dist
+from conftest import run_main
+from matplotlib.image import imread
 from mlflow.tracking import MlflowClient
 
 from turbo_ray import train
 from turbo_ray.checkpoints import KEEP_SCORE, checkpoint_at, keep_score, load_model, selected_epoch
-from turbo_ray.cli import main
 from turbo_ray.config import load_config
 from turbo_ray.data.classes import ClassMap
 from turbo_ray.data.folds import fold_splits
@@ -50,7 +50,7 @@ def report_tied_epochs(loop_config):
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def test_of_equal_validation_scores_the_earlier_epoch_is_kept_and_selected(ray_local, tmp_path):
+def test_of_equal_validation_scores_the_earlier_epoch_is_kept_and_selected(shared_ray, tmp_path):
     # Ray keeps the later of two equally scored checkpoints; with one kept, selection (ties: the
     # earlier epoch) would silently get epoch 2
     cfg = load_config(None, ["train.num_to_keep=1", "train.num_workers=1"])
@@ -151,7 +151,7 @@ def metrics_of(metrics):
 
 
 def test_two_worker_run_survives_a_worker_failure_learns_and_restores(
-    ray_local, demo_corpus, tmp_path
+    shared_ray, demo_corpus, tmp_path
 ):
     # one realistic run: a worker dies in epoch 2; Train restarts the group from the epoch-1
     # checkpoint, and the run ends exactly as an uninterrupted one (each epoch's rows fixed by
@@ -194,10 +194,15 @@ def test_two_worker_run_survives_a_worker_failure_learns_and_restores(
         } <= set(m)
         assert m["val_n"] == len(demo_corpus.fold(cfg.data).val)  # rank 0 saw the whole val split
     assert history[-1]["train_total"] < history[0]["train_total"]
+    # the same config and seed, uninterrupted: the same losses and scores every epoch, the same
+    # weights at the end
     uninterrupted = fit_fold(cfg, demo_corpus, "uninterrupted")
     assert [metrics_of(m) for m in history] == [
         metrics_of(m) for m in sorted((m for _, m in uninterrupted.best_checkpoints), key=epoch)
     ]
+    last = [torch.load(Path(run.checkpoint.path) / "model.pt") for run in (result, uninterrupted)]
+    assert last[0].keys() == last[1].keys()
+    assert all(torch.equal(last[0][k], last[1][k]) for k in last[0])
 
     # the checkpoint restores exactly: re-evaluating it reproduces the reported validation metrics
     best_ckpt, best = max(result.best_checkpoints, key=lambda cm: cm[1]["val_ua"])
@@ -223,75 +228,61 @@ def test_two_worker_run_survives_a_worker_failure_learns_and_restores(
     assert sorted(p.name for p in Path(again.path).glob("checkpoint_*")) == before
 
 
-def test_same_seed_same_scores_over_every_class(ray_local, tiny, tmp_path, capsys):
-    # `turbo-ray train` twice with one config and seed (2 DDP workers, shuffled data, random crops,
-    # dropout): identical scores. With data.classes=all the classifier has a logit per label (11).
-    # the mode and seed are the config's own (no --mode, --seeds)
-    args = ["train", "--folds", "1", "--num-workers", "2", *tiny, "data.classes=all"]
-    args += ["loss.mode=in", "train.seed=1"]
-    runs = []
-    for run in ("first", "second"):
-        assert main([*args, "--output-dir", str(tmp_path / run)]) == 0
-        runs.append(json.loads((tmp_path / run / "results.json").read_text()))
-    printed = capsys.readouterr().out
-    assert (
-        "problem(s)" in printed or "no problems" in printed
-    )  # the corpus report, as `prepare` prints it
-    first, second = (
-        [
-            {k: fold[k] for k in ("wa", "ua", "f1", "confusion", "best_epoch")}
-            for fold in run["folds"]
-        ]
-        for run in runs
-    )
-    assert first == second
-    # and so are the selected checkpoint's weights and its epoch's losses and scores
-    selected = [Path(run["folds"][0]["checkpoint"]) for run in runs]
-    weights = [torch.load(c / "model.pt", weights_only=True) for c in selected]
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    metas = [json.loads((c / "meta.json").read_text())["metrics"] for c in selected]
-    assert metrics_of(metas[0]) == metrics_of(metas[1])
-    assert not [k for k in metas[0] if k.startswith("test")]  # training never saw the test split
-    # MLflow: the experiment's mean and a run per fold, mode and seed with its test scores
-    client = MlflowClient(f"sqlite:///{tmp_path / 'first' / 'mlflow.db'}")
-    tracked = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    (parent,) = [r for r in tracked if r.data.tags["role"] == "experiment"]
-    (fold,) = [r for r in tracked if r.data.tags["role"] == "fold"]
-    assert parent.data.tags["protocol"] == "loso"
-    assert {r.info.status for r in tracked} == {"FINISHED"}
-    assert (fold.data.tags["mode"], fold.data.tags["seed"]) == ("in", "1")
-    assert fold.data.metrics["test_ua"] == pytest.approx(first[0]["ua"])
-    assert parent.data.metrics["mean_test_ua"] == pytest.approx(first[0]["ua"])
-    # the finished job keeps only the weights of the checkpoint its table came from
-    kept = [str(c) for c in (tmp_path / "first").glob("checkpoints/*/checkpoint_*") if c.is_dir()]
-    assert kept == [runs[0]["folds"][0]["checkpoint"]]
-    assert sorted(f.name for f in Path(kept[0]).iterdir()) == ["meta.json", "model.pt"]
-    assert runs[0]["classes"] == list(ClassMap.parse("all").names)
-    assert len(first[0]["confusion"]) == len(ClassMap.parse("all").names)
+@pytest.fixture(scope="module")
+def fixed_job(shared_ray, tiny, tmp_path_factory):
+    """`turbo-ray train` of one config for the baseline and Turbo on fold 1, over every IEMOCAP
+    label (data.classes=all), seed 1, one epoch: (its folder, what it printed)."""
+    out = tmp_path_factory.mktemp("fixed") / "ablation"
+    job = ["train", "--mode", "baseline,turbo", "--fold", "1", "--output-dir", str(out), *tiny]
+    return out, run_main(*job, "data.classes=all", "train.seed=1", "train.epochs=1")
 
 
-def test_a_fixed_config_ablation_prints_and_writes_the_paired_comparison(
-    ray_local, tiny, tmp_path, capsys
-):
-    out = tmp_path / "ablation"
-    job = ["train", "--mode", "baseline,turbo", "--folds", "2", "--output-dir", str(out)]
-    assert main([*job, *tiny, "train.epochs=1"]) == 0
-    printed = capsys.readouterr().out
+def test_a_fixed_config_ablation_prints_and_writes_the_paired_comparison(fixed_job):
+    out, printed = fixed_job
     assert "Paired comparison with the baseline (loso, one fixed config for all modes" in printed
     results = json.loads((out / "results.json").read_text())
-    ua = {(f["mode"], f["test_session"]): f["ua"] for f in results["folds"]}
-    assert len(ua) == 4  # both modes on both folds, seed 0
-    difference = np.mean([ua["turbo", k] - ua["baseline", k] for k in (1, 2)])
+    ua = {(f["mode"], f["test_session"], f["seed"]): f["ua"] for f in results["folds"]}
+    assert sorted(ua) == [("baseline", 1, 1), ("turbo", 1, 1)]
+    difference = ua["turbo", 1, 1] - ua["baseline", 1, 1]
     table = pd.read_csv(out / "comparison.csv")
     (row,) = table[table.score == "ua"].itertuples(index=False)
-    assert (row.mode, row.folds, row.pairs) == ("turbo", 2, 2)
+    assert (row.mode, row.folds, row.pairs) == ("turbo", 1, 1)
     assert row.difference == pytest.approx(difference)
     assert results["comparison"] == json.loads(table.to_json(orient="records"))
-    assert (out / "comparison.png").stat().st_size > 0
+    assert imread(out / "comparison.png").std() > 0  # drawn
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     (parent,) = [r for r in runs if r.data.tags["role"] == "experiment"]
     assert parent.data.metrics["difference_ua/turbo"] == pytest.approx(difference)
-    modes = sorted(r.data.tags["mode"] for r in runs if r.data.tags["role"] == "fold")
-    assert modes == ["baseline", "baseline", "turbo", "turbo"]
+
+
+def test_a_fixed_job_scores_every_class_tracks_each_run_and_keeps_only_the_tested_weights(
+    fixed_job,
+):
+    out, printed = fixed_job
+    assert "no problems" in printed  # the corpus report, as `prepare` prints it
+    results = json.loads((out / "results.json").read_text())
+    # with data.classes=all the classifier has a logit per IEMOCAP label (11)
+    assert results["classes"] == list(ClassMap.parse("all").names)
+    for fold in results["folds"]:
+        assert len(fold["confusion"]) == len(ClassMap.parse("all").names) == 11
+        meta = json.loads((Path(fold["checkpoint"]) / "meta.json").read_text())
+        assert (
+            meta["config"]["train"]["seed"] == 1 and meta["config"]["loss"]["mode"] == fold["mode"]
+        )
+        assert not [k for k in meta["metrics"] if k.startswith("test")]  # never saw the test split
+    # MLflow: the experiment's run and a run per mode and fold with its test scores
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    tracked = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {r.info.status for r in tracked} == {"FINISHED"}
+    (parent,) = [r for r in tracked if r.data.tags["role"] == "experiment"]
+    assert parent.data.tags["protocol"] == "loso"
+    runs = {r.data.tags["mode"]: r for r in tracked if r.data.tags["role"] == "fold"}
+    for fold in results["folds"]:
+        assert runs[fold["mode"]].data.tags["seed"] == "1"
+        assert runs[fold["mode"]].data.metrics["test_ua"] == pytest.approx(fold["ua"])
+        assert parent.data.metrics[f"mean_test_ua/{fold['mode']}"] == pytest.approx(fold["ua"])
+    # the finished job keeps only the weights of the checkpoints its table came from
+    kept = [str(c) for c in out.glob("checkpoints/*/checkpoint_*") if c.is_dir()]
+    assert sorted(kept) == sorted(fold["checkpoint"] for fold in results["folds"])
+    assert all(sorted(f.name for f in Path(c).iterdir()) == ["meta.json", "model.pt"] for c in kept)

@@ -1,5 +1,6 @@
-"""The main job (`turbo-ray tune`) end to end in real subprocesses: Optuna + ASHA, driver killed,
---resume."""
+"""The main job (`turbo-ray tune`) end to end: Optuna + ASHA per search, reproduced, resumed
+from its config alone, resumed finished, its driver killed mid-search and resumed (in its own
+process with its own Ray, as a user runs it), beside a `ray start` Ray."""
 
 import json
 import logging
@@ -11,18 +12,25 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
 import ray
+import yaml
+from conftest import run_main
+from matplotlib.image import imread
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from turbo_ray.cli import main
-from turbo_ray.config import MODES
+from turbo_ray.config import MODES, load_config, override
+from turbo_ray.data.corpus import prepare_corpus
+from turbo_ray.data.folds import FINAL, fold_splits
 from turbo_ray.progress import RAY_LOGGERS
+from turbo_ray.runners import build_trainer
 from turbo_ray.search_space import SearchSpaceError, load_search_space
-from turbo_ray.trials import SearchKey
+from turbo_ray.trials import FOLD, SearchKey, trial_config
 from turbo_ray.tune import NestedASHA, NestedSearch, SchedulerState
 
 REPO = Path(__file__).parents[1]
@@ -189,10 +197,8 @@ def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_sur
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray die at once
     driver.wait()
     finished = sorted((out / "search").glob("trial-*"), key=lambda p: p.stat().st_mtime)[:2]
-    before = {
-        p.name: sorted(c.name for c in p.glob("checkpoint_*") if c.is_dir()) for p in finished
-    }
-    assert all(len(names) == 2 for names in before.values()), before
+    before = {p: (p / "result.json").read_text() for p in finished}  # Tune's record of each epoch
+    assert all(len(record.splitlines()) == 2 for record in before.values()), before
 
     resumed = run_command(*command, "--resume")
     assert "(resumed)" in resumed and "no problems" in resumed  # the corpus report
@@ -205,9 +211,8 @@ def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_sur
     assert "baseline seed" not in resumed.split("Selected per fold")[0]
     assert "turbo seed 0 fold 1 trial 0  epoch 2/2" in resumed
     assert "turbo seed 1 fold 1 trial 0  started   lr=0.002  temperature=0.1\n" in resumed
-    # the finished searches were not searched again: what is left of their checkpoints was there
-    for p in finished:
-        assert {c.name for c in p.glob("checkpoint_*") if c.is_dir()} <= set(before[p.name])
+    # the finished searches were not searched again: their trials' records are as they were
+    assert {p: (p / "result.json").read_text() for p in finished} == before
 
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"] == "nested-loso"
@@ -254,14 +259,17 @@ def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_sur
         "1 trial each, 2 epochs; seeds 0,1; 1 fold)" in resumed
     )
     assert f"difference {100 * row.difference:+6.2f}" in resumed
-    for name in (
-        "optimization_history.png",
-        "ua_per_epoch.png",
-        "confusion.png",
-        "comparison.png",
-        "best_config_baseline-seed1-s1.yaml",
-    ):
-        assert (out / name).stat().st_size > 0
+    # the figures: a panel per search (4 searches of one fold: a column of 4), drawn
+    for name in ("optimization_history.png", "ua_per_epoch.png"):
+        height, width = drawn(out / name).shape[:2]
+        assert height > 2 * width, (name, height, width)
+    for name in ("confusion.png", "comparison.png"):
+        drawn(out / name)
+    # each search's selected config, runnable: its mode, seed and searched parameters
+    (selected,) = [f for f in results["folds"] if (f["mode"], f["seed"]) == ("baseline", 1)]
+    config = yaml.safe_load((out / "best_config_baseline-seed1-s1.yaml").read_text())
+    assert (config["loss"]["mode"], config["train"]["seed"]) == ("baseline", 1)
+    assert config["train"]["lr"] == pytest.approx(selected["params"]["train.lr"])
 
     # what every trial trained and validated on: never its fold's test session, no validation
     # speaker in training
@@ -295,9 +303,11 @@ def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_sur
         assert told == pytest.approx(trials[own].best_val_ua.tolist())
 
 
-def scores(out: Path) -> dict:
-    (fold,) = json.loads((out / "results.json").read_text())["folds"]
-    return {k: fold[k] for k in ("wa", "ua", "f1", "confusion", "best_epoch", "val_ua")}
+def drawn(png: Path) -> np.ndarray:
+    """A figure's pixels (height, width, RGBA); it must not be blank."""
+    pixels = imread(png)
+    assert pixels.std() > 0, f"{png} is blank"
+    return pixels
 
 
 def history(trial: Path) -> list[dict]:
@@ -305,58 +315,51 @@ def history(trial: Path) -> list[dict]:
     return [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
 
 
-def test_one_worker_scores_the_same_in_a_trial_a_reused_trial_and_a_torch_trainer(
-    ray_local, tiny, tmp_path
-):
-    # the space holds only the default lr: the search's two trials (one lane) and `turbo-ray train`
-    # (a one-worker TorchTrainer) run one config and seed; the second trial runs in the process
-    # Tune kept from the first
-    space = tmp_path / "space.yaml"
-    space.write_text("train.lr: {choice: [1.0e-3]}\n")
-    tuned = ["--num-samples", "2", "--max-concurrent-trials", "1", "--search-space", str(space)]
-    assert (
-        main(["tune", *tuned, "--folds", "1", "--output-dir", str(tmp_path / "tune"), *tiny]) == 0
-    )
-    assert main(["train", "--folds", "1", "--output-dir", str(tmp_path / "train"), *tiny]) == 0
-    assert scores(tmp_path / "tune") == scores(tmp_path / "train")
-    trials = pd.read_csv(tmp_path / "tune" / "trials.csv", dtype={"trial": str})
-    first, second = (history(tmp_path / "tune" / "search" / f"trial-{t}") for t in trials.trial)
-    assert first[0]["pid"] == second[0]["pid"]  # reused
-    for a, b in zip(first, second, strict=True):
-        assert {k: v for k, v in a.items() if k.startswith(("train_", "val_"))} == {
-            k: v for k, v in b.items() if k.startswith(("train_", "val_"))
-        }
-    # no Train run: Tune kept the trials' checkpoints
-    assert not list((tmp_path / "tune" / "search").glob("trial-*/checkpoint_manager_snapshot*"))
+def epoch_metrics(record: dict) -> dict:
+    """What an epoch computed (not when, nor where)."""
+    return {k: v for k, v in record.items() if k.startswith(("train_", "val_"))}
+
+
+def test_a_reused_trial_process_trains_as_a_fresh_one_worker_torch_trainer(main_job, tmp_path):
+    # a trial that ran in a process Tune kept from an earlier trial (a lane's process is reused),
+    # trained again from its config alone by a one-worker TorchTrainer (new processes): the same
+    # losses and scores, epoch by epoch; both runners share one loop, and a reused process
+    # starts from the seeds a new one does
+    out, _, _ = main_job
+    trials = pd.read_csv(out / "trials.csv", dtype={"trial": str})
+    runs = {t: history(out / "search" / f"trial-{t}") for t in trials.trial}
+    by_process = {}
+    for t, records in runs.items():
+        by_process.setdefault(records[0]["pid"], []).append(t)
+    lanes = [ts for ts in by_process.values() if len(ts) > 1]
+    assert lanes, f"Tune reused no trial's process: {by_process}"
+    reused = max(lanes[0], key=lambda t: runs[t][0]["timestamp"])  # not its process's first
+    params = json.loads((out / "search" / f"trial-{reused}" / "params.json").read_text())
+    cfg = trial_config(load_config(out / "config.yaml"), params)
+    cfg = override(cfg, {"train.storage_path": str(tmp_path), "train.num_to_keep": None})
+    corpus = prepare_corpus(cfg.data)
+    folds = {f.test_session: f for f in corpus.folds(cfg.data)} | {
+        FINAL: corpus.final_fold(cfg.data)
+    }
+    splits = fold_splits(folds[params[FOLD]])
+    run = build_trainer(cfg, corpus.shards, splits, corpus.classes, "fresh").fit()
+    fresh = sorted((m for _, m in run.best_checkpoints), key=lambda m: m["epoch"])
+    ran = runs[reused]
+    assert [epoch_metrics(m) for m in fresh[: len(ran)]] == [epoch_metrics(m) for m in ran]
+    # one-worker trials train in Tune's trial process: no Train run, Tune keeps the checkpoints
+    assert not list((out / "search").glob("trial-*/checkpoint_manager_snapshot*"))
 
 
 def test_the_main_job_reproduces_resumes_from_its_config_alone_and_resumes_finished(
-    ray_local, tiny, mlflow_store_matches, tmp_path, capsys
+    main_job, mlflow_store_matches, tmp_path
 ):
-    # 2 folds x 3 trials, two trials at once (a fold's TPE and ASHA see its trials in launch order)
-    space = tmp_path / "space.yaml"
-    space.write_text(
-        "train.lr: {loguniform: [3.0e-4, 3.0e-3]}\nmodel.dropout: {uniform: [0.05, 0.3]}\n"
-    )
-    overrides = tiny + [
-        "tune.folds=2",
-        "tune.num_samples=3",
-        "tune.max_concurrent_trials=2",
-        f"tune.search_space={space}",
-    ]
-
-    def tune(out, *flags):
-        assert main(["tune", "--output-dir", str(out), *flags, *overrides]) == 0
-        return capsys.readouterr().out
-
-    # a job killed after it saved its config, before Tune first saved its own state, resumes
+    fresh, printed, overrides = main_job
+    # a job killed after it saved its config, before Tune first saved its own state, resumes,
+    # and ends as the uninterrupted job did
     killed = tmp_path / "killed"
     killed.mkdir()
-    assert main(["config", *overrides]) == 0
-    (killed / "config.yaml").write_text(capsys.readouterr().out)
-    tune(killed, "--resume")
-    fresh = tmp_path / "fresh"
-    printed = tune(fresh)
+    (killed / "config.yaml").write_text(run_main("config", *overrides))
+    run_main("tune", "--output-dir", str(killed), "--resume")
 
     def selection(out):
         results = json.loads((out / "results.json").read_text())
@@ -365,19 +368,23 @@ def test_the_main_job_reproduces_resumes_from_its_config_alone_and_resumes_finis
         return [{k: v for k, v in f.items() if k not in drop} for f in results["folds"]], trials
 
     (killed_folds, killed_trials), (folds, trials) = selection(killed), selection(fresh)
+    assert [f["test_session"] for f in folds] == [1, 2]  # the final search is not tested
     assert killed_folds == folds  # the same selections and test scores
     pd.testing.assert_frame_equal(killed_trials, trials)  # the same proposals, the same stops
-    assert len(trials) == 6
+    assert sorted(trials.fold) == [0, 0, 1, 1, 2, 2]  # 2 trials per search, the final's too
     results = json.loads((fresh / "results.json").read_text())
-    assert results["search"]["sampler_seeds"] == {"turbo-seed0-s1": 1, "turbo-seed0-s2": 2}
+    seeds = {"turbo-seed0-s1": 1, "turbo-seed0-s2": 2, "turbo-seed0-s0": 0}
+    assert results["search"]["sampler_seeds"] == seeds
     assert "train.lr" in results["search"]["space"]
 
     # resuming the finished job trains nothing and prints the same tables
+    records = {p: p.read_text() for p in fresh.glob("search/trial-*/result.json")}
     kept = sorted(fresh.glob("search/trial-*/checkpoint_*"))
-    again = tune(fresh, "--resume")
+    again = run_main("tune", "--output-dir", str(fresh), "--resume")
     assert " started " not in again and "(resumed)" in again
     tables = printed[printed.index("Selected per fold") : printed.index("wrote ")]
     assert tables in again
+    assert {p: p.read_text() for p in fresh.glob("search/trial-*/result.json")} == records
     assert sorted(fresh.glob("search/trial-*/checkpoint_*")) == kept
     mlflow_store_matches(fresh, tmp_path)
     header = (fresh / "best_config_turbo-seed0-s2.yaml").read_text().splitlines()[1]
@@ -385,7 +392,7 @@ def test_the_main_job_reproduces_resumes_from_its_config_alone_and_resumes_finis
 
 
 def test_two_jobs_beside_a_ray_started_by_ray_start_join_it_and_finish(
-    tiny, launch, tmp_path, tmp_path_factory
+    shared_ray, tiny, launch, tmp_path, tmp_path_factory
 ):
     # the README's way to keep a dashboard: `ray start --head` first; then two jobs at once,
     # without --address (one drives a two-worker TorchTrainer), while this test process holds a
@@ -440,18 +447,15 @@ def test_two_jobs_beside_a_ray_started_by_ray_start_join_it_and_finish(
 
 
 def test_a_cluster_without_the_driver_resource_is_one_line_and_leaves_the_folder_free(
-    tiny, tmp_path, capsys
+    private_ray, tiny, tmp_path, capsys
 ):
-    ray.shutdown()  # the shared Ray has the resource; this test's Ray (as a user's may) has not
+    # the shared Ray has the resource; this Ray (as a user's may) has not
     ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        out = tmp_path / "out"
-        job = ["--folds", "1", "--output-dir", str(out), *tiny]
-        assert main(["tune", "--workers-per-trial", "2", *job]) == 2
-        assert "has no 'train_driver' resource" in capsys.readouterr().err
-        assert not (out / "config.yaml").exists()  # the same command may run again
-        # Ray's loggers are as they were: nothing of this process logs to the job's ray.log
-        handlers = [h for name in RAY_LOGGERS for h in logging.getLogger(name).handlers]
-        assert str(out / "ray.log") not in [getattr(h, "baseFilename", "") for h in handlers]
-    finally:
-        ray.shutdown()  # the next test starts the shared one again
+    out = tmp_path / "out"
+    job = ["--folds", "1", "--output-dir", str(out), *tiny]
+    assert main(["tune", "--workers-per-trial", "2", *job]) == 2
+    assert "has no 'train_driver' resource" in capsys.readouterr().err
+    assert not (out / "config.yaml").exists()  # the same command may run again
+    # Ray's loggers are as they were: nothing of this process logs to the job's ray.log
+    handlers = [h for name in RAY_LOGGERS for h in logging.getLogger(name).handlers]
+    assert str(out / "ray.log") not in [getattr(h, "baseFilename", "") for h in handlers]

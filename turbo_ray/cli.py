@@ -222,17 +222,26 @@ def watch_commands(result: JobResult) -> str:
 def cmd_local_cluster(args: argparse.Namespace) -> int:
     """Start (or stop) the cluster of a `ray up` config as local processes, Ray's fake multi-node
     provider: the same node types, autoscaled from 0, token auth, the dashboard on 127.0.0.1."""
-    from turbo_ray.cluster import FAKE_HEAD, LOCAL_GPU, start_local_cluster, stop_local_cluster
+    from turbo_ray.cluster import (
+        DASHBOARD_PORT,
+        FAKE_HEAD,
+        GCS_PORT,
+        LOCAL_GPU,
+        start_local_cluster,
+        stop_local_cluster,
+    )
 
     config = local_cluster_config(config_from_args(args).data)
     if args.action == "down":
         print(stop_local_cluster(config))
         return 0
     raw = yaml.safe_load(Path(args.path).read_text())
+    ports = (args.port or GCS_PORT, args.dashboard_port or DASHBOARD_PORT)
     try:
-        fake = start_local_cluster(raw, config, args.idle_timeout_minutes)
+        fake = start_local_cluster(raw, config, args.idle_timeout_minutes, *ports)
     except RuntimeError as err:
         raise UsageError(str(err)) from err
+    dashboard = f"http://127.0.0.1:{ports[1]}"
     print(f"local cluster up from {args.path} ({config}):")
     for name, spec in fake["available_node_types"].items():
         if name == FAKE_HEAD:
@@ -243,10 +252,10 @@ def cmd_local_cluster(args: argparse.Namespace) -> int:
             )
     print(
         f"  idle workers removed after {fake['idle_timeout_minutes']} min; "
-        "token auth on (the token: ~/.ray/auth_token); dashboard http://127.0.0.1:8265\n"
+        f"token auth on (the token: ~/.ray/auth_token); dashboard {dashboard}\n"
         "Submit the main job as on the real cluster, asking for the stand-in GPU resource (jobs\n"
         "start in this folder; no --working-dir: the fake nodes share this disk):\n"
-        "  RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 -- \\\n"
+        f"  RAY_AUTH_MODE=token ray job submit --address {dashboard} -- \\\n"
         f"    {sys.executable} experiments/tune_iemocap.py --address auto --use-gpu "
         f"train.gpu_resource={LOCAL_GPU}\n"
         "Stop it (its processes only, not another Ray of this machine): "
@@ -382,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--idle-timeout-minutes", type=float, help="remove idle workers sooner than the file says"
     )
+    p.add_argument("--port", type=int, help="up: the head's GCS port (default: Ray's)")
+    p.add_argument("--dashboard-port", type=int, help="up: the dashboard's (default: Ray's)")
     p.add_argument("--config", help="YAML config file: its data.cache_dir keeps the cluster's file")
     p.set_defaults(overrides=[])
     p.set_defaults(func=cmd_local_cluster)

@@ -25,7 +25,8 @@ import yaml
 
 from turbo_ray.runtime import DRIVER_RESOURCE
 
-PRIVATE_PORTS = {6379: "GCS", 8265: "dashboard", 10001: "Ray client"}
+GCS_PORT, DASHBOARD_PORT = 6379, 8265  # Ray's defaults
+PRIVATE_PORTS = {GCS_PORT: "GCS", DASHBOARD_PORT: "dashboard", 10001: "Ray client"}
 # what a worker's GPUs become on a local rehearsal (fake nodes have no CUDA); jobs ask for it with
 # `train.gpu_resource=local_gpu`
 LOCAL_GPU = "local_gpu"
@@ -151,11 +152,14 @@ def describe(raw: dict[str, Any]) -> str:
     )
 
 
-def local_cluster_config(raw: dict, idle_timeout_minutes: float | None = None) -> dict:
+def local_cluster_config(
+    raw: dict, idle_timeout_minutes: float | None = None, port: int = GCS_PORT
+) -> dict:
     """`raw` (a `ray up` config) for Ray's fake multi-node provider, which starts each node as local
     processes: the same node types and resources (the head's `CPU: 0` and `train_driver`), every
     worker type from 0 nodes, a worker's GPUs as the `LOCAL_GPU` resource, a small object store
-    per node. `idle_timeout_minutes` overrides the file's."""
+    per node, the head's GCS at `port` of this machine. `idle_timeout_minutes` overrides the
+    file's."""
     head = raw["head_node_type"]
     types = {}
     for name, spec in raw["available_node_types"].items():
@@ -186,6 +190,7 @@ def local_cluster_config(raw: dict, idle_timeout_minutes: float | None = None) -
             "use_node_id_as_ip": True,
             "disable_node_updaters": True,
             "disable_launch_config_check": True,
+            "gcs_address": f"{ray.util.get_node_ip_address()}:{port}",  # where nodes join
         },
         "auth": {},
         "docker": {},
@@ -199,11 +204,14 @@ def local_cluster_config(raw: dict, idle_timeout_minutes: float | None = None) -
     } | {key: [] for key in empty}
 
 
-def start_local_cluster(raw: dict, config: Path, idle_timeout_minutes: float | None) -> dict:
-    """Write `local_cluster_config(raw)` to `config` and start its head here (token auth, the
-    dashboard on 127.0.0.1, the nodes' environment from the file's `-e KEY=VALUE` run options);
-    the autoscaler adds the workers. Returns the fake config."""
-    fake = local_cluster_config(raw, idle_timeout_minutes)
+def start_local_cluster(
+    raw: dict, config: Path, idle_timeout_minutes: float | None, port: int, dashboard_port: int
+) -> dict:
+    """Write `local_cluster_config(raw)` to `config` and start its head here (its GCS at `port`,
+    token auth, the dashboard on 127.0.0.1:`dashboard_port`, the nodes' environment from the
+    file's `-e KEY=VALUE` run options); the autoscaler adds the workers. Returns the fake
+    config."""
+    fake = local_cluster_config(raw, idle_timeout_minutes, port)
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump(fake, sort_keys=False))
     head = dict(fake["available_node_types"][FAKE_HEAD]["resources"])
@@ -223,7 +231,9 @@ def start_local_cluster(raw: dict, config: Path, idle_timeout_minutes: float | N
         f"--num-cpus={head.pop('CPU', 0)}",
         f"--num-gpus={head.pop('GPU', 0)}",
         f"--resources={json.dumps(head)}",
+        f"--port={port}",
         "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
         f"--object-store-memory={NODE_OBJECT_STORE}",
     ]
     started = subprocess.run(command, env=env, capture_output=True, text=True, check=False)

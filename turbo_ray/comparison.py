@@ -21,7 +21,6 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from turbo_ray.config import BASELINE
 from turbo_ray.results import counted
@@ -79,6 +78,8 @@ def t_interval(differences: np.ndarray, level: float = LEVEL) -> tuple[float, fl
     n = len(differences)
     if n < 2:
         return math.nan, math.nan
+    from scipy import stats  # here, not at import: the job's last step, and only with a baseline
+
     half = stats.t.ppf(0.5 + level / 2, n - 1) * differences.std(ddof=1) / math.sqrt(n)
     return differences.mean() - half, differences.mean() + half
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 def confusion_matrix(y_true, y_pred, num_classes: int | None = None) -> np.ndarray:
@@ -50,10 +49,18 @@ def roc_auc(is_positive, score) -> float:
     positives, negatives = is_positive.sum(), (~is_positive).sum()
     if not positives or not negatives:
         return float("nan")
-    ranks = rankdata(score)
+    ranks = average_ranks(score)
     return float(
         (ranks[is_positive].sum() - positives * (positives + 1) / 2) / (positives * negatives)
     )
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties sharing their mean rank (scipy's `rankdata`, without importing scipy
+    into every training process)."""
+    _, tie_group, sizes = np.unique(values, return_inverse=True, return_counts=True)
+    last = np.cumsum(sizes)
+    return ((last - (sizes - 1) / 2)[tie_group]).astype(float)
 
 
 def positive_index(classes: Sequence[str], positive_class: str | None) -> int:

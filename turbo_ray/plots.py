@@ -4,22 +4,30 @@ the paired comparison of modes."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from turbo_ray.data.folds import FINAL
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _figure(**layout) -> Figure:
+    """A figure drawn only to a file: no pyplot state to close, no display. matplotlib is imported
+    here, at a job's first plot, not by every process that imports this module (a trial's)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**layout)
+
 
 def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     """Counts and row-normalised recall of the (summed) test confusion matrix."""
     recall = matrix / matrix.sum(1, keepdims=True).clip(min=1)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    fig = _figure(figsize=(4.5, 4))
+    ax = fig.subplots()
     ax.imshow(recall, cmap="Blues", vmin=0, vmax=1)
     for (i, j), count in np.ndenumerate(matrix):
         ax.text(
@@ -42,21 +50,15 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
-def _search_panels(searches: list[tuple], title: str) -> tuple[plt.Figure, dict]:
+def _search_panels(searches: list[tuple], title: str) -> tuple[Figure, dict]:
     """A panel per search (mode, seed, fold): a row per mode and seed, a column per outer fold,
     sharing the y axis. Returns the figure and each search's panel."""
     rows = sorted({(mode, seed) for mode, seed, _ in searches})
     folds = sorted({fold for *_, fold in searches})
-    fig, axes = plt.subplots(
-        len(rows),
-        len(folds),
-        figsize=(1 + 3.2 * len(folds), 0.5 + 3 * len(rows)),
-        sharey=True,
-        squeeze=False,
-    )
+    fig = _figure(figsize=(1 + 3.2 * len(folds), 0.5 + 3 * len(rows)))
+    axes = fig.subplots(len(rows), len(folds), sharey=True, squeeze=False)
     panels = {}
     for mode, seed, fold in searches:
         ax = panels[mode, seed, fold] = axes[rows.index((mode, seed))][folds.index(fold)]
@@ -90,15 +92,13 @@ def plot_search_history(trials: pd.DataFrame, metric: str, path: Path) -> None:
     next(iter(panels.values())).legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_importances(importances: dict[str, dict[str, float]], path: Path) -> None:
     """Per mode, fANOVA importances of the parameters its searches tuned (Optuna's evaluator)."""
     longest = max(len(values) for values in importances.values())
-    fig, axes = plt.subplots(
-        1, len(importances), figsize=(6 * len(importances), 0.8 + 0.4 * longest), squeeze=False
-    )
+    fig = _figure(figsize=(6 * len(importances), 0.8 + 0.4 * longest))
+    axes = fig.subplots(1, len(importances), squeeze=False)
     for ax, (mode, values) in zip(axes[0], importances.items()):
         names = list(values)[::-1]
         ax.barh(names, [values[n] for n in names])
@@ -106,7 +106,6 @@ def plot_importances(importances: dict[str, dict[str, float]], path: Path) -> No
     fig.suptitle("parameter importances")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_curves(curves: dict[tuple, dict[str, pd.DataFrame]], metric: str, path: Path) -> None:
@@ -122,7 +121,6 @@ def plot_curves(curves: dict[tuple, dict[str, pd.DataFrame]], metric: str, path:
             ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_comparison(rows: pd.DataFrame, comparison: pd.DataFrame, path: Path) -> None:
@@ -130,7 +128,8 @@ def plot_comparison(rows: pd.DataFrame, comparison: pd.DataFrame, path: Path) ->
     fold by fold. Right: each mode's mean paired UA difference with its 95 % interval."""
     per_fold = rows.groupby(["mode", "test_session"])["ua"].mean().unstack("mode") * 100
     ua = comparison[comparison.score == "ua"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8), width_ratios=(2, 1))
+    fig = _figure(figsize=(9, 3.8))
+    left, right = fig.subplots(1, 2, width_ratios=(2, 1))
     folds = per_fold.index.to_numpy()
     for fold in folds:  # the pairs: each mode beside the baseline on the same fold
         left.plot([fold] * len(per_fold.columns), per_fold.loc[fold], color="0.8", zorder=1)
@@ -148,4 +147,3 @@ def plot_comparison(rows: pd.DataFrame, comparison: pd.DataFrame, path: Path) ->
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
