@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.max_seconds=1")
     args = parser.parse_args()
-    configs, epochs = (2, 1) if args.quick else (args.configs, args.epochs)
+    configs, epochs = (1, 1) if args.quick else (args.configs, args.epochs)
     cfg = load_config(
         None, [f"tune.num_samples={configs}", f"train.epochs={epochs}", *args.overrides]
     )

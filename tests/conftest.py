@@ -13,9 +13,12 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -66,26 +69,37 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "job: starts Ray or a whole job (`make test-fast` skips)")
 
 
-@pytest.fixture
-def seeded():
-    torch.manual_seed(0)
+@pytest.fixture(scope="session")
+def ray_tmp(request):
+    """`ray_tmp(name)`: a new folder for a Ray's temp files (RAY_TMPDIR). Ray's socket paths must
+    stay short, and pytest's own folders are long, so these live under one short folder in /tmp,
+    removed at the end of a session that passed (kept, with Ray's logs, when a test failed)."""
+    root = Path(tempfile.mkdtemp(prefix="turbo-ray-", dir="/tmp"))
+
+    def make(name: str) -> Path:
+        (root / name).mkdir()
+        return root / name
+
+    yield make
+    if not request.session.testsfailed:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def other_ray_dir(tmp_path_factory) -> Path:
-    """A short RAY_TMPDIR (Ray's socket paths are short) for the Rays that commands start in
-    processes of their own: a job's local Ray, `ray start`, a local cluster."""
-    return tmp_path_factory.getbasetemp() / "rp"
+def other_ray_dir(ray_tmp) -> Path:
+    """The RAY_TMPDIR of the Rays that commands start in processes of their own: a job's local
+    Ray, `ray start`, a local cluster."""
+    return ray_tmp("own")
 
 
 @pytest.fixture(scope="session")
-def shared_ray(tmp_path_factory):
+def shared_ray(ray_tmp):
     """One real local Ray for this process, as a job starts it (logical CPUs for the trials'
     feeds, the trial-driver resource, the dashboard on: Tune needs the State API), started by the
     first test that asks, shared by every job run in this process. Returns its dashboard URL."""
     from turbo_ray.runtime import init_ray
 
-    os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.getbasetemp() / "ray"))
+    os.environ["RAY_TMPDIR"] = str(ray_tmp("shared"))
     dashboard = init_ray(object_store_mb=512)
     yield dashboard
     ray.shutdown()
@@ -124,6 +138,59 @@ def tiny(demo_corpus):
     ]
 
 
+class Bucket:
+    """An S3-compatible server (moto) on 127.0.0.1 holding one empty bucket: `env` points AWS
+    clients (pyarrow's S3 filesystem under Ray Train, Tune and Data) at it."""
+
+    NAME = "turbo"
+
+    def __init__(self):
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self.server.start()
+        self.env = {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=self.env["AWS_ENDPOINT_URL"],
+            region_name=self.env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+        )
+        self.client.create_bucket(Bucket=self.NAME)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.NAME}/{key}"
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.NAME, Prefix=prefix
+        )
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    def read(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.NAME, Key=key)["Body"].read()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A local S3 server with an empty bucket (`Bucket`), for the jobs that keep their shards,
+    checkpoints and state in object storage."""
+    bucket = Bucket()
+    yield bucket
+    bucket.server.stop()
+
+
 def run_main(*args: str, code: int = 0) -> str:
     """`turbo-ray ARGS` in this process (on the shared Ray, if it runs a job): it must exit with
     `code`. Returns what it printed (stdout and stderr together)."""
@@ -136,16 +203,20 @@ def run_main(*args: str, code: int = 0) -> str:
     return printed.getvalue()
 
 
+MAIN_JOB_START = {"train.lr": 0.002, "model.dropout": 0.15}
+
+
 @pytest.fixture(scope="session")
 def main_job(shared_ray, tiny, tmp_path_factory):
-    """The main job as the tests run it: `turbo-ray tune --final` over 2 outer folds, 2 trials per
-    search, two trials at once (one per search: TPE and ASHA see a search's trials in launch
-    order), then a final search on all of the corpus. Returns (its folder, what it printed, its
-    overrides)."""
+    """The main job as the tests run it: `turbo-ray tune --final`, a search per outer fold (2 of
+    them) and a final search on all of the corpus, 2 trials each, two at once (one per search:
+    TPE and ASHA see a search's trials in launch order); each search's first trial runs
+    `MAIN_JOB_START`. Returns (its folder, what it printed, its overrides)."""
     root = tmp_path_factory.mktemp("main-job")
     space = root / "space.yaml"
     space.write_text(
         "train.lr: {loguniform: [3.0e-4, 3.0e-3]}\nmodel.dropout: {uniform: [0.05, 0.3]}\n"
+        f"start: [{json.dumps(MAIN_JOB_START)}]\n"
     )
     overrides = [
         *tiny,

@@ -77,7 +77,7 @@ def start_other_ray(temp_dir: Path, env) -> int:
 
 
 def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
-    other_ray_dir, tiny, tmp_path, tmp_path_factory
+    other_ray_dir, ray_tmp, tiny, tmp_path
 ):
     # the client side of every command: no token unless TOKEN is added
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
@@ -139,7 +139,7 @@ def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
         print(f"worker node removed {time.time() - ended:.0f} s after the job ended")
 
         # `down` kills the local cluster's processes (its GCS port), not another Ray's
-        other_port = start_other_ray(tmp_path_factory.mktemp("ray"), env)
+        other_port = start_other_ray(ray_tmp("beside"), env)
         cluster, other = ray_processes(port), ray_processes(other_port)
         assert cluster and other and not cluster & other
         down = run(*turbo_ray, "down", env=env).stdout

@@ -20,11 +20,10 @@ from turbo_ray.runtime import DRIVER_RESOURCE, init_ray
 
 
 @pytest.fixture(scope="module")
-def cluster(private_ray, tmp_path_factory):
-    """A head with no CPU (it only hosts the drivers) and three 2-CPU worker nodes (each test
-    loses one and needs two); a lost node is declared dead after ~3 s of failed health checks
-    (Ray's default is ~15 s)."""
-    os.environ.setdefault("RAY_TMPDIR", str(tmp_path_factory.getbasetemp() / "ray"))
+def cluster(private_ray, ray_tmp):
+    """A head with no CPU (it only hosts the drivers) and four 2-CPU worker nodes; a lost node is
+    declared dead after ~3 s of failed health checks (Ray's default is ~15 s)."""
+    os.environ["RAY_TMPDIR"] = str(ray_tmp("cluster"))
     fast_health_checks = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
     cluster = Cluster(
         initialize_head=True,
@@ -34,7 +33,7 @@ def cluster(private_ray, tmp_path_factory):
             "_system_config": fast_health_checks,
         },
     )
-    for _ in range(3):
+    for _ in range(4):
         cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     init_ray(address=cluster.address)
@@ -71,7 +70,8 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(cluster, demo_corpus,
     while len(list((tmp_path / "node-loss").glob("checkpoint_*"))) < 2:
         assert time.time() < deadline and run.is_alive(), "no checkpoint appeared"
         time.sleep(0.5)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+    workers = list_actors(address=cluster.address, filters=alive)
     worker_nodes = {a.node_id for a in workers}
     assert len(worker_nodes) == 2  # SPREAD: one worker per node
     victim = next(n for n in cluster.list_all_nodes() if n.node_id in worker_nodes)
@@ -108,7 +108,7 @@ def test_losing_a_one_worker_trials_node_restarts_it_elsewhere_from_its_checkpoi
         time.sleep(0.2)
     # a function trainable's actor: "ImplicitFunc", or its qualified name once a Tune job has run
     # in this process before ("wrap_function.<locals>.ImplicitFunc")
-    alive = list_actors(filters=[("state", "=", "ALIVE")])
+    alive = list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")])
     (trial,) = [a for a in alive if a["class_name"].endswith("ImplicitFunc")]
     victim = next(n for n in cluster.list_all_nodes() if n.node_id == trial.node_id)
     cluster.remove_node(victim, allow_graceful=False)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import yaml
+from conftest import MAIN_JOB_START, run_main
 
 from turbo_ray.cli import main
 
@@ -150,17 +151,45 @@ def test_the_main_job_searches_and_exports_a_final_model(main_job):
         assert {u[:5] for u in final["train"] + final["val"]} == {f"Ses0{k}" for k in range(1, 6)}
 
 
-def test_a_named_config_trains_on_all_of_the_corpus_and_is_exported(shared_ray, tiny, tmp_path):
+def history(trial: Path) -> list[dict]:
+    """What Tune recorded of a trial, epoch by epoch."""
+    return [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+
+
+def test_a_named_config_trains_on_all_of_the_corpus_as_the_final_search_did_and_is_exported(
+    main_job, tmp_path
+):
+    # the config of the main job's final search's first trial, named: `turbo-ray train --final`
+    # trains it on all of the corpus with a one-worker TorchTrainer (new processes), which must
+    # give what that trial gave, epoch for epoch, in the process Tune reused from an earlier trial
+    # (both runners share one loop; a reused process starts from the seeds a new one does)
+    job, _, overrides = main_job
+    trials = {p.parent: json.loads(p.read_text()) for p in job.glob("search/trial-*/params.json")}
+    (trial,) = [
+        t for t, params in trials.items() if (params["fold"], params["fold_trial"]) == (0, 0)
+    ]
+    runs = {t: history(t) for t in trials}
+    started = runs[trial][0]["timestamp"]
+    ended = {r[0]["pid"] for t, r in runs.items() if t != trial and r[-1]["timestamp"] <= started}
+    assert runs[trial][0]["pid"] in ended, "Tune did not reuse an earlier trial's process"
+    chosen = {}
+    for key, value in MAIN_JOB_START.items():
+        section, name = key.split(".")
+        chosen.setdefault(section, {})[name] = value
     named = tmp_path / "chosen.yaml"
-    named.write_text("train:\n  lr: 0.002\nmodel:\n  dropout: 0.15\n")
+    named.write_text(yaml.safe_dump(chosen))
     out = tmp_path / "final"
-    job = ["train", "--final", "--config", str(named), "--output-dir", str(out), *tiny]
-    assert main([*job, "train.epochs=1"]) == 0
+    run_main("train", "--final", "--config", str(named), "--output-dir", str(out), *overrides)
     meta = json.loads((out / "model" / "turbo_ray.json").read_text())
-    assert meta["config"]["train"]["lr"] == 0.002 and meta["config"]["model"]["dropout"] == 0.15
+    assert {s: {k: meta["config"][s][k] for k in keys} for s, keys in chosen.items()} == chosen
     given = yaml.safe_load((out / "config.yaml").read_text())
     for config in (given, meta["config"]):
         config["train"].pop("storage_path")  # the run's checkpoints went to its folder
     assert meta["config"] == given
+    (recorded,) = [r for r in runs[trial] if r["epoch"] == meta["source"]["epoch"]]
+    trained = {
+        k: v for k, v in meta["source"]["metrics"].items() if k.startswith(("train_", "val_"))
+    }
+    assert trained and trained == {k: recorded[k] for k in trained}
     # nothing left of the run's checkpoints but their records: the weights are in the folder
     assert not list(out.glob("checkpoints/*/checkpoint_*/model.pt"))

@@ -2,7 +2,6 @@
 
 import json
 import math
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,7 @@ from matplotlib.image import imread
 from mlflow.tracking import MlflowClient
 
 from turbo_ray import train
-from turbo_ray.checkpoints import KEEP_SCORE, checkpoint_at, keep_score, load_model, selected_epoch
+from turbo_ray.checkpoints import load_model
 from turbo_ray.config import load_config
 from turbo_ray.data.classes import ClassMap
 from turbo_ray.data.folds import fold_splits
@@ -38,28 +37,6 @@ FAST = [
 def fit_fold(cfg, corpus, name, **kwargs):
     splits = fold_splits(corpus.fold(cfg.data))
     return build_trainer(cfg, corpus.shards, splits, corpus.classes, name, **kwargs).fit()
-
-
-def report_tied_epochs(loop_config):
-    """Validation scores 0.5, 0.5, 0.25 (a checkpoint each), ranked and selected as `fit` does."""
-    for epoch, score in ((1, 0.5), (2, 0.5), (3, 0.25)):
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "epoch").write_text(str(epoch))
-            metrics = {"epoch": epoch, "val_ua": score, KEEP_SCORE: keep_score(score, epoch)}
-            metrics |= {"best_val_ua": 0.5, "best_epoch": 1}  # ties go to the earlier epoch
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def test_of_equal_validation_scores_the_earlier_epoch_is_kept_and_selected(shared_ray, tmp_path):
-    # Ray keeps the later of two equally scored checkpoints; with one kept, selection (ties: the
-    # earlier epoch) would silently get epoch 2
-    cfg = load_config(None, ["train.num_to_keep=1", "train.num_workers=1"])
-    cfg.train.storage_path = str(tmp_path)
-    splits = {"train": ["u"], "val": ["u"]}  # read by no one: the loop only reports
-    trainer = build_trainer(cfg, "unread", splits, ["a", "b"], "tied", loop=report_tied_epochs)
-    run = trainer.fit()
-    checkpoint, metrics = checkpoint_at(run, selected_epoch(run, "val_ua"))
-    assert metrics["epoch"] == 1 and (Path(checkpoint.path) / "epoch").read_text() == "1"
 
 
 def test_optimizer_groups_lrs_and_weight_decay_and_is_fused():

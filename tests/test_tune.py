@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import pickle
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,13 +26,10 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
 from turbo_ray.cli import main
-from turbo_ray.config import MODES, load_config, override
-from turbo_ray.data.corpus import prepare_corpus
-from turbo_ray.data.folds import FINAL, fold_splits
+from turbo_ray.config import MODES
 from turbo_ray.progress import RAY_LOGGERS
-from turbo_ray.runners import build_trainer
 from turbo_ray.search_space import SearchSpaceError, load_search_space
-from turbo_ray.trials import FOLD, SearchKey, trial_config
+from turbo_ray.trials import SearchKey
 from turbo_ray.tune import NestedASHA, NestedSearch, SchedulerState
 
 REPO = Path(__file__).parents[1]
@@ -155,7 +154,9 @@ def test_asha_is_per_search_and_keeps_its_rungs_in_tunes_state_across_a_restart(
 def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_survives_a_kill(
     demo_corpus, tiny, launch, run_command, mlflow_store_matches, tmp_path
 ):
-    # baseline and turbo, seeds 0 and 1, fold 1: four searches of one trial each, one at a time
+    # baseline and turbo, seeds 0 and 1, fold 1: four searches of one trial each, one at a time;
+    # the driver and its local Ray are killed mid-search, `--resume` with the same command ends
+    # the job
     space = tmp_path / "space.yaml"
     space.write_text(
         "train.lr: {loguniform: [1.0e-4, 3.0e-3]}\n"
@@ -184,21 +185,24 @@ def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_sur
         *tiny,
         "train.num_to_keep=2",
     ]
+    # Tune saves its experiment's state (which trials ended, their checkpoints) at most every
+    # 10 s by default; every second here, so that the kill below finds it saved
+    saving = {"TUNE_GLOBAL_CHECKPOINT_S": "1"}
     with open(tmp_path / "first.log", "w") as log:  # the driver keeps its own handle
-        driver = launch(*command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        driver = launch(
+            *command, env=saving, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     deadline = time.time() + 420
-    # two searches done, the third's trial has its first checkpoint: kill it mid-trial
-    while len({c.parent for c in (out / "search").glob("trial-*/checkpoint_*")}) < 3:
+    # two searches done, the third's trial has its first checkpoint, all in Tune's saved state:
+    # kill it mid-trial
+    while saved_trials(out / "search") != {"TERMINATED": 2, "checkpointed": 1}:
         assert time.time() < deadline and driver.poll() is None, (
             tmp_path / "first.log"
         ).read_text()[-3000:]
-        time.sleep(0.5)
+        time.sleep(0.2)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray die at once
     driver.wait()
-    finished = sorted((out / "search").glob("trial-*"), key=lambda p: p.stat().st_mtime)[:2]
-    before = {p: (p / "result.json").read_text() for p in finished}  # Tune's record of each epoch
-    assert all(len(record.splitlines()) == 2 for record in before.values()), before
 
     resumed = run_command(*command, "--resume")
     assert "(resumed)" in resumed and "no problems" in resumed  # the corpus report
@@ -211,8 +215,12 @@ def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_sur
     assert "baseline seed" not in resumed.split("Selected per fold")[0]
     assert "turbo seed 0 fold 1 trial 0  epoch 2/2" in resumed
     assert "turbo seed 1 fold 1 trial 0  started   lr=0.002  temperature=0.1\n" in resumed
-    # the finished searches were not searched again: their trials' records are as they were
-    assert {p: (p / "result.json").read_text() for p in finished} == before
+    # Tune's record of every trial: no epoch twice (nothing trained again)
+    records = list((out / "search").glob("trial-*/result.json"))
+    assert len(records) >= 4
+    for record in records:
+        epochs = [json.loads(line)["epoch"] for line in record.read_text().splitlines()]
+        assert epochs == sorted(set(epochs)), (record, epochs)
 
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"] == "nested-loso"
@@ -276,11 +284,9 @@ def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_sur
     manifest = demo_corpus.manifest.set_index("utterance_id")
     # (a trial the killed driver had started but Tune had not yet saved is re-proposed under a new
     # id: its record stays, and is checked too)
-    records = [
-        json.loads((run / "utterances.json").read_text())
-        for run in (out / "search").glob("trial-*")
-    ]
-    assert {r["fold"] for r in records} == {1}
+    seen = (out / "search").glob("trial-*/utterances.json")
+    records = [json.loads(p.read_text()) for p in seen]
+    assert {r["fold"] for r in records} == {1} and len(records) >= 4
     for record in records:
         seen = manifest.loc[record["train"] + record["val"]]
         assert record["fold"] not in set(seen.session)
@@ -303,51 +309,28 @@ def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_sur
         assert told == pytest.approx(trials[own].best_val_ua.tolist())
 
 
+def saved_trials(search: Path) -> dict[str, int]:
+    """What Tune's last saved state of an experiment holds: how many trials ended, and how many
+    of the others have reported an epoch (each epoch reports its checkpoint)."""
+    states = sorted(search.glob("experiment_state-*.json"))
+    try:
+        saved = json.loads(states[-1].read_text())["trial_data"] if states else []
+    except json.JSONDecodeError:  # being written
+        return {}
+    trials = [(json.loads(trial), json.loads(run)) for trial, run in saved]
+    ended = sum(trial["status"] == "TERMINATED" for trial, _ in trials)
+    checkpointed = sum(
+        trial["status"] != "TERMINATED" and run["last_result"].get("epoch", 0) >= 1
+        for trial, run in trials
+    )
+    return {"TERMINATED": ended, "checkpointed": checkpointed}
+
+
 def drawn(png: Path) -> np.ndarray:
     """A figure's pixels (height, width, RGBA); it must not be blank."""
     pixels = imread(png)
     assert pixels.std() > 0, f"{png} is blank"
     return pixels
-
-
-def history(trial: Path) -> list[dict]:
-    """What Tune recorded of a trial, epoch by epoch."""
-    return [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
-
-
-def epoch_metrics(record: dict) -> dict:
-    """What an epoch computed (not when, nor where)."""
-    return {k: v for k, v in record.items() if k.startswith(("train_", "val_"))}
-
-
-def test_a_reused_trial_process_trains_as_a_fresh_one_worker_torch_trainer(main_job, tmp_path):
-    # a trial that ran in a process Tune kept from an earlier trial (a lane's process is reused),
-    # trained again from its config alone by a one-worker TorchTrainer (new processes): the same
-    # losses and scores, epoch by epoch; both runners share one loop, and a reused process
-    # starts from the seeds a new one does
-    out, _, _ = main_job
-    trials = pd.read_csv(out / "trials.csv", dtype={"trial": str})
-    runs = {t: history(out / "search" / f"trial-{t}") for t in trials.trial}
-    by_process = {}
-    for t, records in runs.items():
-        by_process.setdefault(records[0]["pid"], []).append(t)
-    lanes = [ts for ts in by_process.values() if len(ts) > 1]
-    assert lanes, f"Tune reused no trial's process: {by_process}"
-    reused = max(lanes[0], key=lambda t: runs[t][0]["timestamp"])  # not its process's first
-    params = json.loads((out / "search" / f"trial-{reused}" / "params.json").read_text())
-    cfg = trial_config(load_config(out / "config.yaml"), params)
-    cfg = override(cfg, {"train.storage_path": str(tmp_path), "train.num_to_keep": None})
-    corpus = prepare_corpus(cfg.data)
-    folds = {f.test_session: f for f in corpus.folds(cfg.data)} | {
-        FINAL: corpus.final_fold(cfg.data)
-    }
-    splits = fold_splits(folds[params[FOLD]])
-    run = build_trainer(cfg, corpus.shards, splits, corpus.classes, "fresh").fit()
-    fresh = sorted((m for _, m in run.best_checkpoints), key=lambda m: m["epoch"])
-    ran = runs[reused]
-    assert [epoch_metrics(m) for m in fresh[: len(ran)]] == [epoch_metrics(m) for m in ran]
-    # one-worker trials train in Tune's trial process: no Train run, Tune keeps the checkpoints
-    assert not list((out / "search").glob("trial-*/checkpoint_manager_snapshot*"))
 
 
 def test_the_main_job_reproduces_resumes_from_its_config_alone_and_resumes_finished(
@@ -391,14 +374,18 @@ def test_the_main_job_reproduces_resumes_from_its_config_alone_and_resumes_finis
     assert header.endswith(f"--config {fresh / 'best_config_turbo-seed0-s2.yaml'} --fold 2")
 
 
-def test_two_jobs_beside_a_ray_started_by_ray_start_join_it_and_finish(
-    shared_ray, tiny, launch, tmp_path, tmp_path_factory
+def test_a_job_joins_a_ray_started_by_ray_start_keeps_its_runs_in_a_bucket_and_resumes_from_it(
+    shared_ray, s3, tiny, run_command, mlflow_store_matches, ray_tmp, tmp_path
 ):
-    # the README's way to keep a dashboard: `ray start --head` first; then two jobs at once,
-    # without --address (one drives a two-worker TorchTrainer), while this test process holds a
-    # Ray of its own beside them
-    ray_tmp = tmp_path_factory.getbasetemp() / "rj"  # short: Ray's socket paths
-    env = {"RAY_TMPDIR": str(ray_tmp)}
+    # The README's way to keep a dashboard: `ray start --head` first (its processes given the
+    # bucket's credentials, as a cluster's nodes are); then a job without --address joins it,
+    # while this test process holds a Ray of its own beside it. Its trial drives a two-worker
+    # TorchTrainer (Train's placement-group cleaner looks for "the" local Ray), whose run lives
+    # in the trial's folder in the bucket, beside the shards, Tune's state and the job's config.
+    # Then the job's folder is deleted (another machine) and `--resume` finishes it from the
+    # bucket alone.
+    joined = ray_tmp("joined")
+    env = s3.env | {"RAY_TMPDIR": str(joined)}
     started = subprocess.run(
         [
             str(Path(sys.executable).parent / "ray"),
@@ -415,42 +402,54 @@ def test_two_jobs_beside_a_ray_started_by_ray_start_join_it_and_finish(
         check=False,
     )
     assert started.returncode == 0, started.stderr[-2000:]
+    # a learning rate too small to change a prediction: every epoch scores the same and ties go
+    # to the earlier epoch, so the job selects epoch 1 and prunes the run's last
+    space = tmp_path / "space.yaml"
+    space.write_text("train.lr: {loguniform: [1.0e-9, 2.0e-9]}\n")
+    out, runs = tmp_path / "job", "joined/runs"
+    command = ["tune", "--folds", "1", "--num-samples", "1", "--workers-per-trial", "2"]
+    command += ["--search-space", str(space), "--output-dir", str(out), *tiny]
+    command += [f"data.shards_dir={s3.uri('joined/shards')}", f"train.storage_path={s3.uri(runs)}"]
     try:
-        jobs = [
-            launch(
-                "tune",
-                "--folds",
-                "1",
-                "--num-samples",
-                "1",
-                "--workers-per-trial",
-                str(workers),
-                "--output-dir",
-                str(tmp_path / f"job{workers}"),
-                *tiny,
-                "train.epochs=1",
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-            for workers in (1, 2)
-        ]
-        for job in jobs:
-            out, _ = job.communicate(timeout=500)
-            assert job.returncode == 0, out[-3000:]
-            assert "joining the Ray already running here at" in out
-            assert "Nested leave-one-session-out (nested-loso)" in out
+        printed = run_command(*command, env=env)
+        first = json.loads((out / "results.json").read_text())
+        assert not (out / "search").exists()  # nothing of Ray's storage on the local disk
+        stored = s3.keys(f"{runs}/job/")
+        shutil.rmtree(out)  # another machine: only the bucket is left
+        resumed = run_command(*command, "--resume", env=env)
     finally:  # that Ray's processes only (`ray stop` would stop every Ray of the machine)
         for process in psutil.process_iter(["cmdline"]):
-            if str(ray_tmp) in " ".join(process.info["cmdline"] or []):
+            if str(joined) in " ".join(process.info["cmdline"] or []):
                 process.kill()
+    assert "joining the Ray already running here at" in printed
+    assert "Nested leave-one-session-out (nested-loso)" in printed
+    (fold,) = first["folds"]
+    assert fold["best_epoch"] == 1
+    assert f"{runs}/job/config.yaml" in stored
+    assert "joined/shards/_manifest.json" in s3.keys("joined/shards/")
+    assert any(k.startswith(f"{runs}/job/search/experiment_state") for k in stored)  # Tune's
+    # the TorchTrainer's run is the trial's folder; the job pruned every checkpoint but the
+    # selected one (epoch 2's, the run's last, among them)
+    (checkpoint,) = {m[1] for k in stored if (m := re.match(r"(.*/checkpoint_[^/]+)/", k))}
+    assert checkpoint.startswith(f"{runs}/job/search/trial-")
+    assert f"{checkpoint.rsplit('/', 1)[0]}/checkpoint_manager_snapshot.json" in stored
+    assert fold["checkpoint"].endswith(checkpoint)
+
+    # resumed from the bucket: the same selection and test scores, nothing trained again, and
+    # every trial's history in the new folder's MLflow store
+    assert f"config fetched from {s3.uri(runs)}/job/config.yaml" in resumed
+    assert "(resumed)" in resumed and " started " not in resumed
+    assert json.loads((out / "results.json").read_text())["folds"] == first["folds"]
+    checkpoints = {k for k in s3.keys(f"{runs}/job/search/") if "/checkpoint_" in k}
+    assert checkpoints == {k for k in stored if "/checkpoint_" in k}
+    mlflow_store_matches(out, tmp_path)
 
 
 def test_a_cluster_without_the_driver_resource_is_one_line_and_leaves_the_folder_free(
     private_ray, tiny, tmp_path, capsys
 ):
     # the shared Ray has the resource; this Ray (as a user's may) has not
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     out = tmp_path / "out"
     job = ["--folds", "1", "--output-dir", str(out), *tiny]
     assert main(["tune", "--workers-per-trial", "2", *job]) == 2
