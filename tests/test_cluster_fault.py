@@ -1,7 +1,9 @@
 """Losing a node mid-run, with either runner: a real multi-node Ray cluster on one machine
-(ray.cluster_utils.Cluster), shared by the module's tests (each kills one of its nodes)."""
+(ray.cluster_utils.Cluster), shared by the module's tests (each kills one of its nodes). A
+restarted run ends as an uninterrupted one would."""
 
 import json
+import math
 import os
 import threading
 import time
@@ -9,14 +11,21 @@ from pathlib import Path
 
 import pytest
 import ray
+import ray.train
+import torch
+import torch.distributed as dist
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
+from turbo_ray.checkpoints import load_model
 from turbo_ray.cli import main
 from turbo_ray.config import load_config
 from turbo_ray.data.folds import fold_splits
-from turbo_ray.runners import build_trainer
+from turbo_ray.data.pipeline import collate_for, split_dataset
+from turbo_ray.inference import evaluate
+from turbo_ray.runners import build_trainer, worker_context
 from turbo_ray.runtime import DRIVER_RESOURCE, init_ray
+from turbo_ray.train import fit
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +51,45 @@ def cluster(private_ray, ray_tmp):
     cluster.shutdown()
 
 
-def test_losing_a_worker_node_resumes_from_last_checkpoint(cluster, demo_corpus, tmp_path):
+def fit_and_compare_replicas(loop_config):
+    """The production worker loop, then: how far apart are the replicas' parameters? Rank 0 writes
+    the largest difference to `<train.storage_path>/replicas.json` (Train's result keeps
+    checkpointed reports only)."""
+    model = fit(loop_config, worker_context())
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    copies = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(copies, flat)
+    if ray.train.get_context().get_world_rank() == 0:
+        diff = max((c - flat).abs().max().item() for c in copies)
+        (Path(loop_config["config"]["train"]["storage_path"]) / "replicas.json").write_text(
+            json.dumps(diff)
+        )
+
+
+def computed(metrics: dict) -> dict:
+    """What an epoch computed (not when, nor on which workers)."""
+    return {k: v for k, v in metrics.items() if k.startswith(("train_", "val_", "best_", "lr"))}
+
+
+def epochs(run) -> list[dict]:
+    """A Train run's reported metrics, epoch by epoch (every checkpoint kept)."""
+    return sorted((m for _, m in run.best_checkpoints), key=lambda m: m["epoch"])
+
+
+def test_a_two_worker_run_that_loses_a_node_ends_as_an_uninterrupted_one_and_restores(
+    cluster, demo_corpus, tmp_path
+):
+    # one realistic run: after epoch 2 a node of one of its two workers dies; Train restarts the
+    # group elsewhere from the epoch-2 checkpoint, and the run ends exactly as an uninterrupted
+    # one (each epoch's rows fixed by seed and epoch). Gradient accumulation over 3 batches, and
+    # each worker's epoch ends on a partial window of 2
     cfg = load_config(
         None,
         [
             "data.max_seconds=2.0",
-            "data.batch_size=8",
+            "data.batch_size=7",
             "model.head_hidden=64",
+            "train.grad_accum=3",
             "train.epochs=4",  # the node goes after epoch 2, before the last
             "train.num_workers=2",
             "train.cpus_per_worker=0.5",
@@ -58,12 +99,20 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(cluster, demo_corpus,
             f"train.storage_path={tmp_path}",
         ],
     )
-    splits = fold_splits(demo_corpus.fold(cfg.data))
-    trainer = build_trainer(cfg, demo_corpus.shards, splits, demo_corpus.classes, "node-loss")
-    outcome = {}
-    run = threading.Thread(target=lambda: outcome.setdefault("result", trainer.fit()))
-    run.start()
+    fold = demo_corpus.fold(cfg.data)
+    assert math.ceil(len(fold.train) // 2 / 7) % 3 == 2
+    splits = fold_splits(fold)
 
+    def trainer(name, **loop):
+        return build_trainer(cfg, demo_corpus.shards, splits, demo_corpus.classes, name, **loop)
+
+    outcome = {}
+    run = threading.Thread(
+        target=lambda: outcome.setdefault(
+            "result", trainer("node-loss", loop=fit_and_compare_replicas).fit()
+        )
+    )
+    run.start()
     deadline = time.time() + 300
     # epochs 1 and 2 are saved: by then Train has registered epoch 1's (a checkpoint on disk that
     # its controller has not yet taken in is not resumed from)
@@ -81,14 +130,52 @@ def test_losing_a_worker_node_resumes_from_last_checkpoint(cluster, demo_corpus,
     assert not run.is_alive(), "the run did not finish after losing a node"
     result = outcome["result"]
     assert result.error is None
+    assert victim.node_id not in {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    history = epochs(result)
+    assert [m["epoch"] for m in history] == [1, 2, 3, 4]  # no epoch repeated or skipped
     metas = [
         json.loads((Path(c.path) / "meta.json").read_text()) for c, _ in result.best_checkpoints
     ]
-    assert sorted(m["epoch"] for m in metas) == list(range(1, 5))  # none repeated or skipped
     started = {m["epoch"]: m["metrics"]["at_worker_start"] for m in metas}
     assert started[4] > started[1]  # the last epochs came from workers Train started again
-    alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    assert victim.node_id not in alive
+    # every step all-reduced, the last too
+    assert json.loads((tmp_path / "replicas.json").read_text()) == 0.0
+    for m in history:
+        assert {"train_ce", "train_in", "train_cross", "train_total"} <= set(m)
+        assert {"val_wa", "val_ua", "val_f1"} <= set(m)
+        assert m["val_n"] == len(fold.val)  # rank 0 saw the whole validation split
+    assert history[-1]["train_total"] < history[0]["train_total"]  # it learns
+
+    # the same config and seed, uninterrupted: the same losses and scores every epoch, the same
+    # weights at the end
+    uninterrupted = trainer("uninterrupted").fit()
+    assert [computed(m) for m in history] == [computed(m) for m in epochs(uninterrupted)]
+    last = [torch.load(Path(r.checkpoint.path) / "model.pt") for r in (result, uninterrupted)]
+    assert last[0].keys() == last[1].keys()
+    assert all(torch.equal(last[0][k], last[1][k]) for k in last[0])
+
+    # the checkpoint restores exactly: re-evaluating it reproduces the reported validation metrics
+    best_ckpt, best = max(result.best_checkpoints, key=lambda cm: cm[1]["val_ua"])
+    model, meta = load_model(best_ckpt.path)
+    assert meta["epoch"] == best["epoch"] and meta["classes"] == list(demo_corpus.classes)
+    # no pickled objects
+    state = torch.load(Path(best_ckpt.path) / "train_state.pt", weights_only=True)
+    assert state["epoch"] == best["epoch"] and "optimizer" in state and "scheduler" in state
+    val = split_dataset(cfg, demo_corpus.shards, fold.val.utterance_id)
+    again = evaluate(
+        model,
+        val.iter_torch_batches(batch_size=8, collate_fn=collate_for(cfg)),
+        len(demo_corpus.classes),
+        torch.device("cpu"),
+    )
+    assert again["confusion"] == best["val_confusion"] and again["ua"] == best["val_ua"]
+
+    # the same run name again resumes from its last checkpoint (a killed job's multi-worker
+    # trial does): nothing is retrained
+    before = sorted(p.name for p in Path(result.path).glob("checkpoint_*"))
+    resumed = trainer("node-loss").fit()
+    assert resumed.error is None
+    assert sorted(p.name for p in Path(resumed.path).glob("checkpoint_*")) == before
 
 
 def test_losing_a_one_worker_trials_node_restarts_it_elsewhere_from_its_checkpoint(
