@@ -36,7 +36,6 @@ import pandas as pd
 import pytest
 import ray._private.utils
 import torch
-from mlflow.tracking import MlflowClient
 
 torch.set_num_threads(2)
 REPO = Path(__file__).parents[1]
@@ -267,6 +266,8 @@ def _check_mlflow_store(out: Path, scratch: Path) -> None:
     trial with its search's tags, its full config and every epoch's validation score; a run per
     search with its test scores, its selected trial and its confusion matrix. Nothing left
     RUNNING."""
+    from mlflow.tracking import MlflowClient
+
     results = json.loads((out / "results.json").read_text())
     trials = pd.read_csv(out / "trials.csv", dtype={"trial": str})
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
