@@ -5,7 +5,6 @@ process with its own Ray, as a user runs it), beside a `ray start` Ray."""
 import json
 import logging
 import os
-import pickle
 import re
 import shutil
 import signal
@@ -22,15 +21,13 @@ import ray
 import yaml
 from conftest import run_main
 from matplotlib.image import imread
-from ray.tune.experiment import Trial
-from ray.tune.schedulers import TrialScheduler
 
 from turbo_ray.cli import main
 from turbo_ray.config import MODES
 from turbo_ray.progress import RAY_LOGGERS
 from turbo_ray.search_space import SearchSpaceError, load_search_space
+from turbo_ray.searchers import NestedSearch
 from turbo_ray.trials import SearchKey
-from turbo_ray.tune import NestedASHA, NestedSearch, SchedulerState
 
 REPO = Path(__file__).parents[1]
 
@@ -106,49 +103,6 @@ def test_cli_reports_a_bad_search_space_before_starting_anything(tmp_path, capsy
     assert main(["tune", "--search-space", str(path), "--output-dir", str(tmp_path / "out")]) == 2
     assert f"{path}: loss.temperature: uniform needs [low, high]" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-
-
-def test_asha_is_per_search_and_keeps_its_rungs_in_tunes_state_across_a_restart():
-    one, other = SearchKey("turbo", 0, 1), SearchKey("turbo", 0, 2)
-
-    def scheduler():
-        return NestedASHA(
-            [one, other],
-            metric="best_val_ua",
-            mode="max",
-            time_attr="epoch",
-            max_t=4,
-            grace_period=1,
-            reduction_factor=2,
-        )
-
-    def trial(name, key):
-        return Trial("trainable", config=key.config(), trial_id=name, stub=True)
-
-    first = scheduler()
-    a, b, c = trial("a", one), trial("b", one), trial("c", other)
-    for t in (a, b, c):
-        first.on_trial_add(None, t)
-    assert (
-        first.on_trial_result(None, a, {"epoch": 1, "best_val_ua": 0.9}) == TrialScheduler.CONTINUE
-    )
-    assert first.on_trial_result(None, b, {"epoch": 1, "best_val_ua": 0.3}) == TrialScheduler.STOP
-    # the other search has its own rungs: its first trial is not measured against the first's
-    assert (
-        first.on_trial_result(None, c, {"epoch": 1, "best_val_ua": 0.2}) == TrialScheduler.CONTINUE
-    )
-    # Tune saves its callbacks' states with the experiment (pickled); the driver dies; the restored
-    # callback hands the first search's rung (0.9, 0.3) to the new scheduler before its first
-    # decision
-    saved = pickle.dumps(SchedulerState(first).get_state())
-    again = scheduler()
-    SchedulerState(again).set_state(pickle.loads(saved))
-    d = trial("d", one)
-    again.on_trial_add(None, d)
-    assert again.on_trial_result(None, d, {"epoch": 1, "best_val_ua": 0.1}) == TrialScheduler.STOP
-    fresh = scheduler()  # without the saved state, the same result would continue
-    fresh.on_trial_add(None, d)
-    assert fresh.on_trial_result(None, d, {"epoch": 1, "best_val_ua": 0.1}) != TrialScheduler.STOP
 
 
 def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_survives_a_kill(

@@ -71,6 +71,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "tune.search_space": getattr(args, "search_space", None),
         "tune.num_samples": getattr(args, "num_samples", None),
         "tune.max_concurrent_trials": getattr(args, "max_concurrent_trials", None),
+        "tune.trials_at_once": getattr(args, "trials_at_once", None),
         "tune.folds": getattr(args, "tune_folds", None),
         "tune.modes": modes and modes.split(","),
         "tune.seeds": seeds and seeds_from(seeds),
@@ -323,7 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML of dotted key → distribution (default: experiments/configs/search_space.yaml)",
     )
     p.add_argument("--num-samples", type=int, help="trials per outer fold")
-    p.add_argument("--max-concurrent-trials", type=int, help="trials running at once")
+    p.add_argument("--max-concurrent-trials", type=int, help="trials running at once, in all")
+    p.add_argument(
+        "--trials-at-once",
+        type=int,
+        help="trials running at once per search (default 1); the same trials for any cluster",
+    )
     p.add_argument(
         "--folds",
         dest="tune_folds",

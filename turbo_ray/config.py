@@ -162,6 +162,9 @@ class TuneConfig:
     search_space: str = "experiments/configs/search_space.yaml"
     num_samples: int = 2  # trials per outer fold
     max_concurrent_trials: int = 2  # over all folds' searches (2 cores: two 1-worker trials)
+    # per search: trial i is proposed from trials 0..i-W and waits at an ASHA rung for trials
+    # 0..i-1, so a config gives the same trials whatever runs at once (1: one at a time)
+    trials_at_once: int = 1
     grace_period: int = 1
     reduction_factor: int = 2
     # selects epochs, trials and configs (val_ua | val_wa | val_f1); maximised
@@ -254,6 +257,8 @@ def validate(cfg: Config) -> None:
         "train.num_workers",
         "data.test_session",
         "tune.num_samples",
+        "tune.max_concurrent_trials",
+        "tune.trials_at_once",
         "tune.folds",
     ):
         if _get(cfg, key) < 1:

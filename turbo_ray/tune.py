@@ -10,20 +10,14 @@ What the trials did and which one each search selects: `turbo_ray.trials`.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import pickle
-import tempfile
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import ray.tune
-from ray.tune import Callback, TuneConfig, Tuner
+from ray.tune import TuneConfig, Tuner
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from turbo_ray.checkpoints import retention
 from turbo_ray.config import Config, override
@@ -34,99 +28,9 @@ from turbo_ray.paths import RunPaths, write_text
 from turbo_ray.runners import build_trainer, device_of, trial_context, worker_resources
 from turbo_ray.runtime import DRIVER_RESOURCE
 from turbo_ray.search_space import SearchSpace
+from turbo_ray.searchers import NestedASHA, NestedSearch, SchedulerState, sampler_seed
 from turbo_ray.train import fit, loop_config
-from turbo_ray.trials import FOLD, FOLD_TRIAL, SearchKey, searched, trial_config
-
-
-class NestedSearch(Searcher):
-    """One independent TPE search per `SearchKey` (loss mode, training seed, outer fold), all in
-    one Tune experiment, so that the searches share the cluster. Each search tunes the parameters
-    its mode reads (`SearchSpace.for_mode`) with the same number of trials. A search runs one
-    trial at a time: its TPE proposes each trial knowing every earlier trial's result, and its
-    ASHA sees them in launch order, so the same seed gives the same search whatever the machine's
-    speed; the searches run side by side. Each new trial goes to the free search with the fewest
-    trials so far; its config carries its search (`SearchKey.config`: the test session it must
-    never see among them) and `fold_trial` (its launch order in the search). Results reach only
-    that search's TPE; a failed trial is told to it when a resumed run completes it."""
-
-    def __init__(
-        self, keys: list[SearchKey], space: SearchSpace, trials_per_search: int, metric: str
-    ):
-        super().__init__(metric=metric, mode="max")
-        self.trials_per_search = trials_per_search
-        self.searchers = {key: _tpe(space.for_mode(key.mode), key, metric) for key in keys}
-        self.search_of: dict[str, SearchKey] = {}  # the trials this searcher proposed
-        self.running: dict[SearchKey, str] = {}  # search → its running trial
-
-    def suggest(self, trial_id: str) -> dict | str | None:
-        counts = {k: list(self.search_of.values()).count(k) for k in self.searchers}
-        unfinished = [k for k, n in counts.items() if n < self.trials_per_search]
-        if not unfinished:
-            return Searcher.FINISHED
-        free = [k for k in unfinished if k not in self.running]
-        if not free:
-            return None  # asked again when a trial ends
-        key = min(free, key=lambda k: counts[k])  # the first of the least searched
-        params = self.searchers[key].suggest(trial_id)
-        if not isinstance(params, dict):
-            return params
-        self.search_of[trial_id] = key
-        self.running[key] = trial_id
-        return params | key.config() | {FOLD_TRIAL: counts[key]}
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self.search_of:
-            self.searchers[self.search_of[trial_id]].on_trial_result(trial_id, result)
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
-    ) -> None:
-        """A finished (or ASHA-stopped) trial's best score goes to its search's TPE. Its search
-        is read from its config (Tune's state and this searcher's are saved apart: a restored
-        experiment can hold a trial this searcher never proposed; its result is added as an
-        evaluated point). A failed trial frees its search but is not told as failed: Optuna would
-        drop the completion of the resumed run."""
-        config = (result or {}).get("config") or {}
-        key = SearchKey.of(config) if FOLD in config else self.search_of.get(trial_id)
-        if key is None:
-            return  # failed before reporting, and never proposed by this searcher
-        if self.running.get(key) == trial_id:
-            del self.running[key]
-        if error or not result or self.metric not in result:
-            return
-        if trial_id in self.search_of:
-            self.searchers[key].on_trial_complete(trial_id, result)
-        else:
-            self.searchers[key].add_evaluated_point(searched(config), result[self.metric])
-
-    def save(self, checkpoint_path: str) -> None:
-        states = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            for i, (key, searcher) in enumerate(self.searchers.items()):
-                searcher.save(f"{tmp}/{i}")
-                states[key] = Path(f"{tmp}/{i}").read_bytes()
-        state = {"search_of": self.search_of, "running": self.running, "states": states}
-        Path(checkpoint_path).write_bytes(pickle.dumps(state))
-
-    def restore(self, checkpoint_path: str) -> None:
-        saved = pickle.loads(Path(checkpoint_path).read_bytes())
-        self.search_of, self.running = saved["search_of"], saved["running"]
-        with tempfile.TemporaryDirectory() as tmp:
-            for i, (key, state) in enumerate(saved["states"].items()):
-                Path(f"{tmp}/{i}").write_bytes(state)
-                self.searchers[key].restore(f"{tmp}/{i}")
-
-
-def _tpe(space: SearchSpace, key: SearchKey, metric: str) -> OptunaSearch:
-    """One search's TPE over `space`, seeded by `sampler_seed`, evaluating its start points
-    first."""
-    return OptunaSearch(
-        space=OptunaSearch.convert_search_space({p.key: p.domain() for p in space.params}),
-        metric=metric,
-        mode="max",
-        seed=sampler_seed(key.seed, key.fold),
-        points_to_evaluate=copy.deepcopy(space.start) or None,
-    )
+from turbo_ray.trials import FOLD, SearchKey, trial_config
 
 
 def search_keys(cfg: Config, folds: list[int]) -> list[SearchKey]:
@@ -150,60 +54,6 @@ def search_record(space: SearchSpace, cfg: Config, keys: list[SearchKey]) -> dic
             RunPaths.run_name(*key): sampler_seed(key.seed, key.fold) for key in keys
         },
     }
-
-
-def sampler_seed(seed: int, fold: int) -> int:
-    """The seed of the TPE sampler of a search (`results.json` records it): distinct for every
-    training seed and fold (< 1000), shared by the modes of one seed and fold."""
-    return 1000 * seed + fold
-
-
-class NestedASHA(FIFOScheduler):
-    """ASHA per search: a trial competes only with its own search's trials."""
-
-    def __init__(self, keys: list[SearchKey], **asha: Any):
-        super().__init__()
-        self.ashas = {key: ASHAScheduler(**asha) for key in keys}
-
-    def set_search_properties(self, metric, mode, **spec) -> bool:
-        done = [a.set_search_properties(metric, mode, **spec) for a in self.ashas.values()]
-        return all(done)
-
-    def _asha(self, trial) -> ASHAScheduler:
-        return self.ashas[SearchKey.of(trial.config)]
-
-    def on_trial_add(self, tune_controller, trial):
-        self._asha(trial).on_trial_add(tune_controller, trial)
-
-    def on_trial_result(self, tune_controller, trial, result):
-        return self._asha(trial).on_trial_result(tune_controller, trial, result)
-
-    def on_trial_complete(self, tune_controller, trial, result):
-        self._asha(trial).on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_remove(self, tune_controller, trial):
-        self._asha(trial).on_trial_remove(tune_controller, trial)
-
-    def debug_string(self) -> str:
-        return "\n".join(f"{key}: {a.debug_string()}" for key, a in self.ashas.items())
-
-
-class SchedulerState(Callback):
-    """Keeps a `NestedASHA`'s rungs in Tune's own experiment state. `Tuner.restore` brings back the
-    trials, the searcher and the callbacks' states, not the scheduler's; Tune saves this callback's
-    state with its own, wherever the experiment is stored (an `s3://` storage path too), and
-    restores it before the restored trials are added, so a resumed driver, on any machine, continues
-    every search's ASHA where it stopped."""
-
-    def __init__(self, scheduler: NestedASHA):
-        self.scheduler = scheduler  # the same object as the Tuner's (one pickle holds both)
-
-    def get_state(self) -> dict:
-        return {k: a.__dict__ for k, a in self.scheduler.ashas.items()}
-
-    def set_state(self, state: dict) -> None:
-        for k, saved in state.items():
-            self.scheduler.ashas[k].__dict__.update(saved)
 
 
 def trains_in_trial(cfg: Config) -> bool:
@@ -285,9 +135,9 @@ def run_search(
             raise FileExistsError(
                 f"{paths.search} already holds a search: pass --resume, or another --output-dir"
             )
-        return Tuner.restore(
-            paths.search, trainable, resume_unfinished=True, resume_errored=True
-        ).fit()
+        tuner = Tuner.restore(paths.search, trainable, resume_unfinished=True, resume_errored=True)
+        with pending_trials(cfg.tune.max_concurrent_trials):
+            return tuner.fit()
     # a new search; or resuming a job killed before Tune first saved its state: nothing to keep
     outer = [k for k in splits if k != FINAL]
     t, keys, in_trial = cfg.tune, search_keys(cfg, outer), trains_in_trial(cfg)
@@ -295,19 +145,19 @@ def run_search(
     asha = NestedASHA(
         keys,
         metric=score,
-        mode="max",
-        time_attr="epoch",
         max_t=cfg.train.epochs,
         grace_period=t.grace_period,
         reduction_factor=t.reduction_factor,
     )
+    searcher = NestedSearch(
+        keys, space, t.num_samples, score, t.trials_at_once, t.max_concurrent_trials
+    )
     tuner = Tuner(
         trainable,
         tune_config=TuneConfig(  # each search's space is its TPE's (`NestedSearch`)
-            search_alg=NestedSearch(keys, space, t.num_samples, score),
+            search_alg=searcher,
             scheduler=asha,
             num_samples=t.num_samples * len(keys),
-            max_concurrent_trials=t.max_concurrent_trials,
             # a trial that trains in its process hands it to the next trial (a TorchTrainer's
             # driver cannot: stopped inside `fit`, its thread never ends)
             reuse_actors=in_trial,
@@ -325,4 +175,21 @@ def run_search(
             verbose=0,
         ),
     )
-    return tuner.fit()
+    with pending_trials(t.max_concurrent_trials):
+        return tuner.fit()
+
+
+@contextmanager
+def pending_trials(n: int) -> Iterator[None]:
+    """Within: Tune creates up to `n` trials ahead of free resources (an autoscaler sees their
+    placement groups), as it does for a searcher wrapped in its `ConcurrencyLimiter` (one that
+    limits its own concurrency, as `NestedSearch` does, gets 1). A value the user set is kept."""
+    name = "TUNE_MAX_PENDING_TRIALS_PG"
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = str(n)
+    try:
+        yield
+    finally:
+        del os.environ[name]
