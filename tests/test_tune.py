@@ -328,6 +328,66 @@ def test_the_main_job_reproduces_resumes_from_its_config_alone_and_resumes_finis
     assert header.endswith(f"--config {fresh / 'best_config_turbo-seed0-s2.yaml'} --fold 2")
 
 
+def search_outcome(out: Path) -> tuple[list, dict]:
+    """What a search's trials were and what the job selected and scored, without what names the
+    run (Tune's trial ids, checkpoint paths) or sets how many trials ran at once."""
+    trials = pd.read_csv(out / "trials.csv", keep_default_na=False).drop(columns="trial")
+    results = json.loads((out / "results.json").read_text())
+    for fold in results["folds"]:
+        del fold["trial"], fold["checkpoint"]
+    del results["config"]["tune"]["max_concurrent_trials"]
+    return trials.to_dict("records"), results
+
+
+def test_a_search_of_two_trials_at_once_gives_the_same_trials_one_at_a_time_slowed_and_killed(
+    shared_ray, tiny, launch, tmp_path
+):
+    # one search, 4 trials, 2 at once (trial i from trials 0..i-2; at a rung, trial i waits for
+    # trials 0..i-1), 2 epochs with an ASHA rung at 1: run one at a time; then four at once with
+    # trial 0 slowed down (trial 1 reaches the rung first and waits there), the driver killed
+    # mid-search and the job resumed
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "train.lr: {loguniform: [1.0e-4, 3.0e-3]}\nmodel.dropout: {uniform: [0.05, 0.3]}\n"
+    )
+    args = [
+        *tiny,
+        "tune.folds=1",
+        "tune.num_samples=4",
+        "tune.trials_at_once=2",
+        "tune.grace_period=1",
+        "tune.reduction_factor=2",
+        f"tune.search_space={space}",
+    ]
+    one = tmp_path / "one-at-a-time"
+    assert "resumed after" not in run_main(
+        "tune", "--output-dir", str(one), *args, "tune.max_concurrent_trials=1"
+    )
+
+    killed = tmp_path / "slowed-and-killed"
+    command = ["tune", "--output-dir", str(killed), *args, "tune.max_concurrent_trials=4"]
+    joined = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
+    log = tmp_path / "killed.log"
+    with open(log, "w") as out:
+        driver = launch("tests/slow_first_trial.py", *command, env=joined, stdout=out, stderr=out)
+    deadline = time.time() + 300
+    while saved_trials(killed / "search").get("TERMINATED", 0) < 1:  # trial 0 ended: mid-search
+        assert time.time() < deadline and driver.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.2)
+    driver.kill()
+    driver.wait()
+    # trial 1 reached epoch 1 (the rung) before trial 0 and waited there for it
+    lines = [line.split("  val")[0] for line in log.read_text().splitlines()]
+    first = "turbo seed 0 fold 1 trial {}  epoch 1/2"
+    assert lines.index(first.format(1)) < lines.index(first.format(0)), log.read_text()
+    assert "(resumed)" in run_main(*command, "--resume")
+
+    trials, results = search_outcome(one)
+    assert trials[0]["epochs"] == 2 and any(t["stopped_early"] for t in trials)  # ASHA stopped
+    assert results["search"]["trials_at_once"] == 2 and results["search"]["failed_trials"] == []
+    assert search_outcome(killed) == (trials, results)
+
+
 def test_a_job_joins_a_ray_started_by_ray_start_keeps_its_runs_in_a_bucket_and_resumes_from_it(
     shared_ray, s3, tiny, run_command, mlflow_store_matches, ray_tmp, tmp_path
 ):

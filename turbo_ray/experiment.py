@@ -52,6 +52,8 @@ from turbo_ray.tracking import Tracker
 from turbo_ray.trials import (
     SearchKey,
     best_trials,
+    failed_trials,
+    not_comparable,
     searched,
     trial_config,
     trial_id,
@@ -81,6 +83,7 @@ class JobResult:
     joined: bool  # ran on a Ray that outlives the job (its dashboard stays)
     comparison: pd.DataFrame | None  # each mode against the baseline, paired (`comparison.py`)
     model: Path | None = None  # the final model's folder (`tune.final`)
+    search: dict | None = None  # what selected each search's config (the main job)
 
     @property
     def protocol(self) -> str:
@@ -98,8 +101,9 @@ class JobResult:
         return format_table(self.rows, title, self.by)
 
     def selection(self) -> str:
-        """What each search selected (nested protocol only)."""
-        return selection_table(self.rows, self.cfg, self.by)
+        """What each search selected (nested protocol only), and whether a trial failed."""
+        caveat = not_comparable(self.search["failed_trials"])
+        return selection_table(self.rows, self.cfg, self.by) + (f"\n{caveat}" if caveat else "")
 
     def compared(self) -> str | None:
         """Each mode against the baseline, paired over folds and seeds (None: no baseline run)."""
@@ -145,6 +149,7 @@ def run_nested(
         grid = run_search(cfg, list(folds.values()), space, corpus, paths, resume, [progress])
         tracker.log_trials(grid, cfg)
         files = write_search_outputs(grid, space, cfg, paths)
+        search["failed_trials"] = failed_trials(grid)
         selected = best_trials(grid, cfg)
         outer = [key for key in keys if key.fold != FINAL]
         rows = [tested(cfg, corpus, folds[key.fold], key, selected[key], paths) for key in outer]
@@ -332,7 +337,7 @@ def finish(
     tracker.log_folds(table, cfg, classes)
     tracker.finish(table, files, by, comparison)
     return JobResult(
-        nested, cfg, paths, corpus, table, by, files, tracker, joined, comparison, model
+        nested, cfg, paths, corpus, table, by, files, tracker, joined, comparison, model, search
     )
 
 

@@ -67,6 +67,10 @@ class SearchProgress(Callback):
         return trial_name(trial.config)
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.trial_id in self.started:  # paused at a rung (or the driver restarted)
+            epoch = (trial.last_result or {}).get("epoch", 0)
+            tqdm.write(f"{self._name(trial)}  resumed after epoch {epoch}")
+            return
         self.started[trial.trial_id] = time.perf_counter()
         params = searched(trial.config).items()
         params = "  ".join(f"{k.split('.')[-1]}={short(v)}" for k, v in params)

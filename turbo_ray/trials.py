@@ -104,6 +104,32 @@ def trial_table(grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config) -> p
     return pd.DataFrame(rows).sort_values(order, ignore_index=True)
 
 
+def failed_trials(grid: ray.tune.ResultGrid) -> list[dict]:
+    """The trials that failed for good (for results.json): their searches' later trials were
+    proposed and judged without them, so this run's trials are not another run's."""
+    failed = [r for r in grid if r.error]
+    return [
+        {
+            "search": str(SearchKey.of(r.config)),
+            FOLD_TRIAL: r.config[FOLD_TRIAL],
+            "trial": Path(r.path).name,
+            "error": type(r.error).__name__,
+        }
+        for r in sorted(failed, key=lambda r: (SearchKey.of(r.config), r.config[FOLD_TRIAL]))
+    ]
+
+
+def not_comparable(failed: list[dict]) -> str | None:
+    """What a job with failed trials says under its selection (None: nothing failed)."""
+    if not failed:
+        return None
+    names = "; ".join(f"{f['search']} trial {f[FOLD_TRIAL]} ({f['error']})" for f in failed)
+    return (
+        f"Not comparable with another run of this config: {names} failed for good; the later "
+        "trials of its search were proposed and judged without it (README: Reproducibility)."
+    )
+
+
 def best_score(history: pd.DataFrame, metric: str) -> float:
     """A trial's best validation score: the running best its epochs report (exact even where a
     restored trial's history lacks the epochs between Tune's last snapshot and its Train

@@ -44,12 +44,13 @@ def search_keys(cfg: Config, folds: list[int]) -> list[SearchKey]:
 
 def search_record(space: SearchSpace, cfg: Config, keys: list[SearchKey]) -> dict:
     """What selected each search's config, for results.json: the space, its start points, what
-    each mode searched of it, the trials per search and each search's TPE seed. Checks first that
-    every mode has something to search."""
+    each mode searched of it, the trials per search (and at once) and each search's TPE seed.
+    Checks first that every mode has something to search."""
     modes = dict.fromkeys(key.mode for key in keys)
     return space.record() | {
         "searched_per_mode": {m: [p.key for p in space.for_mode(m).params] for m in modes},
         "trials_per_search": cfg.tune.num_samples,
+        "trials_at_once": cfg.tune.trials_at_once,
         "sampler_seeds": {
             RunPaths.run_name(*key): sampler_seed(key.seed, key.fold) for key in keys
         },
