@@ -181,12 +181,30 @@ class Cluster:
         }
 
 
+def plot(table: dict, gpu_counts: list, widths: list, base: float, path: str) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for w in widths:
+        ratios = [table[g, w]["makespan"] / base for g in gpu_counts]
+        ax.plot(gpu_counts, ratios, marker="o", label=f"W = {w}")
+    ax.set(xscale="log", xlabel="GPUs (one trial each)", ylabel="makespan / (W=1, 5 GPUs)")
+    ax.minorticks_off()
+    ax.set_xticks(gpu_counts, [str(g) for g in gpu_counts])
+    ax.axhline(0.4, color="grey", linestyle=":", linewidth=1)
+    ax.legend(title="per search", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default="experiments/configs/iemocap.yaml")
     parser.add_argument("--seeds", type=int, default=5, help="seeds per cluster and W")
+    parser.add_argument("--plot", help="also draw makespan against GPUs, a line per W, here")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -238,6 +256,8 @@ def main() -> None:
         "paused: trial-time spent paused at a rung (no GPU held); regret: UA points lost against "
         f"W=1 on the same GPUs and seed. W=1's spread over seeds: {spread:.2f} UA points"
     )
+    if args.plot:
+        plot(table, gpu_counts, widths, base, args.plot)
     g = 20 if 20 in gpu_counts else gpu_counts[-1]
     good = [w for w in widths if table[g, w]["regret"] <= spread] or [1]
     best = min(good, key=lambda w: table[g, w]["makespan"])

@@ -112,3 +112,13 @@ def test_gpu_check_without_cuda_says_so_and_passes(run_command):
     env = {"CUDA_VISIBLE_DEVICES": ""}  # no GPU seen, whatever the machine has
     out = run_command("experiments/gpu_check.py", env=env)
     assert out.strip() == "gpu_check: no CUDA device here; nothing to check (exit 0)"
+
+
+def test_sim_search(run_command):
+    out = run_quick(run_command, "sim_search.py")
+    for gpus, w in ((5, 1), (5, 2), (20, 1), (20, 2)):
+        assert re.search(rf"^ +{gpus} +{w} +[0-9.]+ +[0-9.]+ .* +-?[0-9.]+$", out, re.M), out
+    assert re.search(r"W=1's spread over seeds: [0-9.]+ UA points$", out, re.M), out
+    last = out.strip().splitlines()[-1]  # printed last
+    assert re.fullmatch(r"makespan W=[12] G=20 / W=1 G=5: [0-9.]+", last), out
+    assert 0 < float(last.split(": ")[1]) <= 1
