@@ -50,3 +50,17 @@ def test_pairs_match_fold_and_seed_and_seeds_average_within_a_fold():
     assert row.baseline == pytest.approx(np.mean([0.5, 0.6, 0.7, 0.7, 0.4, 0.5]))
     printed = format_comparison(paired_comparison(rows), "turbo vs baseline")
     assert "turbo UA:" in printed and "wins/ties/losses 4/1/1 of 6 pairs (3 folds)" in printed
+
+
+def test_equal_scores_summed_in_another_order_tie_and_no_pairs_give_no_p():
+    # 0.1 + 0.2 and 0.3 are the same UA computed two ways (they differ in the last bit)
+    rows = pd.DataFrame(
+        [
+            {"mode": "baseline", "seed": 0, "test_session": 1, "ua": 0.1 + 0.2, "wa": 0.5},
+            {"mode": "turbo", "seed": 0, "test_session": 1, "ua": 0.3, "wa": 0.6},
+        ]
+    )
+    ua, wa = paired_comparison(rows).set_index("score").loc[["ua", "wa"]].itertuples()
+    assert (ua.wins, ua.ties, ua.losses) == (0, 1, 0)
+    assert (wa.wins, wa.ties, wa.losses) == (1, 0, 0)
+    assert np.isnan(sign_flip_p(np.array([])))

@@ -1,10 +1,12 @@
 """Typed config: YAML + dotted overrides, unknown keys and bad values named in the error."""
 
+import re
 import subprocess
 
 import pytest
 import yaml
 
+from turbo_ray.cli import main
 from turbo_ray.config import Config, ConfigError, load_config
 
 
@@ -80,3 +82,49 @@ def test_cli_help_and_config_print(run_command, launch):
     bad = launch("config", "loss.nope=1", stderr=subprocess.PIPE)
     _, err = bad.communicate(timeout=60)
     assert bad.returncode == 2 and "loss.nope" in err
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.seed=-1"], "train.seed must be >= 0, got -1"),
+        (["data.seed=-2"], "data.seed must be >= 0, got -2"),
+        (["tune.seeds=[0,-1]"], r"tune.seeds must be >= 0, got \[0, -1\]"),
+    ],
+)
+def test_negative_seeds_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--seeds", "0,0"], r"--seeds must list distinct values, got \[0, 0\]"),
+        (["--seeds", "-1"], r"--seeds must be >= 0, got \[-1\]"),
+        (["--mode", "turbo,turbo"], "--mode must list distinct values"),
+    ],
+)
+def test_train_refuses_repeated_or_negative_seeds_and_modes_before_writing(
+    tmp_path, capsys, flags, message
+):
+    out = tmp_path / "out"
+    assert main(["train", *flags, "--output-dir", str(out)]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_a_job_anchors_relative_data_paths_where_it_starts(tmp_path, monkeypatch):
+    from turbo_ray.experiment import open_job
+
+    monkeypatch.chdir(tmp_path)
+    given = load_config(
+        None, ["data.cache_dir=cache", "data.shards_dir=s3://bucket/shards", "data.data_dir=data"]
+    )
+    cfg, _ = open_job("train", given, tmp_path / "job", resume=False)
+    # a trial's process, in another folder, reads the same places
+    assert cfg.data.cache_dir == str(tmp_path / "cache")
+    assert cfg.data.data_dir == str(tmp_path / "data")
+    assert cfg.data.shards_dir == "s3://bucket/shards"
+    home = load_config(None, [])
+    assert open_job("train", home, tmp_path / "job2", resume=False)[0].data == home.data  # ~/…

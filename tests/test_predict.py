@@ -119,8 +119,10 @@ def test_bad_inputs_are_one_line_or_reported_skips_and_nothing_half_written(
     table = pd.read_csv(out)
     assert table.utterance_id.tolist() == [wavs[0], "stereo-8k.wav"]  # 8 kHz stereo: resampled
     assert np.allclose(table.filter(like="prob_").sum(axis=1), 1, atol=1e-5)
-    # one recording
-    assert main(["predict", str(model), "--wav", wavs[0], "--text", "hello there"]) == 0
+    # one recording, its prediction where --out says (never in the working directory)
+    one = tmp_path / "one.csv"
+    assert main(["predict", str(model), "--wav", wavs[0], "--text", "hi", "--out", str(one)]) == 0
+    assert pd.read_csv(one).utterance_id.tolist() == [wavs[0]]
     # a folder of another format
     meta = json.loads((model / "turbo_ray.json").read_text())
     old = tmp_path / "old-model"

@@ -27,6 +27,7 @@ from turbo_ray.results import counted
 
 COMPARED = ("wa", "ua")  # the scores compared: accuracy and mean per-class recall
 LEVEL = 0.95
+TIE = 1e-9  # a pair's scores closer than this are a tie (the same score, summed in another order)
 
 
 def compared_with_baseline(rows: pd.DataFrame) -> pd.DataFrame | None:
@@ -63,9 +64,9 @@ def paired_comparison(
                     "ci_low": low,
                     "ci_high": high,
                     "p": sign_flip_p(per_fold),
-                    "wins": int((diff > 0).sum()),
-                    "ties": int((diff == 0).sum()),
-                    "losses": int((diff < 0).sum()),
+                    "wins": int((diff > TIE).sum()),
+                    "ties": int((diff.abs() <= TIE).sum()),
+                    "losses": int((diff < -TIE).sum()),
                     "folds": len(per_fold),
                     "pairs": len(diff),
                 }
@@ -86,7 +87,10 @@ def t_interval(differences: np.ndarray, level: float = LEVEL) -> tuple[float, fl
 
 def sign_flip_p(differences: np.ndarray) -> float:
     """Two-sided exact sign-flip permutation p-value of the mean of `differences`: the share of
-    the 2^n sign patterns whose mean is at least as far from 0 as the observed one."""
+    the 2^n sign patterns whose mean is at least as far from 0 as the observed one (NaN for no
+    differences)."""
+    if not len(differences):
+        return math.nan
     signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(differences))))
     means = np.abs(signs @ differences) / len(differences)
     return float(np.mean(means >= abs(differences.mean()) - 1e-12))

@@ -221,9 +221,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(str(err)) from None
     if cfg.data.folds is not None and cfg.data.folds < 2:
         raise ConfigError(f"data.folds must be >= 2 (null: a fold per group), got {cfg.data.folds}")
-    for key, values in (("tune.modes", cfg.tune.modes), ("tune.seeds", cfg.tune.seeds)):
-        if values is not None and (not values or len(set(values)) < len(values)):
-            raise ConfigError(f"{key} must list distinct values, got {values}")
+    check_settings("tune.modes", cfg.tune.modes)
+    check_settings("tune.seeds", cfg.tune.seeds, seeds=True)
+    for key in ("train.seed", "data.seed"):
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
     for mode in [cfg.loss.mode, *(cfg.tune.modes or [])]:
         if mode not in MODES:
             raise ConfigError(f"tune.modes: {mode!r} is not one of {', '.join(MODES)}")
@@ -263,6 +265,17 @@ def validate(cfg: Config) -> None:
     ):
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
+
+
+def check_settings(name: str, values: list | None, seeds: bool = False) -> None:
+    """A job's list of loss modes or seeds (`tune.seeds`, `--seeds`; None: the config's one):
+    distinct values, seeds >= 0; else a ConfigError naming `name`."""
+    if values is None:
+        return
+    if not values or len(set(values)) < len(values):
+        raise ConfigError(f"{name} must list distinct values, got {values}")
+    if seeds and min(values) < 0:
+        raise ConfigError(f"{name} must be >= 0, got {values}")
 
 
 def unused_keys(mode: str) -> set[str]:

@@ -31,13 +31,14 @@ from turbo_ray.checkpoints import (
     selected_epoch,
 )
 from turbo_ray.comparison import compared_with_baseline, format_comparison
-from turbo_ray.config import MODES, Config, ConfigError, load_config, override
+from turbo_ray.config import MODES, Config, ConfigError, check_settings, load_config, override
 from turbo_ray.data.corpus import Corpus, prepare_corpus
 from turbo_ray.data.folds import FINAL, Fold, fold_splits
 from turbo_ray.evaluation import tested_row
 from turbo_ray.paths import (
     RunPaths,
     UsageError,
+    is_uri,
     latest_output_dir,
     new_output_dir,
     read_text,
@@ -229,6 +230,8 @@ def run_fixed(
     once per loss mode and training seed (default: the config's `loss.mode` and `train.seed`): a
     Train run per fold, tested at its best validation epoch. `out`: the output folder (default: a
     new runs/train-<time>)."""
+    check_settings("--mode", modes)
+    check_settings("--seeds", seeds, seeds=True)
     modes, seeds = modes or [cfg.loss.mode], seeds or [cfg.train.seed]
     if bad := [m for m in modes if m not in MODES]:
         raise ConfigError(f"--mode {bad} not in {MODES}")
@@ -363,8 +366,22 @@ def open_job(job: str, cfg: Config, out: Path | None, resume: bool) -> tuple[Con
         raise UsageError(
             f"{out} already holds an experiment: pass --resume, or another --output-dir"
         )
-    cfg = load_config(out / RunPaths.CONFIG) if resume else cfg
+    cfg = load_config(out / RunPaths.CONFIG) if resume else anchored(cfg)
     return cfg, RunPaths.of(out, cfg.train.storage_path)
+
+
+def anchored(cfg: Config) -> Config:
+    """The data's local paths made absolute where the job starts: a trial's process runs in a
+    folder of Ray's (URIs and `~/…` stay as they are)."""
+    data = cfg.data
+    relative = {
+        f"data.{key}": str(Path(value).resolve())
+        for key in ("data_dir", "cache_dir", "shards_dir")
+        if (value := getattr(data, key))
+        and not is_uri(value)
+        and not Path(value).expanduser().is_absolute()
+    }
+    return override(cfg, relative)
 
 
 def fetch_stored_config(out: Path, given: Config) -> None:
