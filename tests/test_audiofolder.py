@@ -157,23 +157,36 @@ def split_dir(corpus_dir, tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def speakers_dir(corpus_dir, tmp_path_factory):
+    """The same recordings grouped by speaker: six groups, more than IEMOCAP's five sessions."""
+    root = tmp_path_factory.mktemp("dds-speakers")
+    metadata = pd.read_csv(corpus_dir / "metadata.csv")
+    metadata["file_name"] = [str(corpus_dir / name) for name in metadata.file_name]
+    metadata["group"] = metadata.speaker
+    metadata.to_csv(root / "metadata.csv", index=False)
+    return root
+
+
 def test_the_main_job_runs_on_groups_and_on_a_given_split(
-    shared_ray, corpus_dir, split_dir, tiny, tmp_path, capsys
+    shared_ray, speakers_dir, split_dir, tiny, tmp_path, capsys
 ):
     job = ["tune", "--num-samples", "1", "--max-concurrent-trials", "2", *tiny, "train.epochs=1"]
     grouped = tmp_path / "grouped"
-    assert main([*job, "--data-dir", str(corpus_dir), "--output-dir", str(grouped)]) == 0
+    assert main([*job, "--data-dir", str(speakers_dir), "--output-dir", str(grouped)]) == 0
     printed = capsys.readouterr().out
-    assert "Nested leave-one-group-out (nested-logo)" in printed
+    assert "Nested leave-one-group-out (nested-logo):" in printed  # every fold: no "k of its n"
     assert "AUC = ROC-AUC of the positive class" in printed
     results = json.loads((grouped / "results.json").read_text())
     assert results["protocol"] == "nested-logo"
-    assert results["outer_folds"]["groups"] == {"1": ["car"], "2": ["kitchen"], "3": ["office"]}
+    speakers = [f"{group}-{s}" for group in GROUPS for s in (0, 1)]
+    assert results["outer_folds"]["groups"] == {str(k): [g] for k, g in enumerate(speakers, 1)}
+    assert results["outer_folds"]["run"] == [1, 2, 3, 4, 5, 6]  # all six groups, not five
     assert results["classes"] == ["directed", "other"]
-    assert [fold["test_session"] for fold in results["folds"]] == [1, 2, 3]
+    assert [fold["test_session"] for fold in results["folds"]] == [1, 2, 3, 4, 5, 6]
     for fold in results["folds"]:
         assert 0.0 <= fold["auc"] <= 1.0 and len(fold["confusion"]) == 2
-        assert fold["search_sessions"] == [k for k in (1, 2, 3) if k != fold["test_session"]]
+        assert fold["search_sessions"] == [k for k in range(1, 7) if k != fold["test_session"]]
     table = pd.read_csv(grouped / "results.csv")
     assert "auc" in table and table.test_session.tolist()[-2:] == ["mean", "std"]
 

@@ -26,6 +26,7 @@ def exported(main_job, tmp_path_factory):
     out, _, _ = main_job
     row = json.loads((out / "results.json").read_text())["folds"][0]
     model = tmp_path_factory.mktemp("exported") / "model"
+    row["checkpoint"] = str(out / row["checkpoint"])  # results.json: relative to the job folder
     assert main(["export", row["checkpoint"], str(model)]) == 0
     return row, model
 

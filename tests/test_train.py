@@ -2,7 +2,6 @@
 optimizer's parameter groups. (A two-worker run that fails and restarts: test_cluster_fault.py.)"""
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -83,7 +82,7 @@ def test_a_fixed_job_scores_every_class_tracks_each_run_and_keeps_only_the_teste
     assert results["classes"] == list(ClassMap.parse("all").names)
     for fold in results["folds"]:
         assert len(fold["confusion"]) == len(ClassMap.parse("all").names) == 11
-        meta = json.loads((Path(fold["checkpoint"]) / "meta.json").read_text())
+        meta = json.loads((out / fold["checkpoint"] / "meta.json").read_text())
         assert (
             meta["config"]["train"]["seed"] == 1 and meta["config"]["loss"]["mode"] == fold["mode"]
         )
@@ -100,6 +99,8 @@ def test_a_fixed_job_scores_every_class_tracks_each_run_and_keeps_only_the_teste
         assert runs[fold["mode"]].data.metrics["test_ua"] == pytest.approx(fold["ua"])
         assert parent.data.metrics[f"mean_test_ua/{fold['mode']}"] == pytest.approx(fold["ua"])
     # the finished job keeps only the weights of the checkpoints its table came from
-    kept = [str(c) for c in out.glob("checkpoints/*/checkpoint_*") if c.is_dir()]
+    kept = [str(c.relative_to(out)) for c in out.glob("checkpoints/*/checkpoint_*") if c.is_dir()]
     assert sorted(kept) == sorted(fold["checkpoint"] for fold in results["folds"])
-    assert all(sorted(f.name for f in Path(c).iterdir()) == ["meta.json", "model.pt"] for c in kept)
+    assert all(
+        sorted(f.name for f in (out / c).iterdir()) == ["meta.json", "model.pt"] for c in kept
+    )

@@ -195,9 +195,11 @@ def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_sur
         assert set(fold["params"]) == searched[fold["mode"]] and 1 <= fold["best_epoch"] <= 2
         assert {"trial", "val_ua", "wa", "ua", "f1", "confusion"} <= set(fold)
     # the finished job kept only the weights of each search's selected checkpoint
-    kept = sorted(str(c) for c in (out / "search").glob("trial-*/checkpoint_*") if c.is_dir())
-    assert kept == sorted(fold["checkpoint"] for fold in results["folds"])
-    assert all(sorted(f.name for f in Path(c).iterdir()) == ["meta.json", "model.pt"] for c in kept)
+    kept = sorted(str(c.relative_to(out)) for c in out.glob("search/trial-*/checkpoint_*"))
+    assert kept == sorted(fold["checkpoint"] for fold in results["folds"])  # relative to the job
+    assert all(
+        sorted(f.name for f in (out / c).iterdir()) == ["meta.json", "model.pt"] for c in kept
+    )
     # equal budgets: every search ran the same number of trials; the baseline's configs hold no
     # searched temperature (its trials ran the config's, unused)
     trials = pd.read_csv(out / "trials.csv", dtype={"trial": str})
@@ -306,6 +308,9 @@ def test_the_main_job_reproduces_resumes_from_its_config_alone_and_resumes_finis
 
     (killed_folds, killed_trials), (folds, trials) = selection(killed), selection(fresh)
     assert [f["test_session"] for f in folds] == [1, 2]  # the final search is not tested
+    # two of the corpus's five folds: the title and results.json say so
+    assert "Nested leave-one-session-out (nested-loso, 2 of its 5 folds)" in printed
+    assert json.loads((fresh / "results.json").read_text())["outer_folds"]["run"] == [1, 2]
     assert killed_folds == folds  # the same selections and test scores
     pd.testing.assert_frame_equal(killed_trials, trials)  # the same proposals, the same stops
     assert sorted(trials.fold) == [0, 0, 1, 1, 2, 2]  # 2 trials per search, the final's too
@@ -326,6 +331,24 @@ def test_the_main_job_reproduces_resumes_from_its_config_alone_and_resumes_finis
     mlflow_store_matches(fresh, tmp_path)
     header = (fresh / "best_config_turbo-seed0-s2.yaml").read_text().splitlines()[1]
     assert header.endswith(f"--config {fresh / 'best_config_turbo-seed0-s2.yaml'} --fold 2")
+
+
+def test_a_finished_job_moved_elsewhere_resumes_keeping_its_checkpoints(main_job, tmp_path):
+    fresh, printed, _ = main_job
+    moved = tmp_path / "moved"
+    shutil.copytree(fresh, moved)  # another disk, another mount point
+    again = run_main("tune", "--output-dir", str(moved), "--resume")
+
+    def tables(out: str) -> str:
+        return out.split("Selected per fold")[1].split("wrote")[0]
+
+    assert "started" not in again and tables(again) == tables(printed)  # trains nothing
+    results = json.loads((moved / "results.json").read_text())
+    for fold in results["folds"]:  # relative to the job: still there, and exported from there
+        assert (moved / fold["checkpoint"] / "model.pt").is_file()
+    model = tmp_path / "model"
+    assert run_main("export", str(moved / results["folds"][0]["checkpoint"]), str(model))
+    assert (model / "turbo_ray.json").is_file()
 
 
 def search_outcome(out: Path) -> tuple[list, dict]:
@@ -447,7 +470,7 @@ def test_a_job_joins_a_ray_started_by_ray_start_keeps_its_runs_in_a_bucket_and_r
     (checkpoint,) = {m[1] for k in stored if (m := re.match(r"(.*/checkpoint_[^/]+)/", k))}
     assert checkpoint.startswith(f"{runs}/job/search/trial-")
     assert f"{checkpoint.rsplit('/', 1)[0]}/checkpoint_manager_snapshot.json" in stored
-    assert fold["checkpoint"].endswith(checkpoint)
+    assert checkpoint.endswith(f"/job/{fold['checkpoint']}")
 
     # resumed from the bucket: the same selection and test scores, nothing trained again, and
     # every trial's history in the new folder's MLflow store

@@ -120,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out,
         modes=args.mode.split(",") if args.mode else None,
         seeds=seeds_from(args.seeds) if args.seeds else None,
-        sessions=[args.fold] if args.fold else list(range(1, args.folds + 1)),
+        sessions=[args.fold] if args.fold else args.folds and list(range(1, args.folds + 1)),
         address=args.address,
     )
     print(f"\n{result.table()}\n")
@@ -302,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode", help=f"comma-separated subset of {','.join(MODES)} (default: loss.mode)"
     )
     folds = p.add_mutually_exclusive_group()
-    folds.add_argument("--folds", type=int, default=5, help="LOSO folds: test sessions 1..N")
+    folds.add_argument(
+        "--folds", type=int, help="the first N outer folds (default: every fold of the corpus)"
+    )
     folds.add_argument("--fold", type=int, help="one LOSO fold: test session K only")
     p.add_argument(
         "--seeds", help="comma-separated training seeds, e.g. 0,1,2 (default: train.seed)"
@@ -334,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--folds",
         dest="tune_folds",
         type=int,
-        help="outer LOSO folds: test sessions 1..N, each with its own search (default 5)",
+        help="the first N outer folds, each with its own search (default: every fold)",
     )
     p.add_argument(
         "--modes",

@@ -169,7 +169,7 @@ class TuneConfig:
     reduction_factor: int = 2
     # selects epochs, trials and configs (val_ua | val_wa | val_f1); maximised
     metric: str = "val_ua"
-    folds: int = 5  # outer LOSO folds (test sessions 1..folds), each searched on its own
+    folds: int | None = None  # the first N outer folds, each searched on its own (None: all)
     # the nested protocol once per loss mode and training seed, equal budgets, compared paired;
     # None: loss.mode alone, train.seed alone
     modes: list[str] | None = None
@@ -219,6 +219,8 @@ def validate(cfg: Config) -> None:
             ClassMap.parse(cfg.data.classes)
         except ClassSpecError as err:
             raise ConfigError(str(err)) from None
+    if cfg.tune.folds is not None and cfg.tune.folds < 1:
+        raise ConfigError(f"tune.folds must be >= 1 (null: every outer fold), got {cfg.tune.folds}")
     if cfg.data.folds is not None and cfg.data.folds < 2:
         raise ConfigError(f"data.folds must be >= 2 (null: a fold per group), got {cfg.data.folds}")
     check_settings("tune.modes", cfg.tune.modes)
@@ -261,7 +263,6 @@ def validate(cfg: Config) -> None:
         "tune.num_samples",
         "tune.max_concurrent_trials",
         "tune.trials_at_once",
-        "tune.folds",
     ):
         if _get(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")

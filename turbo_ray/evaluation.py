@@ -49,7 +49,6 @@ def tested_row(
         **{k: scores[k] for k in scores_of(scores)},
         "n_test": scores["n"],
         "confusion": scores["confusion"],
-        "checkpoint": checkpoint.path,
     }
 
 

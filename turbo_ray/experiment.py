@@ -91,14 +91,19 @@ class JobResult:
         return protocol(self.corpus, self.nested)
 
     def table(self) -> str:
-        """The test scores per fold, with mean and std (per group)."""
+        """The test scores per fold, with mean and std (per group); the folds run, where fewer
+        than the corpus has."""
+        run, every = self.rows["test_session"].nunique(), len(self.corpus.outer.groups)
+        some = f", {run} of its {every} folds" if run < every else ""
         if self.nested:
             title = (
-                f"Nested {self.corpus.outer.title} ({self.protocol}): test scores of each "
+                f"Nested {self.corpus.outer.title} ({self.protocol}{some}): test scores of each "
                 f"fold's selected checkpoint, {self.corpus.label}"
             )
         else:
-            title = f"Test scores of the best-val epoch, {self.corpus.label}"
+            title = (
+                f"Test scores of the best-val epoch ({self.protocol}{some}), {self.corpus.label}"
+            )
         return format_table(self.rows, title, self.by)
 
     def selection(self) -> str:
@@ -127,8 +132,8 @@ class JobResult:
 def run_nested(
     cfg: Config, out: Path | None = None, resume: bool = False, address: str | None = None
 ) -> JobResult:
-    """The main job: a search per outer fold (`tune.folds` of them), each fold's selected
-    checkpoint tested on its held-out session; once per mode and seed of `tune.modes` and
+    """The main job: a search per outer fold (each, or the first `tune.folds`), each fold's
+    selected checkpoint tested on its held-out session; once per mode and seed of `tune.modes` and
     `tune.seeds`, with equal budgets, compared with the baseline if it ran. `out`: the output
     folder (default: a new runs/tune-<time>; with `resume`, the newest one); `resume` continues
     the job there with its own saved config (a finished job trains nothing); `address`: a Ray
@@ -155,7 +160,7 @@ def run_nested(
         outer = [key for key in keys if key.fold != FINAL]
         rows = [tested(cfg, corpus, folds[key.fold], key, selected[key], paths) for key in outer]
         model = export_final(cfg, selected, paths) if cfg.tune.final else None
-        prune(cfg, paths.search, rows)
+        prune(cfg, paths, paths.search, rows)
         by = ["mode"] if len(outer) > len(folds) - cfg.tune.final else None
         return finish(True, cfg, corpus, paths, rows, files, tracker, joined, by, search, model)
 
@@ -192,7 +197,7 @@ def run_final(cfg: Config, out: Path | None = None, address: str | None = None) 
         name = paths.run_name(cfg.loss.mode, cfg.train.seed, FINAL)
         run = build_trainer(run_cfg, corpus.shards, fold_splits(fold), corpus.classes, name).fit()
         export_selected(run, run, cfg, paths.model_dir)
-    prune(cfg, paths.checkpoints, [])  # its weights are in the model folder
+    prune(cfg, paths, paths.checkpoints, [])  # its weights are in the model folder
     return paths.model_dir
 
 
@@ -250,20 +255,21 @@ def run_fixed(
                 run_cfg = override(cfg, setting | {"train.storage_path": paths.checkpoints})
                 for fold in folds:
                     run = paths.run_name(mode, seed, fold.test_session)
-                    row = fixed_fold(run_cfg, corpus, fold, run)
+                    row = fixed_fold(run_cfg, corpus, fold, run, paths)
                     rows.append(row | {"mode": mode, "seed": seed})
-        prune(cfg, paths.checkpoints, rows)
+        prune(cfg, paths, paths.checkpoints, rows)
         by = ["mode"] if len(modes) > 1 or len(seeds) > 1 else None
         return finish(False, cfg, corpus, paths, rows, [], tracker, joined, by=by)
 
 
-def fixed_fold(cfg: Config, corpus: Corpus, fold: Fold, name: str) -> dict:
+def fixed_fold(cfg: Config, corpus: Corpus, fold: Fold, name: str, paths: RunPaths) -> dict:
     """Train one fold as the Train run `name`, then test its best validation epoch's
     checkpoint."""
     trainer = build_trainer(cfg, corpus.shards, fold_splits(fold), corpus.classes, name)
     run = trainer.fit()
     checkpoint, metrics = checkpoint_at(run, selected_epoch(run, cfg.tune.metric))
-    return tested_row(cfg, corpus, fold, checkpoint, metrics)
+    row = tested_row(cfg, corpus, fold, checkpoint, metrics)
+    return row | {"checkpoint": paths.relative(checkpoint.path)}
 
 
 def tested(
@@ -290,7 +296,7 @@ def tested(
         }
         run_cfg = trial_config(cfg, trial.config)
         row = tested_row(run_cfg, corpus, fold, checkpoint, metrics, **selection)
-        row |= {"mode": key.mode, "seed": key.seed}
+        row |= {"mode": key.mode, "seed": key.seed, "checkpoint": paths.relative(checkpoint.path)}
         write_text(record, json.dumps(row))
     if (row["trial"], row["best_epoch"]) != chosen:
         raise RuntimeError(
@@ -308,10 +314,11 @@ def trial_run(trial: ray.tune.Result, cfg: Config, paths: RunPaths):
     return ray.train.Result.from_path(paths.trial_dir(trial_id(trial)))
 
 
-def prune(cfg: Config, storage: str, rows: list[dict]) -> None:
-    """Unless `train.keep_checkpoints`, keep only the weights of the checkpoints tested."""
+def prune(cfg: Config, paths: RunPaths, storage: str, rows: list[dict]) -> None:
+    """Unless `train.keep_checkpoints`, keep under `storage` only the weights of the checkpoints
+    tested (`rows`, their paths relative to the job's storage)."""
     if not cfg.train.keep_checkpoints:
-        prune_checkpoints(storage, {row["checkpoint"] for row in rows})
+        prune_checkpoints(storage, {paths.located(row["checkpoint"]) for row in rows})
 
 
 def finish(
@@ -333,7 +340,8 @@ def finish(
     classes = list(corpus.classes)
     comparison = compared_with_baseline(table)
     name = protocol(corpus, nested)
-    setup = {"protocol": name, "outer_folds": corpus.outer.record()} | (
+    run = sorted(int(k) for k in table["test_session"].unique())  # the folds tested
+    setup = {"protocol": name, "outer_folds": corpus.outer.record() | {"run": run}} | (
         {"search": search} if search else {}
     )
     files = files + write_results(table, paths, classes, cfg, setup, by, comparison)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow.fs as pafs
 
@@ -125,6 +125,15 @@ class RunPaths:
     def trial_utterances(self, trial_id: str) -> str:
         """The ids a trial trained and validated on, and its fold (JSON)."""
         return f"{self.trial_dir(trial_id)}/utterances.json"
+
+    def relative(self, path: str) -> str:
+        """A checkpoint's path as results and test records keep it: relative to the job's storage
+        (its folder, or `train.storage_path`'s), so that the job can move."""
+        return str(PurePosixPath(path).relative_to(filesystem(self.storage)[1]))
+
+    def located(self, relative: str) -> str:
+        """Where a `relative` path is now, as `filesystem(storage)` names it."""
+        return f"{filesystem(self.storage)[1]}/{relative}"
 
     def test_record(self, mode: str, seed: int, fold: int) -> str:
         """A search's test row, written once its selected checkpoint is tested: a resumed job
