@@ -196,3 +196,22 @@ def test_a_named_config_trains_on_all_of_the_corpus_as_the_final_search_did_and_
     assert trained and trained == {k: recorded[k] for k in trained}
     # nothing left of the run's checkpoints but their records: the weights are in the folder
     assert not list(out.glob("checkpoints/*/checkpoint_*/model.pt"))
+
+
+@pytest.mark.parametrize("modalities", ["audio", "text", "audio+text"])
+def test_a_model_of_any_modalities_exports_and_predicts(modalities, demo_corpus, tmp_path):
+    from turbo_ray.classifier import write_model_folder
+    from turbo_ray.config import load_config
+    from turbo_ray.model.turbo import build_model
+
+    mode = "turbo" if modalities == "audio+text" else "baseline"  # one modality: no views to pair
+    cfg = load_config(None, [f"model.modalities={modalities}", f"loss.mode={mode}"])
+    classes = list(demo_corpus.classes)
+    model = tmp_path / "model"
+    write_model_folder(build_model(cfg, len(classes)), cfg, classes, model, source={})
+    wav = demo_corpus.manifest.wav_path.iloc[0]
+    out = tmp_path / "one.csv"
+    assert main(["predict", str(model), "--wav", wav, "--text", "hello", "--out", str(out)]) == 0
+    probs = pd.read_csv(out).filter(like="prob_")
+    assert list(probs.columns) == [f"prob_{c}" for c in classes]
+    assert probs.sum(axis=1).tolist() == pytest.approx([1.0], abs=1e-5)

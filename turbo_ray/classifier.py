@@ -9,8 +9,10 @@ The folder:
     model.pt          the weights (a state dict)
     turbo_ray.json    its format, config, classes, how audio and text are prepared, the versions
                       that made it, the checkpoint it came from
-    audio_encoder/    the audio encoder's config      (Hugging Face `save_pretrained`)
-    text_encoder/     the text encoder's config and its tokenizer's files
+    audio_encoder/    the audio encoder's config      (Hugging Face `save_pretrained`; none in a
+                      text-only model)
+    text_encoder/     the text encoder's config (none in an audio-only model) and the tokenizer
+                      that prepares every input's text, as in training
 """
 
 from __future__ import annotations
@@ -80,10 +82,8 @@ def write_model_folder(
         encoder = getattr(model, f"{modality}_encoder")
         if encoder is not None:
             encoder.model.config.save_pretrained(building / folder)
-    if model.text_encoder is not None:
-        AutoTokenizer.from_pretrained(tokenizer_name(cfg)).save_pretrained(
-            building / ENCODERS["text"]
-        )
+    # the data pipeline tokenizes whatever the model reads (`preprocess_for`)
+    AutoTokenizer.from_pretrained(tokenizer_name(cfg)).save_pretrained(building / ENCODERS["text"])
     meta = {
         "format": FORMAT,
         "config": cfg.to_dict(),
