@@ -217,3 +217,19 @@ def test_what_the_data_cannot_do_is_one_line(corpus_dir, tmp_path, capsys, overr
     assert main([*args, *overrides]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_predict_reads_a_metadata_csv_folder_as_tune_does(corpus_dir, tmp_path, capsys):
+    from turbo_ray.classifier import write_model_folder
+    from turbo_ray.model.turbo import build_model
+
+    cfg = load_config(None, [])
+    model = tmp_path / "model"
+    write_model_folder(build_model(cfg, 2), cfg, ["directed", "other"], model, source={})
+    out = tmp_path / "scored.csv"
+    assert main(["predict", str(model), "--data-dir", str(corpus_dir), "--out", str(out)]) == 0
+    assert "confusion (rows: label, columns: predicted)" in capsys.readouterr().out
+    table = pd.read_csv(out)
+    metadata = pd.read_csv(corpus_dir / "metadata.csv")
+    assert sorted(table.utterance_id) == sorted(metadata.file_name)  # every row, scored
+    assert (table.set_index("utterance_id").label == metadata.set_index("file_name").label).all()

@@ -351,6 +351,25 @@ def test_a_finished_job_moved_elsewhere_resumes_keeping_its_checkpoints(main_job
     assert (model / "turbo_ray.json").is_file()
 
 
+def test_a_finished_job_lists_its_failed_trial_and_its_resume_trains_nothing(
+    shared_ray, tiny, run_command, tmp_path
+):
+    out = tmp_path / "job"
+    command = ["tune", "--output-dir", str(out), *tiny, "tune.folds=1", "tune.num_samples=2"]
+    joined = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    # trial 1 fails for good (no retries by default); the job ends on trial 0
+    printed = run_command("tests/perturbed_trials.py", "fail", "1", *command, env=joined)
+    caveat = "Not comparable with another run of this config: turbo seed 0 fold 1 trial 1 ("
+    assert caveat in printed
+    (failed,) = json.loads((out / "results.json").read_text())["search"]["failed_trials"]
+    assert (failed["search"], failed["fold_trial"]) == ("turbo seed 0 fold 1", 1)
+    # resumed: its searches have ended, so the failed trial is listed again, not retried
+    again = run_main(*command, "--resume")
+    assert "started" not in again and caveat in again
+    trials = pd.read_csv(out / "trials.csv", keep_default_na=False)
+    assert trials.error.tolist()[1] != "" and trials.epochs.tolist() == [2, 0]
+
+
 def search_outcome(out: Path) -> tuple[list, dict]:
     """What a search's trials were and what the job selected and scored, without what names the
     run (Tune's trial ids, checkpoint paths) or sets how many trials ran at once."""
@@ -392,7 +411,9 @@ def test_a_search_of_two_trials_at_once_gives_the_same_trials_one_at_a_time_slow
     joined = {"RAY_ADDRESS": ray.get_runtime_context().gcs_address, "TUNE_GLOBAL_CHECKPOINT_S": "1"}
     log = tmp_path / "killed.log"
     with open(log, "w") as out:
-        driver = launch("tests/slow_first_trial.py", *command, env=joined, stdout=out, stderr=out)
+        driver = launch(
+            "tests/perturbed_trials.py", "slow", "0", *command, env=joined, stdout=out, stderr=out
+        )
     deadline = time.time() + 300
     while saved_trials(killed / "search").get("TERMINATED", 0) < 1:  # trial 0 ended: mid-search
         assert time.time() < deadline and driver.poll() is None, log.read_text()[-3000:]

@@ -372,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify recordings with a model folder")
     p.add_argument("model_dir", help="a folder written by `turbo-ray export` (or --final)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data-dir", help="an IEMOCAP_full_release folder (labels scored)")
+    source.add_argument(
+        "--data-dir", help="a corpus folder as tune and train read it (labels scored)"
+    )
     source.add_argument("--csv", help="a CSV of path,text[,label] (paths relative to it)")
     source.add_argument("--wav", help="one recording (with --text)")
     p.add_argument("--text", help="the transcript of --wav")

@@ -152,7 +152,13 @@ def run_nested(
         tracker = Tracker.open(cfg, paths, protocol(corpus, nested=True), corpus.label)
         total = len(keys) * cfg.tune.num_samples
         progress = SearchProgress(total, cfg.tune.metric, cfg.train.epochs)
-        grid = run_search(cfg, list(folds.values()), space, corpus, paths, resume, [progress])
+        # a job whose searches all ended (each tested) trains nothing more: a failed trial is
+        # listed, not retried (it could outscore the trial its search's test score came from)
+        tested_all = all(read_text(paths.test_record(*k)) for k in keys if k.fold != FINAL)
+        ended = tested_all and (not cfg.tune.final or paths.model_dir.exists())
+        grid = run_search(
+            cfg, list(folds.values()), space, corpus, paths, resume, [progress], not ended
+        )
         tracker.log_trials(grid, cfg)
         files = write_search_outputs(grid, space, cfg, paths)
         search["failed_trials"] = failed_trials(grid)

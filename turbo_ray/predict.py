@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from turbo_ray.classifier import BATCH, Classifier, load_classifier
+from turbo_ray.data.audiofolder import load_audiofolder, metadata_file
 from turbo_ray.data.classes import ClassMap
 from turbo_ray.data.iemocap import DEFAULT_CLASSES, load_manifest, wav_info
 from turbo_ray.data.shard_writer import audio_cell
@@ -41,6 +42,19 @@ class Inputs:
         return bool(self.rows.label.notna().all()) and not self.rows.empty
 
 
+def _labelled(root: Path, classes: tuple[str, ...], class_spec: str | None) -> pd.DataFrame:
+    """A corpus folder's manifest, as `tune` and `train` read it (an IEMOCAP release or a folder
+    with a metadata.csv), its labels mapped to the model's classes (or by `class_spec`)."""
+    if metadata_file(root):
+        return load_audiofolder(root, class_spec or ",".join(classes), folds=None, seed=0)
+    default = (
+        DEFAULT_CLASSES
+        if classes == DEFAULT_CLASSES.names
+        else ClassMap(tuple((name, (name,)) for name in classes))
+    )
+    return load_manifest(root, ClassMap.parse(class_spec) if class_spec else default)
+
+
 def read_inputs(
     classes: tuple[str, ...],
     class_spec: str | None = None,
@@ -54,12 +68,7 @@ def read_inputs(
     an empty text or a label outside `classes` is an InputError naming it, or with `skip_bad` a
     reported skip."""
     if data_dir:
-        default = (
-            DEFAULT_CLASSES
-            if classes == DEFAULT_CLASSES.names
-            else ClassMap(tuple((name, (name,)) for name in classes))
-        )
-        manifest = load_manifest(data_dir, ClassMap.parse(class_spec) if class_spec else default)
+        manifest = _labelled(Path(data_dir).expanduser().resolve(), classes, class_spec)
         problems = manifest.attrs["report"].problems()
         bad = [f"{kind}: {item}" for kind, items in problems.items() for item in items]
         rows = manifest[["utterance_id", "wav_path", "text", "label"]]

@@ -108,6 +108,7 @@ def run_search(
     paths: RunPaths,
     resume: bool = False,
     callbacks: list | None = None,
+    retry_failed: bool = True,
 ) -> ray.tune.ResultGrid:
     """One Tune experiment holding an independent search per mode, seed and fold of `folds`
     (`search_keys`; `NestedSearch`, `NestedASHA`): each fold's trials train and validate on the
@@ -115,7 +116,8 @@ def run_search(
     told each trial's best validation score so far (`best_<tune.metric>`: the score that
     selects). Tune's state (ASHA's rungs included) and a folder per trial go to `paths.search`.
     `resume` continues an interrupted search (a finished one returns its results, training
-    nothing). `callbacks`: Tune callbacks, e.g. progress lines (Tune's own output is off)."""
+    nothing), its failed trials run again unless not `retry_failed`. `callbacks`: Tune
+    callbacks, e.g. progress lines (Tune's own output is off)."""
     # Tune's own tables and hints off (`verbose=0` silences only its legacy reporter): the job
     # prints its progress through `callbacks`
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -136,7 +138,9 @@ def run_search(
             raise FileExistsError(
                 f"{paths.search} already holds a search: pass --resume, or another --output-dir"
             )
-        tuner = Tuner.restore(paths.search, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = Tuner.restore(
+            paths.search, trainable, resume_unfinished=True, resume_errored=retry_failed
+        )
         with pending_trials(cfg.tune.max_concurrent_trials):
             return tuner.fit()
     # a new search; or resuming a job killed before Tune first saved its state: nothing to keep
