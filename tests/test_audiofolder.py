@@ -233,3 +233,17 @@ def test_predict_reads_a_metadata_csv_folder_as_tune_does(corpus_dir, tmp_path, 
     metadata = pd.read_csv(corpus_dir / "metadata.csv")
     assert sorted(table.utterance_id) == sorted(metadata.file_name)  # every row, scored
     assert (table.set_index("utterance_id").label == metadata.set_index("file_name").label).all()
+
+
+def test_classes_come_from_the_usable_rows_and_an_empty_one_is_named(corpus_dir, tmp_path):
+    root = tmp_path / "maybe"
+    shutil.copytree(corpus_dir / "clips", root / "clips")
+    metadata = pd.read_csv(corpus_dir / "metadata.csv")
+    lost = pd.DataFrame(  # a third label whose every file is missing
+        [("clips/gone-0.wav", "hm", "maybe", "car-0", "car")], columns=metadata.columns
+    )
+    pd.concat([metadata, lost]).to_csv(root / "metadata.csv", index=False)
+    manifest = load_audiofolder(root, None, None, 0)
+    assert manifest.attrs["classes"].names == ("directed", "other")  # no dead output
+    summary = manifest.attrs["report"].summary()
+    assert "empty_class: 1" in summary and "class 'maybe': none of its rows is usable" in summary

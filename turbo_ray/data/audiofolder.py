@@ -90,6 +90,15 @@ def load_audiofolder(
     labels = (row["label"] for _, row in rows)
     class_map = ClassMap.parse(classes) if classes else ClassMap.of_labels(labels)
     usable = [_usable(root, where, row, class_map, report) for where, row in rows]
+    label = MANIFEST_COLUMNS.index("label")
+    present = {r[label] for r in usable if r}
+    report.empty_class = [
+        f"{path}: class {name!r}: none of its rows is usable"
+        for name in class_map.names
+        if name not in present
+    ]
+    if not classes:  # the labels of the usable rows: no class without utterances
+        class_map = ClassMap.of_labels(present)
     if strict:
         report.refuse(path)
     manifest = pd.DataFrame([r for r in usable if r], columns=MANIFEST_COLUMNS).astype(DTYPES)

@@ -82,6 +82,8 @@ class CorpusReport:
     duplicate_ids: list[str] = field(default_factory=list)
     # "id: path, path": left out, never guessed
     duplicate_wavs: list[str] = field(default_factory=list)
+    # "path: class 'x': …": a class whose every row is unusable (metadata.csv)
+    empty_class: list[str] = field(default_factory=list)
     # raw label -> utterances outside the class set (info)
     excluded: dict[str, int] = field(default_factory=dict)
     # multi-channel wavs, down-mixed to mono in the shards (info)
