@@ -197,6 +197,7 @@ def test_the_main_job_runs_on_groups_and_on_a_given_split(
     results = json.loads((split / "results.json").read_text())
     (fold,) = results["folds"]
     assert fold["n_test"] == 16  # the office recordings
+    assert fold["search_splits"] == ["train", "validation"] and "search_sessions" not in fold
     ids = json.loads(next((split / "search").glob("trial-*/utterances.json")).read_text())
     kitchen = {
         name for name in pd.read_csv(split_dir / "metadata.csv").file_name if "kitchen" in name

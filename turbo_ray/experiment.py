@@ -295,11 +295,13 @@ def tested(
     else:
         checkpoint, metrics = checkpoint_at(trial_run(trial, cfg, paths), chosen[1])
         seen = pd.concat([fold.train, fold.val])  # what its search trained and validated on
-        selection = {
-            "search_sessions": sorted(int(s) for s in seen.session.unique()),
-            "trial": chosen[0],
-            "params": searched(trial.config),
-        }
+        # the leak audit: the outer folds (or, given splits, the splits) its search read
+        used = (
+            {"search_splits": sorted(seen.split.unique())}
+            if corpus.outer.kind == "split"
+            else {"search_sessions": sorted(int(s) for s in seen.session.unique())}
+        )
+        selection = used | {"trial": chosen[0], "params": searched(trial.config)}
         run_cfg = trial_config(cfg, trial.config)
         row = tested_row(run_cfg, corpus, fold, checkpoint, metrics, **selection)
         row |= {"mode": key.mode, "seed": key.seed, "checkpoint": paths.relative(checkpoint.path)}
