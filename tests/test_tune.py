@@ -227,8 +227,9 @@ def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_sur
     for name in ("optimization_history.png", "ua_per_epoch.png"):
         height, width = drawn(out / name).shape[:2]
         assert height > 2 * width, (name, height, width)
-    for name in ("confusion.png", "comparison.png"):
-        drawn(out / name)
+    height, width = drawn(out / "confusion.png").shape[:2]
+    assert width > 1.5 * height  # a panel per mode, side by side
+    drawn(out / "comparison.png")
     # each search's selected config, runnable: its mode, seed and searched parameters
     (selected,) = [f for f in results["folds"] if (f["mode"], f["seed"]) == ("baseline", 1)]
     config = yaml.safe_load((out / "best_config_baseline-seed1-s1.yaml").read_text())

@@ -23,31 +23,34 @@ def _figure(**layout) -> Figure:
     return Figure(**layout)
 
 
-def plot_confusion(matrix: np.ndarray, classes: list[str], path: Path) -> None:
-    """Counts and row-normalised recall of the (summed) test confusion matrix."""
-    recall = matrix / matrix.sum(1, keepdims=True).clip(min=1)
-    fig = _figure(figsize=(4.5, 4))
-    ax = fig.subplots()
-    ax.imshow(recall, cmap="Blues", vmin=0, vmax=1)
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(
-            j,
-            i,
-            f"{count}\n{recall[i, j]:.0%}",
-            ha="center",
-            va="center",
-            color="white" if recall[i, j] > 0.5 else "black",
-            fontsize=8,
+def plot_confusion(matrices: dict[str, np.ndarray], classes: list[str], path: Path) -> None:
+    """Per mode, counts and row-normalised recall of its test confusion matrix (summed over its
+    folds and seeds): a panel each, side by side."""
+    fig = _figure(figsize=(0.5 + 4.2 * len(matrices), 4))
+    for ax, (mode, matrix) in zip(
+        fig.subplots(1, len(matrices), squeeze=False)[0], matrices.items()
+    ):
+        recall = matrix / matrix.sum(1, keepdims=True).clip(min=1)
+        ax.imshow(recall, cmap="Blues", vmin=0, vmax=1)
+        for (i, j), count in np.ndenumerate(matrix):
+            ax.text(
+                j,
+                i,
+                f"{count}\n{recall[i, j]:.0%}",
+                ha="center",
+                va="center",
+                color="white" if recall[i, j] > 0.5 else "black",
+                fontsize=8,
+            )
+        ax.set(
+            xticks=range(len(classes)),
+            yticks=range(len(classes)),
+            xticklabels=classes,
+            yticklabels=classes,
+            xlabel="predicted",
+            ylabel="true",
+            title=f"{mode}: test confusion (all folds)",
         )
-    ax.set(
-        xticks=range(len(classes)),
-        yticks=range(len(classes)),
-        xticklabels=classes,
-        yticklabels=classes,
-        xlabel="predicted",
-        ylabel="true",
-        title="test confusion (all folds)",
-    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -108,19 +111,41 @@ def plot_importances(importances: dict[str, dict[str, float]], path: Path) -> No
     fig.savefig(path, dpi=120)
 
 
-def plot_curves(curves: dict[tuple, dict[str, pd.DataFrame]], metric: str, path: Path) -> None:
+def plot_curves(
+    curves: dict[tuple, dict[str, pd.DataFrame]],
+    selected: dict[tuple, tuple[str, int]],
+    metric: str,
+    path: Path,
+) -> Figure:
     """Per search (mode, seed, fold): the validation score per epoch of every trial (where ASHA
-    cut the weak ones)."""
+    cut the weak ones), and the (trial, epoch) the search selected, starred. Returns the figure
+    (drawn to `path`)."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, panels = _search_panels(list(curves), f"{metric} per trial and epoch")
     for search, trials in curves.items():
         ax = panels[search]
         for trial, history in trials.items():
             ax.plot(history["epoch"], history[metric], marker="o", markersize=3, label=trial)
+        if search in selected:
+            trial, epoch = selected[search]
+            history = trials[trial].set_index("epoch")
+            ax.scatter(
+                [epoch],
+                [history.loc[epoch, metric]],
+                marker="*",
+                s=160,
+                color="k",
+                zorder=3,
+                label=f"selected: {trial}, epoch {epoch}",
+            )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
         ax.set(xlabel="epoch", ylabel=metric)
         if len(trials) <= 8:
             ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return fig
 
 
 def plot_comparison(rows: pd.DataFrame, comparison: pd.DataFrame, path: Path) -> None:

@@ -119,8 +119,11 @@ def write_results(
             indent=1,
         )
     )
-    matrix = np.sum([np.array(c) for c in results.confusion], axis=0)
-    plot_confusion(matrix, classes, paths.confusion_png)
+    matrices = {
+        mode: np.sum([np.array(c) for c in own.confusion], axis=0)
+        for mode, own in results.groupby("mode", sort=False)
+    }
+    plot_confusion(matrices, classes, paths.confusion_png)
     written = [paths.results_csv, paths.results_json, paths.confusion_png]
     return written + (
         [paths.comparison_csv, paths.comparison_png] if comparison is not None else []

@@ -19,6 +19,7 @@ import pandas as pd
 import ray.tune
 import yaml
 
+from turbo_ray.checkpoints import selected_epoch
 from turbo_ray.config import Config, override
 from turbo_ray.data.folds import FINAL
 from turbo_ray.paths import RunPaths
@@ -205,9 +206,11 @@ def write_search_outputs(
         }
         for key in sorted({SearchKey.of(r.config) for r in grid})
     }
-    plot_curves(curves, metric, paths.curves_png)
+    selected = best_trials(grid, cfg)
+    chosen = {key: (trial_id(r), selected_epoch(r, metric)) for key, r in selected.items()}
+    plot_curves(curves, chosen, metric, paths.curves_png)
     written = [paths.trials_csv, paths.history_png, paths.curves_png]
-    for key, result in sorted(best_trials(grid, cfg).items()):
+    for key, result in sorted(selected.items()):
         path = paths.best_config(*key)
         best = best_score(result.metrics_dataframe, metric)
         score = f"trial {trial_id(result)}, best {metric} {best:.4f}"
