@@ -246,5 +246,6 @@ def test_classes_come_from_the_usable_rows_and_an_empty_one_is_named(corpus_dir,
     pd.concat([metadata, lost]).to_csv(root / "metadata.csv", index=False)
     manifest = load_audiofolder(root, None, None, 0)
     assert manifest.attrs["classes"].names == ("directed", "other")  # no dead output
+    assert (manifest.label_id == manifest.label.map({"directed": 0, "other": 1})).all()
     summary = manifest.attrs["report"].summary()
     assert "empty_class: 1" in summary and "class 'maybe': none of its rows is usable" in summary

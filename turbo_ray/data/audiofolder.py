@@ -102,6 +102,7 @@ def load_audiofolder(
     if strict:
         report.refuse(path)
     manifest = pd.DataFrame([r for r in usable if r], columns=MANIFEST_COLUMNS).astype(DTYPES)
+    manifest["label_id"] = manifest.label.map(class_map.names.index).astype(DTYPES["label_id"])
     manifest.attrs["report"], manifest.attrs["classes"] = report, class_map
     where = f"{path} ({report.summary().splitlines()[0]} left out)"
     manifest.attrs["outer_folds"] = _cut(manifest, "split" in header, folds, seed, where)
@@ -161,7 +162,7 @@ def _usable(
         "speaker": row.get("speaker", ""),
         "gender": "",
         "label": name,
-        "label_id": classes.names.index(name),
+        "label_id": -1,  # its index in the class set, once that is known (`load_audiofolder`)
         "label_raw": row["label"],
         "text": row["text"],
         "wav_path": str(audio),
