@@ -249,3 +249,23 @@ def test_classes_come_from_the_usable_rows_and_an_empty_one_is_named(corpus_dir,
     assert (manifest.label_id == manifest.label.map({"directed": 0, "other": 1})).all()
     summary = manifest.attrs["report"].summary()
     assert "empty_class: 1" in summary and "class 'maybe': none of its rows is usable" in summary
+
+
+def test_a_label_typo_is_named_with_its_line_and_strict_refuses_it(corpus_dir, tmp_path):
+    root = tmp_path / "typo"
+    shutil.copytree(corpus_dir / "clips", root / "clips")
+    shutil.copy(root / "clips/car-0-00.wav", root / "clips/car-0-99.wav")
+    metadata = pd.read_csv(corpus_dir / "metadata.csv")
+    typo = pd.DataFrame(
+        [("clips/car-0-99.wav", "hey computer", "direced", "car-0", "car")],
+        columns=metadata.columns,
+    )
+    pd.concat([metadata, typo]).to_csv(root / "metadata.csv", index=False)
+    summary = load_audiofolder(root, None, None, 0).attrs["report"].summary()
+    csv = root / "metadata.csv"
+    assert (
+        f"class 'direced': 1 utterance(s) against 24 of 'directed' (a typo?): {csv}:50" in summary
+    )
+    # only the car group has it: the fold that tests car cannot train on it
+    assert "fold 1 (tests car): no 'direced' utterance to train on" in summary
+    assert main(["prepare", "--data-dir", str(root), f"data.cache_dir={tmp_path}", "--strict"]) == 2

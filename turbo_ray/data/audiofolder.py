@@ -34,6 +34,7 @@ OPTIONAL = ("speaker", "group", "split")
 SPLITS = ("train", "validation", "test")
 MANIFEST_COLUMNS = (*COLUMNS, "group", "split")  # an IEMOCAP manifest's, and where a row belongs
 MAX_FOLDS = 127  # the shards keep a row's outer fold in an int8
+RARE = 0.05  # a class under this share of the largest one's utterances is reported
 
 
 def metadata_file(root: Path) -> Path | None:
@@ -99,14 +100,36 @@ def load_audiofolder(
     ]
     if not classes:  # the labels of the usable rows: no class without utterances
         class_map = ClassMap.of_labels(present)
-    if strict:
-        report.refuse(path)
     manifest = pd.DataFrame([r for r in usable if r], columns=MANIFEST_COLUMNS).astype(DTYPES)
     manifest["label_id"] = manifest.label.map(class_map.names.index).astype(DTYPES["label_id"])
     manifest.attrs["report"], manifest.attrs["classes"] = report, class_map
     where = f"{path} ({report.summary().splitlines()[0]} left out)"
-    manifest.attrs["outer_folds"] = _cut(manifest, "split" in header, folds, seed, where)
+    outer = manifest.attrs["outer_folds"] = _cut(manifest, "split" in header, folds, seed, where)
+    _doubtful_classes(manifest, outer, {row["file_name"]: w for w, row in rows}, report)
+    if strict:
+        report.refuse(path)
     return manifest
+
+
+def _doubtful_classes(
+    manifest: pd.DataFrame, outer: OuterFolds, lines: dict[str, str], report: CorpusReport
+) -> None:
+    """Report the classes that look like mistakes: one with far fewer utterances than the
+    largest (a typo in a label?), with its lines; one that some outer fold cannot train on."""
+    counts = manifest.label.value_counts()
+    for name, n in counts.items():
+        if n < RARE * counts.max():
+            ids = manifest.utterance_id[manifest.label == name]
+            report.rare_class.append(
+                f"class {name!r}: {n} utterance(s) against {counts.max()} of "
+                f"{counts.idxmax()!r} (a typo?): {', '.join(lines[i] for i in ids[:5])}"
+            )
+    for fold, tested in outer.groups.items():
+        trained = manifest.split == "train" if outer.kind == "split" else manifest.session != fold
+        for name in sorted(set(counts.index) - set(manifest.label[trained])):
+            report.class_not_trained.append(
+                f"fold {fold} (tests {', '.join(tested)}): no {name!r} utterance to train on"
+            )
 
 
 def _distinct_rows(header: list[str], records, report: CorpusReport) -> list[tuple[str, dict]]:

@@ -84,6 +84,10 @@ class CorpusReport:
     duplicate_wavs: list[str] = field(default_factory=list)
     # "path: class 'x': …": a class whose every row is unusable (metadata.csv)
     empty_class: list[str] = field(default_factory=list)
+    # "class 'x': n utterance(s) …": far fewer than the largest class (a typo?), with its lines
+    rare_class: list[str] = field(default_factory=list)
+    # "fold k (tests g): no 'x' …": a class that an outer fold cannot train on
+    class_not_trained: list[str] = field(default_factory=list)
     # raw label -> utterances outside the class set (info)
     excluded: dict[str, int] = field(default_factory=dict)
     # multi-channel wavs, down-mixed to mono in the shards (info)
