@@ -76,13 +76,12 @@ class Tracker:
             )
         )
         tracker = cls(uri, experiment_id, parent="")
-        parent, created = tracker.run(
+        parent, _ = tracker.run(
             paths.out.name, {"role": "experiment", "output_dir": str(paths.out)}, parent=False
         )
-        if created:
-            client.set_tag(parent, "protocol", protocol)
-            client.set_tag(parent, "corpus", corpus)
-            tracker.log_params(parent, flat_config(cfg))
+        client.set_tag(parent, "protocol", protocol)
+        client.set_tag(parent, "corpus", corpus)
+        tracker.log_params(parent, flat_config(cfg))
         return cls(uri, experiment_id, parent)
 
     @property
@@ -103,11 +102,19 @@ class Tracker:
         ).info.run_id, True
 
     def log_params(self, run_id: str, params: dict[str, str]) -> None:
-        items = [Param(k, v) for k, v in params.items()]
+        """The params the run lacks (a run created just before a crash has none yet)."""
+        logged = self.client.get_run(run_id).data.params
+        items = [Param(k, v) for k, v in params.items() if k not in logged]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per request
             self.client.log_batch(run_id, params=items[i : i + 100])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        """Metrics at `step`; those of a whole run (step 0: a fold's or the experiment's scores)
+        only where the run has none yet, so a restarted job logs each once (`log_trials` skips
+        the epochs it logged)."""
+        if step == 0:
+            logged = self.client.get_run(run_id).data.metrics
+            metrics = {k: v for k, v in metrics.items() if k not in logged}
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
@@ -148,7 +155,7 @@ class Tracker:
         timings as metrics (step = epoch), whether ASHA stopped it."""
         for result in sorted(grid, key=lambda r: (SearchKey.of(r.config), r.config[FOLD_TRIAL])):
             search = {k: str(v) for k, v in SearchKey.of(result.config)._asdict().items()}
-            run_id, created = self.run(
+            run_id, _ = self.run(
                 trial_name(result.config),
                 {"role": "trial", "trial_id": trial_id(result)} | search,
             )
@@ -156,8 +163,7 @@ class Tracker:
             run = client.get_run(run_id)
             if run.info.status in ("FINISHED", "FAILED"):
                 continue  # logged whole before a restart
-            if created:
-                self.log_params(run_id, flat_config(trial_config(cfg, result.config)))
+            self.log_params(run_id, flat_config(trial_config(cfg, result.config)))
             logged = int(run.data.metrics.get("epoch", 0))
             history = result.metrics_dataframe
             epochs = (
