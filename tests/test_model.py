@@ -313,3 +313,21 @@ def test_audio_encoder_loads_from_a_local_directory_with_configured_dropout(tmp_
 def test_text_model_is_not_an_audio_encoder():
     with pytest.raises(ValueError, match="not a wav2vec2-style audio encoder"):
         AudioEncoder(load_pretrained(encoder_names(Config().model)[1], 0.1, 0.1))
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])  # wav2vec2-base's front end, and the tiny's
+def test_an_utterances_audio_embedding_does_not_depend_on_its_batch(norm):
+    from transformers import Wav2Vec2Model
+
+    from turbo_ray.model.encoders import tiny_audio_config
+
+    config = tiny_audio_config()
+    config.feat_extract_norm, config.do_stable_layer_norm = norm, norm == "layer"
+    torch.manual_seed(0)
+    encoder = AudioEncoder(Wav2Vec2Model(config)).eval()
+    short, long = torch.randn(8_000), torch.randn(24_000)
+    batch = torch.nn.utils.rnn.pad_sequence([short, long], batch_first=True)
+    with torch.no_grad():
+        alone = encoder(short[None], torch.tensor([8_000]))
+        beside = encoder(batch, torch.tensor([8_000, 24_000]))[:1]
+    torch.testing.assert_close(alone, beside, atol=1e-5, rtol=0)

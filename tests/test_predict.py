@@ -209,6 +209,7 @@ def test_a_model_of_any_modalities_exports_and_predicts(modalities, demo_corpus,
     classes = list(demo_corpus.classes)
     model = tmp_path / "model"
     write_model_folder(build_model(cfg, len(classes)), cfg, classes, model, source={})
+    assert json.loads((model / "turbo_ray.json").read_text())["precision"] == "auto"
     wav = demo_corpus.manifest.wav_path.iloc[0]
     out = tmp_path / "one.csv"
     assert main(["predict", str(model), "--wav", wav, "--text", "hello", "--out", str(out)]) == 0

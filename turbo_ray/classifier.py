@@ -7,8 +7,8 @@ hub; CPU or GPU; weights loaded as plain tensors (`weights_only`).
 
 The folder:
     model.pt          the weights (a state dict)
-    turbo_ray.json    its format, config, classes, how audio and text are prepared, the versions
-                      that made it, the checkpoint it came from
+    turbo_ray.json    its format, config, classes, how audio and text are prepared, the precision
+                      it is evaluated in, the versions that made it, the checkpoint it came from
     audio_encoder/    the audio encoder's config      (Hugging Face `save_pretrained`; none in a
                       text-only model)
     text_encoder/     the text encoder's config (none in an audio-only model) and the tokenizer
@@ -95,6 +95,8 @@ def write_model_folder(
             "crop": "centred window of max_seconds; shorter audio is padded",
             "max_text_tokens": cfg.data.max_text_tokens,
         },
+        # the test pass's and prediction's ("auto": bf16 on CUDA, fp32 on CPU)
+        "precision": cfg.train.precision,
         "versions": {name: version(name) for name in ("turbo-ray", "torch", "transformers")},
         "source": source,
     }

@@ -106,6 +106,8 @@ class AudioEncoder(nn.Module):
         self.model = model
         self.dim = model.config.hidden_size
         self.frozen_prefix = freeze_feature_encoder
+        # GroupNorm in the conv front end (wav2vec2-base) normalises over the whole padded length
+        self.per_utterance = getattr(model.config, "feat_extract_norm", "layer") == "group"
         if freeze_feature_encoder:
             model.feature_extractor.requires_grad_(False)
         if getattr(model, "masked_spec_embed", None) is not None:
@@ -132,8 +134,19 @@ class AudioEncoder(nn.Module):
         mean = (waveforms * valid).sum(1, keepdim=True) / n
         var = (((waveforms - mean) * valid) ** 2).sum(1, keepdim=True) / n
         x = ((waveforms - mean) / (var + 1e-7).sqrt()) * valid
-        features = self.model.feature_extractor(x).transpose(1, 2)
         frames = self.model._get_feat_extract_output_lengths(lengths)
+        if self.per_utterance:  # each on its own length: its features never depend on its batch
+            longest = int(frames.max())
+            features = torch.cat(
+                [
+                    nn.functional.pad(
+                        self.model.feature_extractor(x[i : i + 1, :n]), (0, longest - f)
+                    )
+                    for i, (n, f) in enumerate(zip(lengths.tolist(), frames.tolist()))
+                ]
+            ).transpose(1, 2)
+        else:  # LayerNorm per frame: padding changes nothing in the valid frames
+            features = self.model.feature_extractor(x).transpose(1, 2)
         return features, torch.arange(features.shape[1], device=x.device) < frames[:, None]
 
     def suffix(self, features: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
