@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -38,6 +39,12 @@ import ray._private.utils
 import torch
 
 torch.set_num_threads(2)
+# A local Ray turns token auth on and writes ~/.ray/auth_token when there is no token: the suite's
+# Rays and jobs use a token of their own (removed with it), and the user's home stays as it was.
+TOKEN = Path(tempfile.mkdtemp(prefix="turbo-ray-token-")) / "auth_token"
+TOKEN.write_text(secrets.token_hex(32))
+os.environ["RAY_AUTH_TOKEN_PATH"] = str(TOKEN)
+os.environ.pop("RAY_AUTH_TOKEN", None)
 REPO = Path(__file__).parents[1]
 # in the order their tests run (see the module's docstring)
 RAY_FIXTURES = ("other_ray_dir", "shared_ray", "private_ray")
@@ -51,6 +58,10 @@ def _interrupt(signum, frame):
 # interrupts it like SIGINT, also once Ray is connected (`ray.init` would make it a bare exit).
 signal.signal(signal.SIGTERM, _interrupt)
 ray._private.utils.set_sigterm_handler = lambda handler: signal.signal(signal.SIGTERM, _interrupt)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(TOKEN.parent, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

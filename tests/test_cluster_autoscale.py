@@ -79,8 +79,9 @@ def start_other_ray(temp_dir: Path, env) -> int:
 def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
     other_ray_dir, ray_tmp, tiny, tmp_path
 ):
-    # the client side of every command: no token unless TOKEN is added
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    # the client side of every command: token auth off unless TOKEN is added (the token itself is
+    # the suite's, at $RAY_AUTH_TOKEN_PATH: `local-cluster up` finds it and writes none)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
     env["RAY_TMPDIR"] = str(other_ray_dir)
     turbo_ray = [sys.executable, "-m", "turbo_ray.cli", "local-cluster"]
     port, dashboard_port = free_ports(2)
@@ -158,7 +159,7 @@ def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
 
 def job(dashboard: str, job_id: str) -> dict:
     """The job's record from the dashboard's REST API, with the token."""
-    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    token = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
     request = urllib.request.Request(
         f"{dashboard}/api/jobs/{job_id}", headers={"Authorization": f"Bearer {token}"}
     )

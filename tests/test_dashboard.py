@@ -73,10 +73,7 @@ def poll(url: str) -> dict | str:
 
 
 def auth_token():
-    return (
-        os.environ.get("RAY_AUTH_TOKEN")
-        or (Path.home() / ".ray" / "auth_token").read_text().strip()
-    )
+    return Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()  # the suite's (conftest)
 
 
 @pytest.fixture(scope="module")

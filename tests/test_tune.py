@@ -160,7 +160,7 @@ def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_sur
 
     resumed = run_command(*command, "--resume")
     assert "(resumed)" in resumed and "no problems" in resumed  # the corpus report
-    assert "Nested leave-one-session-out (nested-loso)" in resumed
+    assert "Nested leave-one-session-out (nested-loso, 1 of its 5 folds)" in resumed
     assert "4 searches: modes baseline,turbo x seeds 0,1 x folds, equal budgets" in resumed
     # no finished trial started again; the interrupted one went on, the last one started
     first = (tmp_path / "first.log").read_text()
@@ -434,7 +434,7 @@ def test_a_search_of_two_trials_at_once_gives_the_same_trials_one_at_a_time_slow
 
 
 def test_a_job_joins_a_ray_started_by_ray_start_keeps_its_runs_in_a_bucket_and_resumes_from_it(
-    shared_ray, s3, tiny, run_command, mlflow_store_matches, ray_tmp, tmp_path
+    shared_ray, s3, tiny, run_command, mlflow_store_matches, ray_tmp, tmp_path, monkeypatch
 ):
     # The README's way to keep a dashboard: `ray start --head` first (its processes given the
     # bucket's credentials, as a cluster's nodes are); then a job without --address joins it,
@@ -443,6 +443,9 @@ def test_a_job_joins_a_ray_started_by_ray_start_keeps_its_runs_in_a_bucket_and_r
     # in the trial's folder in the bucket, beside the shards, Tune's state and the job's config.
     # Then the job's folder is deleted (another machine) and `--resume` finishes it from the
     # bucket alone.
+    # As on a user's machine where a Ray token exists (any local Ray writes one): `ray start`
+    # turns token auth on by itself, and the job, with no RAY_AUTH_MODE set, must send the token.
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
     joined = ray_tmp("joined")
     env = s3.env | {"RAY_TMPDIR": str(joined)}
     started = subprocess.run(
@@ -461,6 +464,7 @@ def test_a_job_joins_a_ray_started_by_ray_start_keeps_its_runs_in_a_bucket_and_r
         check=False,
     )
     assert started.returncode == 0, started.stderr[-2000:]
+    assert "Token authentication is enabled" in started.stdout + started.stderr
     # a learning rate too small to change a prediction: every epoch scores the same and ties go
     # to the earlier epoch, so the job selects epoch 1 and prunes the run's last
     space = tmp_path / "space.yaml"
@@ -481,7 +485,7 @@ def test_a_job_joins_a_ray_started_by_ray_start_keeps_its_runs_in_a_bucket_and_r
             if str(joined) in " ".join(process.info["cmdline"] or []):
                 process.kill()
     assert "joining the Ray already running here at" in printed
-    assert "Nested leave-one-session-out (nested-loso)" in printed
+    assert "Nested leave-one-session-out (nested-loso, 1 of its 5 folds)" in printed
     (fold,) = first["folds"]
     assert fold["best_epoch"] == 1
     assert f"{runs}/job/config.yaml" in stored

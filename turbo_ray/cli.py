@@ -230,6 +230,7 @@ def cmd_local_cluster(args: argparse.Namespace) -> int:
         LOCAL_GPU,
         start_local_cluster,
         stop_local_cluster,
+        token_path,
     )
 
     config = local_cluster_config(config_from_args(args).data)
@@ -238,6 +239,7 @@ def cmd_local_cluster(args: argparse.Namespace) -> int:
         return 0
     raw = yaml.safe_load(Path(args.path).read_text())
     ports = (args.port or GCS_PORT, args.dashboard_port or DASHBOARD_PORT)
+    token, written = token_path(), not token_path().exists()
     try:
         fake = start_local_cluster(raw, config, args.idle_timeout_minutes, *ports)
     except RuntimeError as err:
@@ -251,9 +253,14 @@ def cmd_local_cluster(args: argparse.Namespace) -> int:
             print(
                 f"  {name}: 0-{spec['max_workers']} nodes of {spec['resources']}, added on demand"
             )
+    if written:
+        print(
+            f"wrote a Ray token to {token}: from now on every `ray start --head` on this machine\n"
+            "turns token auth on, and jobs that join a Ray send it (RAY_AUTH_MODE=disabled: off)"
+        )
     print(
         f"  idle workers removed after {fake['idle_timeout_minutes']} min; "
-        f"token auth on (the token: ~/.ray/auth_token); dashboard {dashboard}\n"
+        f"token auth on (the token: {token}); dashboard {dashboard}\n"
         "Submit the main job as on the real cluster, asking for the stand-in GPU resource (jobs\n"
         "start in this folder; no --working-dir: the fake nodes share this disk):\n"
         f"  RAY_AUTH_MODE=token ray job submit --address {dashboard} -- \\\n"

@@ -204,6 +204,11 @@ def local_cluster_config(
     } | {key: [] for key in empty}
 
 
+def token_path() -> Path:
+    """This machine's Ray token: what Ray reads, and `ray get-auth-token --generate` writes."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray/auth_token")
+
+
 def start_local_cluster(
     raw: dict, config: Path, idle_timeout_minutes: float | None, port: int, dashboard_port: int
 ) -> dict:

@@ -30,6 +30,7 @@ def init_ray(
         return None
     address = address or running_ray()
     if address:
+        send_token_if_any()
         context = ray.init(address=address, log_to_driver=False)
         place_ray_data_actors()
     else:
@@ -62,6 +63,18 @@ def init_ray(
             del os.environ["RAY_GCS_SERVER_PORT"]
     configure_ray_data()
     return f"http://{context.dashboard_url}" if context.dashboard_url else None
+
+
+def send_token_if_any() -> None:
+    """A `ray start --head` on a machine that has a Ray token (~/.ray/auth_token, which any local
+    Ray writes, or $RAY_AUTH_TOKEN_PATH) turns token auth on by itself, but a process joining it
+    sends no token unless RAY_AUTH_MODE=token: so a joining job sends the token whenever there is
+    one (a Ray without token auth ignores it); a RAY_AUTH_MODE the user set is kept."""
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def running_ray() -> str | None:

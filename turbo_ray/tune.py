@@ -142,7 +142,7 @@ def run_search(
             paths.search, trainable, resume_unfinished=True, resume_errored=retry_failed
         )
         with pending_trials(cfg.tune.max_concurrent_trials):
-            return tuner.fit()
+            return with_configs(tuner.fit())
     # a new search; or resuming a job killed before Tune first saved its state: nothing to keep
     outer = [k for k in splits if k != FINAL]
     t, keys, in_trial = cfg.tune, search_keys(cfg, outer), trains_in_trial(cfg)
@@ -181,7 +181,17 @@ def run_search(
         ),
     )
     with pending_trials(t.max_concurrent_trials):
-        return tuner.fit()
+        return with_configs(tuner.fit())
+
+
+def with_configs(grid: ray.tune.ResultGrid) -> ray.tune.ResultGrid:
+    """Every result with its trial's config: a restored trial that failed before it reported has
+    none in Tune's records but its `params.json`."""
+    for result in grid:
+        if result.config is None:
+            with result.filesystem.open_input_stream(f"{result.path}/params.json") as f:
+                result.metrics = (result.metrics or {}) | {"config": json.loads(f.read())}
+    return grid
 
 
 @contextmanager
