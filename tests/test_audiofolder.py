@@ -268,4 +268,7 @@ def test_a_label_typo_is_named_with_its_line_and_strict_refuses_it(corpus_dir, t
     )
     # only the car group has it: the fold that tests car cannot train on it
     assert "fold 1 (tests car): no 'direced' utterance to train on" in summary
+    assert "classes a fold cannot test (not a problem): fold 2 (tests kitchen): no 'direced'" in (
+        summary
+    )
     assert main(["prepare", "--data-dir", str(root), f"data.cache_dir={tmp_path}", "--strict"]) == 2

@@ -115,7 +115,8 @@ def _doubtful_classes(
     manifest: pd.DataFrame, outer: OuterFolds, lines: dict[str, str], report: CorpusReport
 ) -> None:
     """Report the classes that look like mistakes: one with far fewer utterances than the
-    largest (a typo in a label?), with its lines; one that some outer fold cannot train on."""
+    largest (a typo in a label?), with its lines; one that some outer fold cannot train on. And,
+    as information, the classes an outer fold cannot test."""
     counts = manifest.label.value_counts()
     for name, n in counts.items():
         if n < RARE * counts.max():
@@ -125,11 +126,14 @@ def _doubtful_classes(
                 f"{counts.idxmax()!r} (a typo?): {', '.join(lines[i] for i in ids[:5])}"
             )
     for fold, tested in outer.groups.items():
-        trained = manifest.split == "train" if outer.kind == "split" else manifest.session != fold
+        split = outer.kind == "split"
+        trained = manifest.split == "train" if split else manifest.session != fold
+        testing = manifest.split == "test" if split else manifest.session == fold
+        where = f"fold {fold} (tests {', '.join(tested)})"
         for name in sorted(set(counts.index) - set(manifest.label[trained])):
-            report.class_not_trained.append(
-                f"fold {fold} (tests {', '.join(tested)}): no {name!r} utterance to train on"
-            )
+            report.class_not_trained.append(f"{where}: no {name!r} utterance to train on")
+        if untested := sorted(set(counts.index) - set(manifest.label[testing])):
+            report.untested.append(f"{where}: no {', '.join(map(repr, untested))}")
 
 
 def _distinct_rows(header: list[str], records, report: CorpusReport) -> list[tuple[str, dict]]:

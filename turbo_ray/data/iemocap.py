@@ -56,7 +56,11 @@ SUMMARY_LINE = re.compile(
     r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(\S+)\t([a-z]{3})\t"
     r"\[(\d\.\d{4}), (\d\.\d{4}), (\d\.\d{4})\]$"
 )
-INFO_FIELDS = ("excluded", "downmixed")  # CorpusReport fields that are information, not problems
+INFO_FIELDS = (
+    "excluded",
+    "downmixed",
+    "untested",
+)  # CorpusReport fields that are information, not problems
 UTTERANCE_ID = re.compile(r"^Ses0[1-5][FM]_(impro0[1-8][ab]?|script0[1-3]_[1-3]b?)_[FM]\d{3}$")
 
 
@@ -92,6 +96,9 @@ class CorpusReport:
     excluded: dict[str, int] = field(default_factory=dict)
     # multi-channel wavs, down-mixed to mono in the shards (info)
     downmixed: list[str] = field(default_factory=list)
+    # "fold k (tests g): no 'x'": a class an outer fold's test data lacks (info: its UA averages
+    # the other classes' recalls)
+    untested: list[str] = field(default_factory=list)
 
     def problems(self) -> dict[str, list[str]]:
         """The non-empty problem lists, by name."""
@@ -124,6 +131,10 @@ class CorpusReport:
             lines.append(
                 f"  multi-channel wavs down-mixed to mono: {len(self.downmixed)}: "
                 f"{', '.join(self.downmixed[:limit])}{' …' if len(self.downmixed) > limit else ''}"
+            )
+        if self.untested:
+            lines.append(
+                f"  classes a fold cannot test (not a problem): {'; '.join(self.untested)}"
             )
         return "\n".join(lines)
 
