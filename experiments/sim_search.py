@@ -37,6 +37,7 @@ import optuna
 from ray.tune.experiment import Trial
 
 from turbo_ray.config import load_config
+from turbo_ray.data.iemocap import SESSIONS
 from turbo_ray.search_space import load_search_space
 from turbo_ray.searchers import CONTINUE, PAUSE, STOP, NestedASHA, NestedSearch
 from turbo_ray.trials import FOLD_TRIAL, SearchKey, searched
@@ -214,14 +215,15 @@ def main() -> None:
     gpu_counts, widths = ([5, 20], [1, 2]) if args.quick else ([5, 10, 20, 40, 80], [1, 2, 4, 8])
     seeds = range(1 if args.quick else args.seeds)
     t = cfg.tune
+    folds = t.folds or len(SESSIONS)  # every outer fold of IEMOCAP
     print(
-        f"{args.config}: {t.folds} searches of {t.num_samples} trials, {cfg.train.epochs} epochs, "
+        f"{args.config}: {folds} searches of {t.num_samples} trials, {cfg.train.epochs} epochs, "
         f"ASHA grace {t.grace_period}, reduction {t.reduction_factor}; {len(seeds)} seeds\n"
     )
     runs = {}
     for seed in seeds:
         keys = search_keys(
-            load_config(args.config, [*quick, f"train.seed={seed}"]), list(range(1, t.folds + 1))
+            load_config(args.config, [*quick, f"train.seed={seed}"]), list(range(1, folds + 1))
         )
         for gpus in gpu_counts:
             for w in widths:

@@ -92,6 +92,9 @@ def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
     try:
         assert "gpu_worker: 0-4 nodes of {'CPU': 4, 'local_gpu': 1" in up.stdout
         assert f"ray job submit --address {dashboard} --" in up.stdout
+        # the token there was (the suite's): where it is, and none written
+        assert f"(the token: {os.environ['RAY_AUTH_TOKEN_PATH']})" in up.stdout
+        assert "wrote a Ray token" not in up.stdout
         assert worker_nodes(dashboard, env) == 0  # nothing runs: only the head
         out = tmp_path / "job"
         entrypoint = [
