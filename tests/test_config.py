@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from turbo_ray.cli import main
-from turbo_ray.config import Config, ConfigError, load_config
+from turbo_ray.config import Config, load_config
+from turbo_ray.errors import ConfigError
 
 
 def test_defaults_file_then_overrides(tmp_path):

@@ -11,12 +11,8 @@ import soundfile as sf
 
 from turbo_ray.data.classes import ClassMap
 from turbo_ray.data.folds import loso_folds
-from turbo_ray.data.iemocap import (
-    COLUMNS,
-    CorpusError,
-    load_manifest,
-    scan_corpus,
-)
+from turbo_ray.data.iemocap import COLUMNS, load_manifest, scan_corpus
+from turbo_ray.errors import CorpusError
 
 RATE = 16_000
 WAV_SECONDS = 0.25

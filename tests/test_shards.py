@@ -12,13 +12,8 @@ import pytest
 import soundfile as sf
 
 from turbo_ray.data.shard_writer import write_shards
-from turbo_ray.data.shards import (
-    SHARD_SCHEMA,
-    ShardError,
-    decode_audio,
-    read_shard_manifest,
-    resample,
-)
+from turbo_ray.data.shards import SHARD_SCHEMA, decode_audio, read_shard_manifest, resample
+from turbo_ray.errors import ShardError
 
 CLASSES = ("neutral", "happy", "angry", "sad")
 RATE = 16_000

@@ -24,8 +24,9 @@ from matplotlib.image import imread
 
 from turbo_ray.cli import main
 from turbo_ray.config import MODES
+from turbo_ray.errors import SearchSpaceError
 from turbo_ray.progress import RAY_LOGGERS
-from turbo_ray.search_space import SearchSpaceError, load_search_space
+from turbo_ray.search_space import load_search_space
 from turbo_ray.searchers import NestedSearch
 from turbo_ray.trials import SearchKey
 

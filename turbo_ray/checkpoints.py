@@ -19,8 +19,9 @@ from ray.train import Checkpoint
 
 from turbo_ray.classifier import write_model_folder
 from turbo_ray.config import Config
+from turbo_ray.errors import UsageError
 from turbo_ray.model import TurboModel, build_model
-from turbo_ray.paths import META_FILE, MODEL_FILE, STATE_FILE, UsageError, filesystem
+from turbo_ray.paths import META_FILE, MODEL_FILE, STATE_FILE, filesystem
 
 KEEP_SCORE = "checkpoint_score"  # what ranks the checkpoints Ray keeps (`keep_score`)
 

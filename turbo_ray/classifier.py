@@ -28,19 +28,15 @@ import torch
 
 from turbo_ray.config import Config, override
 from turbo_ray.data.preprocess import Padding, padding_args, preprocess_for, tokenizer_name
+from turbo_ray.errors import ModelFolderError
 from turbo_ray.inference import forward_pass
 from turbo_ray.model import TurboModel, build_model
-from turbo_ray.paths import UsageError
 
 FORMAT = 1  # of the folder; a folder of another format is refused
 META = "turbo_ray.json"
 WEIGHTS = "model.pt"
 ENCODERS = {"audio": "audio_encoder", "text": "text_encoder"}  # modality → its subfolder
 BATCH = 16  # utterances per forward in prediction
-
-
-class ModelFolderError(UsageError):
-    """Not a model folder this version can load; the message says why."""
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from turbo_ray.config import MODES, Config, ConfigError, load_config
-from turbo_ray.paths import UsageError, is_uri, local_cluster_config
+from turbo_ray.config import MODES, Config, load_config
+from turbo_ray.errors import ConfigError, UsageError, UserError
+from turbo_ray.paths import is_uri, local_cluster_config
 
 if TYPE_CHECKING:
     from turbo_ray.experiment import JobResult
@@ -417,14 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from turbo_ray.data.iemocap import CorpusError
-    from turbo_ray.data.shards import ShardError
-    from turbo_ray.runtime import ClusterError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ClusterError, ConfigError, CorpusError, ShardError, UsageError) as err:
+    except UserError as err:
         print(f"turbo-ray: error: {err}", file=sys.stderr)
         return 2
 

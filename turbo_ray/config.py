@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from turbo_ray.data.classes import ClassMap, ClassSpecError
+from turbo_ray.errors import ConfigError
 
 # loss.mode: the contrastive terms each ablation mode trains (baseline: cross-entropy alone)
 MODE_TERMS: dict[str, tuple[str, ...]] = {
@@ -62,10 +63,6 @@ PRESETS = {  # model.preset: the encoders it names (a config's own names overrid
     "base": Preset(audio="facebook/wav2vec2-base", text="roberta-base"),
     "large": Preset(audio="microsoft/wavlm-large", text="roberta-large"),
 }
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
 
 
 @dataclass

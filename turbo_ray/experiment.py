@@ -31,13 +31,13 @@ from turbo_ray.checkpoints import (
     selected_epoch,
 )
 from turbo_ray.comparison import compared_with_baseline, format_comparison
-from turbo_ray.config import MODES, Config, ConfigError, check_settings, load_config, override
+from turbo_ray.config import MODES, Config, check_settings, load_config, override
 from turbo_ray.data.corpus import Corpus, prepare_corpus
 from turbo_ray.data.folds import FINAL, Fold, fold_splits
+from turbo_ray.errors import ConfigError, UsageError
 from turbo_ray.evaluation import tested_row
 from turbo_ray.paths import (
     RunPaths,
-    UsageError,
     is_uri,
     latest_output_dir,
     new_output_dir,

@@ -24,10 +24,6 @@ RUNS = Path("runs")  # new output folders go here: runs/<job>-<time>
 MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
 
 
-class UsageError(Exception):
-    """A job that cannot run as asked (its output folder, --resume); the message says why."""
-
-
 def is_uri(location: str | Path) -> bool:
     """Object storage (s3://, gs://, file://…) rather than a local path: the one test of it."""
     return "://" in str(location)

@@ -20,16 +20,12 @@ from turbo_ray.data.audiofolder import load_audiofolder, metadata_file
 from turbo_ray.data.classes import ClassMap
 from turbo_ray.data.iemocap import DEFAULT_CLASSES, load_manifest, wav_info
 from turbo_ray.data.shard_writer import audio_cell
+from turbo_ray.errors import InputError
 from turbo_ray.metrics import classification_report, confusion_matrix, positive_index
-from turbo_ray.paths import UsageError
 
 IN_PROCESS_MAX = 500  # utterances predicted in this process by default; more go through Ray Data
 COLUMNS = ["utterance_id", "wav_path", "text", "label"]  # an input row (label: None if unknown)
 BLOCK = 4 * BATCH  # rows per Ray Data block: the actors share the blocks; batches stay aligned
-
-
-class InputError(UsageError):
-    """An input that cannot be predicted; the message names the file (and line)."""
 
 
 @dataclass

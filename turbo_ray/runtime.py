@@ -9,6 +9,7 @@ import ray
 import ray.data
 
 from turbo_ray.data.pipeline import configure_ray_data
+from turbo_ray.errors import ClusterError
 
 # a trial that drives a TorchTrainer takes a sliver of this, no CPU
 DRIVER_RESOURCE = "train_driver"
@@ -101,10 +102,6 @@ def place_ray_data_actors() -> None:
     run a one-row pipeline here first, on the driver's node (no CPU asked, so a CPU-less head
     takes it)."""
     ray.data.from_items([{"row": 0}]).map_batches(lambda batch: batch, num_cpus=0).materialize()
-
-
-class ClusterError(Exception):
-    """A Ray cluster this job cannot run on; the message says what to change."""
 
 
 def require_driver_resource() -> None:

@@ -19,13 +19,10 @@ from typing import Any
 import ray.tune
 import yaml
 
-from turbo_ray.config import Config, ConfigError, override, unused_keys
+from turbo_ray.config import Config, override, unused_keys
+from turbo_ray.errors import ConfigError, SearchSpaceError
 
 FIXED_PER_SEARCH = ("loss.mode", "train.seed")  # the job's searches differ in these
-
-
-class SearchSpaceError(ConfigError):
-    """A search-space file that cannot be used; the message names the file and the key."""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ import pandas as pd
 
 from turbo_ray.data.classes import ClassMap
 from turbo_ray.data.folds import OuterFolds, group_sessions
-from turbo_ray.data.iemocap import COLUMNS, DTYPES, CorpusError, CorpusReport, wav_info
+from turbo_ray.data.iemocap import COLUMNS, DTYPES, CorpusReport, wav_info
+from turbo_ray.errors import CorpusError
 
 METADATA = ("metadata.csv", "metadata.parquet")
 REQUIRED = ("file_name", "text", "label")

@@ -19,14 +19,9 @@ from turbo_ray.data.audiofolder import load_audiofolder, metadata_file
 from turbo_ray.data.classes import ClassMap
 from turbo_ray.data.demo import make_demo_corpus
 from turbo_ray.data.folds import Fold, OuterFolds, final_fold, loso_folds, split_fold
-from turbo_ray.data.iemocap import (
-    DEFAULT_CLASSES,
-    SESSIONS,
-    CorpusError,
-    CorpusReport,
-    load_manifest,
-)
+from turbo_ray.data.iemocap import DEFAULT_CLASSES, SESSIONS, CorpusReport, load_manifest
 from turbo_ray.data.shard_writer import write_shards
+from turbo_ray.errors import CorpusError
 from turbo_ray.paths import demo_corpus_dir, shards_location
 
 

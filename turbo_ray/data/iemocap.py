@@ -20,6 +20,7 @@ import pandas as pd
 import soundfile as sf
 
 from turbo_ray.data.classes import ClassMap
+from turbo_ray.errors import CorpusError
 
 RELEASE_NAME = "IEMOCAP_full_release"
 SESSIONS = tuple(f"Session{n}" for n in range(1, 6))
@@ -62,11 +63,6 @@ INFO_FIELDS = (
     "untested",
 )  # CorpusReport fields that are information, not problems
 UTTERANCE_ID = re.compile(r"^Ses0[1-5][FM]_(impro0[1-8][ab]?|script0[1-3]_[1-3]b?)_[FM]\d{3}$")
-
-
-class CorpusError(ValueError):
-    """Not an IEMOCAP release, or (strict) a corpus with problems; the message names the files or
-    utterance ids."""
 
 
 @dataclass

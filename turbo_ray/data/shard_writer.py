@@ -29,11 +29,11 @@ from turbo_ray.data.shards import (
     MANIFEST,
     ROWS_PER_SHARD,
     SHARD_SCHEMA,
-    ShardError,
     read_audio,
     read_shard_manifest,
     resample,
 )
+from turbo_ray.errors import ShardError
 from turbo_ray.paths import filesystem
 
 REQUIRED_COLUMNS = (

@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import soundfile as sf
 
 from turbo_ray.config import AUDIO_FORMATS
+from turbo_ray.errors import ShardError
 from turbo_ray.paths import filesystem
 
 SHARD_SCHEMA = pa.schema(
@@ -43,11 +44,6 @@ SHARD_SCHEMA = pa.schema(
 ROWS_PER_SHARD = 64  # a shard is one Ray Data block: the unit the training order permutes
 MANIFEST = "_manifest.json"
 FORMAT_VERSION = 2  # 2: rows in hashed order, multi-channel audio down-mixed
-
-
-class ShardError(RuntimeError):
-    """Invalid input, unreadable audio, or missing / incomplete / corrupt shards
-    (the message names which)."""
 
 
 def read_shard_manifest(out: str, verify: bool = False) -> dict:
