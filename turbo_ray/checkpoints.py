@@ -17,9 +17,7 @@ import pyarrow.fs as pafs
 import torch
 from ray.train import Checkpoint
 
-from turbo_ray.classifier import write_model_folder
 from turbo_ray.config import Config
-from turbo_ray.errors import UsageError
 from turbo_ray.model import TurboModel, build_model
 from turbo_ray.paths import META_FILE, MODEL_FILE, STATE_FILE, filesystem
 
@@ -75,19 +73,6 @@ def load_model(
     model = build_model(Config.from_dict(meta["config"]), len(meta["classes"]), pretrained=False)
     model.load_state_dict(weights)
     return model.to(device).eval(), meta
-
-
-def export_checkpoint(checkpoint_dir: str | Path, out: str | Path) -> Path:
-    """The self-contained model folder of a checkpoint (`turbo-ray export`; `classifier.py`)."""
-    if not (Path(checkpoint_dir) / MODEL_FILE).is_file():
-        raise UsageError(f"{checkpoint_dir} is not a checkpoint folder: no {MODEL_FILE} in it")
-    if Path(out).exists():
-        raise UsageError(f"{out} already exists: export into a new folder")
-    model, meta = load_model(checkpoint_dir)
-    scores = {k: v for k, v in meta["metrics"].items() if isinstance(v, float)}
-    source = {"checkpoint": str(checkpoint_dir), "epoch": meta["epoch"], "metrics": scores}
-    cfg = Config.from_dict(meta["config"])
-    return write_model_folder(model, cfg, meta["classes"], out, source)
 
 
 def restore(

@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from turbo_ray.checkpoints import load_model
 from turbo_ray.config import Config, override
 from turbo_ray.data.preprocess import Padding, padding_args, preprocess_for, tokenizer_name
-from turbo_ray.errors import ModelFolderError
+from turbo_ray.errors import ModelFolderError, UsageError
 from turbo_ray.inference import forward_pass
 from turbo_ray.model import TurboModel, build_model
+from turbo_ray.paths import MODEL_FILE
 
 FORMAT = 1  # of the folder; a folder of another format is refused
 META = "turbo_ray.json"
@@ -120,3 +122,16 @@ def load_classifier(directory: str | Path, device: str | torch.device | None = N
     model = build_model(cfg, len(meta["classes"]), pretrained=False)
     model.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
     return Classifier(model.to(device).eval(), cfg, tuple(meta["classes"]), device)
+
+
+def export_checkpoint(checkpoint_dir: str | Path, out: str | Path) -> Path:
+    """The self-contained model folder of a checkpoint (`turbo-ray export`; `classifier.py`)."""
+    if not (Path(checkpoint_dir) / MODEL_FILE).is_file():
+        raise UsageError(f"{checkpoint_dir} is not a checkpoint folder: no {MODEL_FILE} in it")
+    if Path(out).exists():
+        raise UsageError(f"{out} already exists: export into a new folder")
+    model, meta = load_model(checkpoint_dir)
+    scores = {k: v for k, v in meta["metrics"].items() if isinstance(v, float)}
+    source = {"checkpoint": str(checkpoint_dir), "epoch": meta["epoch"], "metrics": scores}
+    cfg = Config.from_dict(meta["config"])
+    return write_model_folder(model, cfg, meta["classes"], out, source)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from turbo_ray.config import BASELINE
-from turbo_ray.results import counted
+from turbo_ray.formatting import counted
 
 COMPARED = ("wa", "ua")  # the scores compared: accuracy and mean per-class recall
 LEVEL = 0.95

@@ -4,23 +4,30 @@ while it trains.
 
     checkpoint, metrics = checkpoint_at(run, selected_epoch(run, cfg.tune.metric))
     row = tested_row(cfg, corpus, fold, checkpoint, metrics)   # a row of the results table
+    row = recorded_test_row(cfg, corpus, fold, key, trial, paths)  # a search's, tested once
 """
 
 from __future__ import annotations
 
+import json
+
+import pandas as pd
 import ray
 import ray.train
+import ray.tune
 import torch
 
-from turbo_ray.checkpoints import load_model
+from turbo_ray.checkpoints import checkpoint_at, load_model, selected_epoch
 from turbo_ray.config import Config
 from turbo_ray.data.corpus import Corpus
 from turbo_ray.data.folds import Fold
 from turbo_ray.data.pipeline import collate_for, configure_ray_data, split_dataset
 from turbo_ray.inference import evaluate
-from turbo_ray.metrics import positive_index
-from turbo_ray.results import scores_of
+from turbo_ray.metrics import positive_index, scores_of
+from turbo_ray.paths import RunPaths, read_text, write_text
 from turbo_ray.runners import device_of, worker_resources
+from turbo_ray.trials import SearchKey, searched, trial_config, trial_id
+from turbo_ray.tune import trains_in_trial
 
 
 def tested_row(
@@ -50,6 +57,51 @@ def tested_row(
         "n_test": scores["n"],
         "confusion": scores["confusion"],
     }
+
+
+def recorded_test_row(
+    cfg: Config,
+    corpus: Corpus,
+    fold: Fold,
+    key: SearchKey,
+    trial: ray.tune.Result,
+    paths: RunPaths,
+) -> dict:
+    """A search's row of the results table, from its selected trial: tested once, then recorded
+    in the job's storage (a resumed job, on any machine, reads it back: its checkpoints may be
+    pruned by then)."""
+    record = paths.test_record(*key)
+    chosen = (trial_id(trial), selected_epoch(trial, cfg.tune.metric))
+    if (text := read_text(record)) is not None:
+        row = json.loads(text)
+    else:
+        checkpoint, metrics = checkpoint_at(checkpointed_run(trial, cfg, paths), chosen[1])
+        seen = pd.concat([fold.train, fold.val])  # what its search trained and validated on
+        # the leak audit: the outer folds (or, given splits, the splits) its search read
+        used = (
+            {"search_splits": sorted(seen.split.unique())}
+            if corpus.outer.kind == "split"
+            else {"search_sessions": sorted(int(s) for s in seen.session.unique())}
+        )
+        selection = used | {"trial": chosen[0], "params": searched(trial.config)}
+        run_cfg = trial_config(cfg, trial.config)
+        row = tested_row(run_cfg, corpus, fold, checkpoint, metrics, **selection)
+        row |= {"mode": key.mode, "seed": key.seed, "checkpoint": paths.relative(checkpoint.path)}
+        write_text(record, json.dumps(row))
+    if (row["trial"], row["best_epoch"]) != chosen:
+        raise RuntimeError(
+            f"{record} tested {row['trial']} epoch {row['best_epoch']}, "
+            f"but the search {key} selected {chosen}"
+        )
+    return row
+
+
+def checkpointed_run(trial: ray.tune.Result, cfg: Config, paths: RunPaths):
+    """The run that kept a trial's checkpoints, with their epochs' metrics: the Tune trial itself
+    when it trained in its own process, else its TorchTrainer's run (in the trial's folder)."""
+    if trains_in_trial(trial_config(cfg, trial.config)):
+        return trial
+    return ray.train.Result.from_path(paths.trial_dir(trial_id(trial)))
 
 
 @ray.remote

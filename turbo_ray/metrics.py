@@ -85,3 +85,12 @@ def classification_report(
     if num_classes == 2 and probs is not None:
         report["auc"] = roc_auc(np.asarray(y_true) == positive, np.asarray(probs)[:, positive])
     return report
+
+
+SCORES = ("wa", "ua", "f1")  # a fold's test scores: accuracy, mean per-class recall, macro-F1
+AUC = "auc"  # and, with two classes, ROC-AUC of the positive class
+
+
+def scores_of(columns) -> tuple[str, ...]:
+    """The scores rows (or a test pass's result) hold: `SCORES`, and `AUC` for two classes."""
+    return (*SCORES, AUC) if AUC in columns else SCORES

@@ -15,7 +15,7 @@ from pathlib import Path
 from ray.tune import Callback
 from tqdm import tqdm
 
-from turbo_ray.results import short
+from turbo_ray.formatting import short
 from turbo_ray.trials import searched, stopped_early, trial_name
 
 RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "optuna", "mlflow", "alembic")

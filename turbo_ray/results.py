@@ -1,5 +1,6 @@
 """Result tables and files: one row per tested fold (and mode and seed), their mean and std, the
-printed tables and results.csv / results.json / confusion.png.
+printed tables and results.csv / results.json / confusion.png; and a search's own files
+(trials.csv, each search's selected config, the search's plots).
 
     print(format_table(rows, "Nested leave-one-session-out …"))
     write_results(rows, paths, classes, cfg, {"protocol": "nested-loso"})
@@ -12,28 +13,33 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import ray.tune
+import yaml
 
+from turbo_ray.checkpoints import selected_epoch
 from turbo_ray.config import Config
+from turbo_ray.data.folds import FINAL
+from turbo_ray.formatting import short
+from turbo_ray.metrics import AUC, scores_of
 from turbo_ray.paths import RunPaths
-from turbo_ray.plots import plot_comparison, plot_confusion
-
-SCORES = ("wa", "ua", "f1")  # a fold's test scores: accuracy, mean per-class recall, macro-F1
-AUC = "auc"  # and, with two classes, ROC-AUC of the positive class
-
-
-def scores_of(columns) -> tuple[str, ...]:
-    """The scores rows (or a test pass's result) hold: `SCORES`, and `AUC` for two classes."""
-    return (*SCORES, AUC) if AUC in columns else SCORES
-
-
-def short(value) -> str:
-    """A parameter value as tables and progress lines print it."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def counted(n: int, noun: str) -> str:
-    """`n` and `noun`, plural unless one: "1 fold", "5 folds"."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+from turbo_ray.plots import (
+    plot_comparison,
+    plot_confusion,
+    plot_curves,
+    plot_importances,
+    plot_search_history,
+)
+from turbo_ray.search_space import SearchSpace
+from turbo_ray.trials import (
+    FOLD_TRIAL,
+    SearchKey,
+    best_score,
+    best_trials,
+    param_importances,
+    trial_config,
+    trial_id,
+    trial_table,
+)
 
 
 def selection_table(results: pd.DataFrame, cfg: Config, by: list[str] | None = None) -> str:
@@ -128,3 +134,52 @@ def write_results(
     return written + (
         [paths.comparison_csv, paths.comparison_png] if comparison is not None else []
     )
+
+
+def write_search_outputs(
+    grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config, paths: RunPaths
+) -> list[Path]:
+    """trials.csv, each search's selected config (`best_config_<mode>-seed<s>-s<k>.yaml`) and
+    the search plots (a panel per search); returns the paths written."""
+    metric = cfg.tune.metric
+    trials = trial_table(grid, space, cfg)
+    trials.to_csv(paths.trials_csv, index=False)
+    plot_search_history(trials, metric, paths.history_png)
+    in_order = sorted(grid, key=lambda r: r.config[FOLD_TRIAL])
+    curves = {
+        key: {
+            trial_id(r): r.metrics_dataframe
+            for r in in_order
+            if SearchKey.of(r.config) == key
+            and r.metrics_dataframe is not None
+            and metric in r.metrics_dataframe
+        }
+        for key in sorted({SearchKey.of(r.config) for r in grid})
+    }
+    selected = best_trials(grid, cfg)
+    chosen = {key: (trial_id(r), selected_epoch(r, metric)) for key, r in selected.items()}
+    plot_curves(curves, chosen, metric, paths.curves_png)
+    written = [paths.trials_csv, paths.history_png, paths.curves_png]
+    for key, result in sorted(selected.items()):
+        path = paths.best_config(*key)
+        best = best_score(result.metrics_dataframe, metric)
+        score = f"trial {trial_id(result)}, best {metric} {best:.4f}"
+        if key.fold == FINAL:
+            header = f"# {key} (all of the corpus): {score}\n"
+        else:
+            header = (
+                f"# {key} (test session {key.fold}): {score}, chosen on sessions other than "
+                f"{key.fold}\n# re-run this fold: "
+                f"turbo-ray train --config {path} --fold {key.fold}\n"
+            )
+        config = trial_config(cfg, result.config)
+        path.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
+        written.append(path)
+    importances = {
+        mode: param_importances(trials[trials["mode"] == mode], space.for_mode(mode), metric)
+        for mode in trials["mode"].unique()
+    }
+    if importances := {mode: values for mode, values in importances.items() if values}:
+        plot_importances(importances, paths.importances_png)
+        written.append(paths.importances_png)
+    return written

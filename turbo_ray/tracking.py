@@ -29,8 +29,8 @@ from mlflow.tracking import MlflowClient
 from ray.tune import ResultGrid
 
 from turbo_ray.config import Config, override
+from turbo_ray.metrics import scores_of
 from turbo_ray.paths import RunPaths
-from turbo_ray.results import scores_of
 from turbo_ray.trials import (
     FOLD_TRIAL,
     SearchKey,

@@ -111,65 +111,81 @@ def fit(loop_config: dict, ctx: RunContext) -> TurboModel:
     Tune trial) starts from the same state as a fresh one."""
     at_start = time.time()
     cfg, classes = Config.from_dict(loop_config["config"]), loop_config["classes"]
-    rank, world, device = ctx.rank, ctx.world, ctx.device
     shards, splits = loop_config["shards"], loop_config["splits"]
     configure_ray_data()
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    model, state, last = restore(build_model(cfg, len(classes)), ctx.checkpoint)
-    # on the device now: optimizer state is loaded onto it
-    model = ctx.prepare_model(model)
-    core = _unwrap(model)
-    optimizer = build_optimizer(core, cfg)
-    steps = steps_per_epoch(len(splits["train"]), world, cfg.data.batch_size, cfg.train.grad_accum)
-    scheduler = build_scheduler(optimizer, cfg, steps)
-    # epochs completed (numbered from 1); the best selection score so far and its epoch
-    done, best, best_epoch = 0, float("-inf"), 0
-    if state:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        done, best, best_epoch = state["epoch"], state["best"], state["best_epoch"]
-
-    feed = TrainFeed(cfg, shards, splits["train"], rank, world, ctx.placement_group)
+    run = _Run.start(cfg, len(classes), len(splits["train"]), ctx)
+    feed = TrainFeed(cfg, shards, splits["train"], ctx.rank, ctx.world, ctx.placement_group)
     # rank 0 validates on the whole split, so no sample is dropped or repeated
-    val = split_dataset(cfg, shards, splits["val"], ctx.placement_group) if rank == 0 else None
-    for epoch in range(done + 1, cfg.train.epochs + 1):
-        torch.manual_seed(_seed(cfg.train.seed, rank, epoch))  # dropout masks: per rank and epoch
+    val = split_dataset(cfg, shards, splits["val"], ctx.placement_group) if ctx.rank == 0 else None
+    for epoch in range(run.done + 1, cfg.train.epochs + 1):
+        seed = _seed(cfg.train.seed, ctx.rank, epoch)
+        torch.manual_seed(seed)  # dropout masks: per rank and epoch
         batches = feed.epoch(epoch).iter_torch_batches(
             batch_size=cfg.data.batch_size,
             collate_fn=collate_for(cfg, epoch),
             local_shuffle_buffer_size=LOCAL_SHUFFLE_ROWS,
-            local_shuffle_seed=_seed(cfg.train.seed, rank, epoch),
+            local_shuffle_seed=seed,
         )
         metrics = {"epoch": epoch, "at_worker_start": at_start}
-        metrics |= train_epoch(model, batches, optimizer, scheduler, cfg, device)
+        metrics |= train_epoch(run.model, batches, run.optimizer, run.scheduler, cfg, ctx.device)
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint_dir = None
-            if rank == 0:
-                metrics |= validate_epoch(core, val, cfg, classes, device)
-                score = metrics[cfg.tune.metric]
-                if score > best:  # ties go to the earlier epoch
-                    best, best_epoch = score, epoch
-                # what Tune's searcher and scheduler see, and the epoch the job tests
-                metrics |= {f"best_{cfg.tune.metric}": best, "best_epoch": best_epoch}
-                metrics[KEEP_SCORE] = keep_score(score, epoch)
-                save_checkpoint(
-                    Path(tmp),
-                    core,
-                    optimizer,
-                    scheduler,
-                    (epoch, best, best_epoch),
-                    cfg,
-                    classes,
-                    metrics,
-                )
-                checkpoint_dir = tmp
-            ctx.report(metrics, checkpoint_dir)
+            if ctx.rank == 0:
+                metrics |= validate_epoch(run.core, val, cfg, classes, ctx.device)
+                run.checkpoint(Path(tmp), epoch, metrics, cfg, classes)
+            ctx.report(metrics, tmp if ctx.rank == 0 else None)
     # resumed with nothing left: a Tune trial restored after its run finished but before Tune
     # recorded it still gets its final result
-    if done == cfg.train.epochs and last:
-        ctx.report(last)
-    return core
+    if run.done == cfg.train.epochs and run.last:
+        ctx.report(run.last)
+    return run.core
+
+
+@dataclass
+class _Run:
+    """A rank's training state: the model (wrapped for DDP), its optimizer and schedule, the
+    epochs done and the best selection score so far (restored from the last checkpoint)."""
+
+    model: torch.nn.Module
+    core: TurboModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    done: int = 0  # epochs completed (numbered from 1)
+    best: float = float("-inf")
+    best_epoch: int = 0
+    last: dict | None = None  # the last checkpoint's metrics
+
+    @classmethod
+    def start(cls, cfg: Config, num_classes: int, n_train: int, ctx: RunContext) -> _Run:
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        model, state, last = restore(build_model(cfg, num_classes), ctx.checkpoint)
+        # on the device now: optimizer state is loaded onto it
+        model = ctx.prepare_model(model)
+        core = _unwrap(model)
+        optimizer = build_optimizer(core, cfg)
+        steps = steps_per_epoch(n_train, ctx.world, cfg.data.batch_size, cfg.train.grad_accum)
+        run = cls(model, core, optimizer, build_scheduler(optimizer, cfg, steps), last=last)
+        if state:
+            run.optimizer.load_state_dict(state["optimizer"])
+            run.scheduler.load_state_dict(state["scheduler"])
+            run.done, run.best, run.best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        return run
+
+    def checkpoint(
+        self, directory: Path, epoch: int, metrics: dict, cfg: Config, classes: list[str]
+    ) -> None:
+        """Rank 0 after validating: the best epoch so far (ties go to the earlier) into
+        `metrics` (what Tune's searcher and scheduler see, and the epoch the job tests), and the
+        epoch's checkpoint into `directory`."""
+        score = metrics[cfg.tune.metric]
+        if score > self.best:
+            self.best, self.best_epoch = score, epoch
+        metrics |= {f"best_{cfg.tune.metric}": self.best, "best_epoch": self.best_epoch}
+        metrics[KEEP_SCORE] = keep_score(score, epoch)
+        progress = (epoch, self.best, self.best_epoch)
+        save_checkpoint(
+            directory, self.core, self.optimizer, self.scheduler, progress, cfg, classes, metrics
+        )
 
 
 def loop_config(cfg: Config, classes: list[str], shards: str, splits: dict[str, list]) -> dict:

@@ -1,5 +1,5 @@
 """What a search's trials did, read from Tune's records: a row per trial, each fold's selected
-trial and epoch, the parameters' importances, and the search's output files.
+trial and epoch, the parameters' importances. It writes no file: `results.py` does.
 
     trials = trial_table(grid, space, cfg)   # its search, parameters, epochs, best score, stopped
     best = best_trials(grid, cfg)            # {SearchKey: the trial that search selects}
@@ -17,13 +17,9 @@ from typing import NamedTuple
 
 import pandas as pd
 import ray.tune
-import yaml
 
-from turbo_ray.checkpoints import selected_epoch
 from turbo_ray.config import Config, override
 from turbo_ray.data.folds import FINAL
-from turbo_ray.paths import RunPaths
-from turbo_ray.plots import plot_curves, plot_importances, plot_search_history
 from turbo_ray.search_space import SearchSpace, hashable
 
 MODE, SEED = "loss.mode", "train.seed"
@@ -184,52 +180,3 @@ def param_importances(trials: pd.DataFrame, space: SearchSpace, metric: str) -> 
         )
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     return optuna.importance.get_param_importances(study, evaluator=evaluator)
-
-
-def write_search_outputs(
-    grid: ray.tune.ResultGrid, space: SearchSpace, cfg: Config, paths: RunPaths
-) -> list[Path]:
-    """trials.csv, each search's selected config (`best_config_<mode>-seed<s>-s<k>.yaml`) and
-    the search plots (a panel per search); returns the paths written."""
-    metric = cfg.tune.metric
-    trials = trial_table(grid, space, cfg)
-    trials.to_csv(paths.trials_csv, index=False)
-    plot_search_history(trials, metric, paths.history_png)
-    in_order = sorted(grid, key=lambda r: r.config[FOLD_TRIAL])
-    curves = {
-        key: {
-            trial_id(r): r.metrics_dataframe
-            for r in in_order
-            if SearchKey.of(r.config) == key
-            and r.metrics_dataframe is not None
-            and metric in r.metrics_dataframe
-        }
-        for key in sorted({SearchKey.of(r.config) for r in grid})
-    }
-    selected = best_trials(grid, cfg)
-    chosen = {key: (trial_id(r), selected_epoch(r, metric)) for key, r in selected.items()}
-    plot_curves(curves, chosen, metric, paths.curves_png)
-    written = [paths.trials_csv, paths.history_png, paths.curves_png]
-    for key, result in sorted(selected.items()):
-        path = paths.best_config(*key)
-        best = best_score(result.metrics_dataframe, metric)
-        score = f"trial {trial_id(result)}, best {metric} {best:.4f}"
-        if key.fold == FINAL:
-            header = f"# {key} (all of the corpus): {score}\n"
-        else:
-            header = (
-                f"# {key} (test session {key.fold}): {score}, chosen on sessions other than "
-                f"{key.fold}\n# re-run this fold: "
-                f"turbo-ray train --config {path} --fold {key.fold}\n"
-            )
-        config = trial_config(cfg, result.config)
-        path.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
-        written.append(path)
-    importances = {
-        mode: param_importances(trials[trials["mode"] == mode], space.for_mode(mode), metric)
-        for mode in trials["mode"].unique()
-    }
-    if importances := {mode: values for mode, values in importances.items() if values}:
-        plot_importances(importances, paths.importances_png)
-        written.append(paths.importances_png)
-    return written

