@@ -11,10 +11,10 @@ import soundfile as sf
 
 from turbo_ray.cli import main
 from turbo_ray.config import load_config
-from turbo_ray.data.audiofolder import load_audiofolder
+from turbo_ray.data.audiofolder import read_audiofolder
 from turbo_ray.data.corpus import prepare_corpus
 from turbo_ray.data.demo_speech import SAMPLE_RATE, STYLES, synthesise
-from turbo_ray.data.folds import group_sessions
+from turbo_ray.data.folds import group_folds
 from turbo_ray.data.shards import resample
 
 GROUPS = ("car", "kitchen", "office")
@@ -72,29 +72,29 @@ def test_a_metadata_csv_corpus_reads_with_its_classes_groups_and_rates(corpus_di
     assert "outer folds: leave-one-group-out (3)" in summary
     # each fold tests one group; its validation speakers are whole speakers of the others
     folds = corpus.folds(cfg.data)
-    assert [fold.test_session for fold in folds] == [1, 2, 3]
+    assert [fold.number for fold in folds] == [1, 2, 3]
     for fold in folds:
-        group = GROUPS[fold.test_session - 1]
+        group = GROUPS[fold.number - 1]
         assert set(fold.test.group) == {group} and group not in set(fold.train.group)
         assert not set(fold.val.speaker) & set(fold.train.speaker)
     # merged and selected classes: the labels of each class, in the order given
-    merged = load_audiofolder(corpus_dir, "yes=directed,no=other", None, 0)
-    assert merged.attrs["classes"].names == ("yes", "no")
+    merged, _, classes, _ = read_audiofolder(corpus_dir, "yes=directed,no=other", None, 0)
+    assert classes.names == ("yes", "no") and not merged.attrs
     assert set(zip(merged.label, merged.label_raw)) == {("yes", "directed"), ("no", "other")}
 
 
 def test_group_k_fold_deals_whole_groups_seeded_and_balanced():
     groups = pd.Series([g for g, n in zip("abcdefg", (9, 7, 5, 5, 3, 2, 1)) for _ in range(n)])
-    folds, members = group_sessions(groups, 3, seed=0)
+    folds, members = group_folds(groups, 3, seed=0)
     assert sorted(g for names in members.values() for g in names) == list("abcdefg")
     sizes = pd.Series(folds).value_counts()
     assert sizes.max() - sizes.min() <= 2  # 32 rows in three folds of 10 or 11
     for k, names in members.items():
         assert set(groups[folds == k]) == set(names)  # whole groups
-    again, _ = group_sessions(groups, 3, seed=0)
+    again, _ = group_folds(groups, 3, seed=0)
     assert (again == folds).all()
     with pytest.raises(ValueError, match="data.folds=8 needs at least 8 groups, got 7"):
-        group_sessions(groups, 8, seed=0)
+        group_folds(groups, 8, seed=0)
 
 
 BAD_ROWS = [
@@ -118,8 +118,8 @@ def test_bad_rows_are_named_by_their_line_and_strict_refuses_before_writing(corp
     header = "file_name,text,label,speaker,group"
     csv = root / "metadata.csv"
     csv.write_text("\n".join([header, *(row for row, _ in BAD_ROWS)]) + "\n")
-    manifest = load_audiofolder(root, "directed,other", None, 0)
-    summary = manifest.attrs["report"].summary()
+    manifest, report, *_ = read_audiofolder(root, "directed,other", None, 0)
+    summary = report.summary()
     for _, expected in BAD_ROWS:
         if expected:
             assert expected.format(csv=csv) in summary
@@ -244,10 +244,10 @@ def test_classes_come_from_the_usable_rows_and_an_empty_one_is_named(corpus_dir,
         [("clips/gone-0.wav", "hm", "maybe", "car-0", "car")], columns=metadata.columns
     )
     pd.concat([metadata, lost]).to_csv(root / "metadata.csv", index=False)
-    manifest = load_audiofolder(root, None, None, 0)
-    assert manifest.attrs["classes"].names == ("directed", "other")  # no dead output
+    manifest, report, classes, _ = read_audiofolder(root, None, None, 0)
+    assert classes.names == ("directed", "other")  # no dead output
     assert (manifest.label_id == manifest.label.map({"directed": 0, "other": 1})).all()
-    summary = manifest.attrs["report"].summary()
+    summary = report.summary()
     assert "empty_class: 1" in summary and "class 'maybe': none of its rows is usable" in summary
 
 
@@ -261,7 +261,7 @@ def test_a_label_typo_is_named_with_its_line_and_strict_refuses_it(corpus_dir, t
         columns=metadata.columns,
     )
     pd.concat([metadata, typo]).to_csv(root / "metadata.csv", index=False)
-    summary = load_audiofolder(root, None, None, 0).attrs["report"].summary()
+    summary = read_audiofolder(root, None, None, 0).report.summary()
     csv = root / "metadata.csv"
     assert (
         f"class 'direced': 1 utterance(s) against 24 of 'directed' (a typo?): {csv}:50" in summary

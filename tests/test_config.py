@@ -101,9 +101,9 @@ def test_negative_seeds_are_one_line_errors(overrides, message):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--seeds", "0,0"], r"--seeds must list distinct values, got \[0, 0\]"),
-        (["--seeds", "-1"], r"--seeds must be >= 0, got \[-1\]"),
-        (["--mode", "turbo,turbo"], "--mode must list distinct values"),
+        (["--seeds", "0,0"], r"tune.seeds must list distinct values, got \[0, 0\]"),
+        (["--seeds", "-1"], r"tune.seeds must be >= 0, got \[-1\]"),
+        (["--modes", "turbo,turbo"], "tune.modes must list distinct values"),
     ],
 )
 def test_train_refuses_repeated_or_negative_seeds_and_modes_before_writing(
@@ -116,16 +116,16 @@ def test_train_refuses_repeated_or_negative_seeds_and_modes_before_writing(
 
 
 def test_a_job_anchors_relative_data_paths_where_it_starts(tmp_path, monkeypatch):
-    from turbo_ray.experiment import open_job
+    from turbo_ray.job import Job
 
     monkeypatch.chdir(tmp_path)
     given = load_config(
         None, ["data.cache_dir=cache", "data.shards_dir=s3://bucket/shards", "data.data_dir=data"]
     )
-    cfg, _ = open_job("train", given, tmp_path / "job", resume=False)
+    cfg = Job.open("train", given, tmp_path / "job").cfg
     # a trial's process, in another folder, reads the same places
     assert cfg.data.cache_dir == str(tmp_path / "cache")
     assert cfg.data.data_dir == str(tmp_path / "data")
     assert cfg.data.shards_dir == "s3://bucket/shards"
     home = load_config(None, [])
-    assert open_job("train", home, tmp_path / "job2", resume=False)[0].data == home.data  # ~/…
+    assert Job.open("train", home, tmp_path / "job2").cfg.data == home.data  # ~/…

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from turbo_ray.data.classes import ClassMap
+from turbo_ray.config.classes import ClassMap
 from turbo_ray.data.demo import MARKER, make_demo_corpus
-from turbo_ray.data.iemocap import load_manifest
+from turbo_ray.data.iemocap import read_iemocap
 
 PER_SPEAKER = 8
 FOUR_CLASS_RAW = {"neu": "neutral", "hap": "happy", "exc": "happy", "ang": "angry", "sad": "sad"}
@@ -40,8 +40,8 @@ def recorded(release: Path) -> dict:
 def test_loader_reads_it_with_no_problems_and_the_recorded_counts(
     release: Path, recorded: dict
 ) -> None:
-    df = load_manifest(release, strict=True)
-    assert df.attrs["report"].problems() == {}
+    df, report = read_iemocap(release, strict=True)
+    assert report.problems() == {}
     assert recorded["utterances"] == 10 * PER_SPEAKER
     expected, excluded = Counter(), Counter()
     for session, counts in recorded["labels_per_session"].items():
@@ -51,8 +51,8 @@ def test_loader_reads_it_with_no_problems_and_the_recorded_counts(
             else:
                 excluded[raw] += n
     assert df.groupby(["session", "label"]).size().to_dict() == expected
-    assert df.attrs["report"].excluded == excluded and set(excluded) == {"fru", "xxx"}
-    every = load_manifest(release, classes=ClassMap.parse("all"))
+    assert report.excluded == excluded and set(excluded) == {"fru", "xxx"}
+    every, _ = read_iemocap(release, classes=ClassMap.parse("all"))
     assert len(every) == recorded["utterances"]
 
     assert sorted(df.session.unique()) == [1, 2, 3, 4, 5]
@@ -114,7 +114,7 @@ def test_refuses_to_replace_a_folder_it_did_not_write(tmp_path: Path) -> None:
 
 
 def test_audio_is_16k_mono_pcm16_and_carries_arousal(release: Path) -> None:
-    df = load_manifest(release)
+    df, _ = read_iemocap(release)
     energy = {}
     for row in df.itertuples():
         info = sf.info(row.wav_path)

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from turbo_ray.data.classes import ClassMap
-from turbo_ray.data.folds import loso_folds
-from turbo_ray.data.iemocap import COLUMNS, load_manifest, scan_corpus
+from turbo_ray.config.classes import ClassMap
+from turbo_ray.data.folds import outer_folds
+from turbo_ray.data.iemocap import read_iemocap, session_folds
+from turbo_ray.data.manifest import COLUMNS
 from turbo_ray.errors import CorpusError
 
 RATE = 16_000
@@ -131,8 +132,7 @@ EXPECTED_4CLASS = [  # utterance_id, speaker, gender, label, label_id, label_raw
 
 def test_odd_cases_parse_exactly(tmp_path: Path) -> None:
     release = odd_tree(tmp_path)
-    df = load_manifest(release)
-    report = df.attrs["report"]
+    df, report = read_iemocap(release)
     assert report.problems() == {}
     assert report.excluded == {"fru": 1, "xxx": 1}
     assert list(df.columns) == list(COLUMNS)
@@ -156,8 +156,8 @@ def test_odd_cases_parse_exactly(tmp_path: Path) -> None:
 
 
 def test_all_class_set_keeps_every_label(tmp_path: Path) -> None:
-    df = load_manifest(odd_tree(tmp_path), classes=ClassMap.parse("all"))
-    assert len(df) == 12 and df.attrs["report"].excluded == {}
+    df, report = read_iemocap(odd_tree(tmp_path), classes=ClassMap.parse("all"))
+    assert len(df) == 12 and report.excluded == {}
     by_id = df.set_index("utterance_id")
     assert by_id.loc["Ses01F_impro01_M000", "label"] == "excited"
     assert by_id.loc["Ses01F_impro01_F001", "label"] == "no_agreement"
@@ -167,12 +167,12 @@ def test_all_class_set_keeps_every_label(tmp_path: Path) -> None:
 
 def test_parent_folder_and_non_iemocap_folder(tmp_path: Path) -> None:
     odd_tree(tmp_path)
-    assert len(load_manifest(tmp_path)) == len(EXPECTED_4CLASS)
+    assert len(read_iemocap(tmp_path)[0]) == len(EXPECTED_4CLASS)
     (tmp_path / "other" / "Sessions").mkdir(parents=True)
     with pytest.raises(
         CorpusError, match=r"other is not an IEMOCAP_full_release folder: expected Session1"
     ):
-        load_manifest(tmp_path / "other")
+        read_iemocap(tmp_path / "other")
 
 
 def append(path: Path, *lines: str) -> list[int]:
@@ -228,8 +228,7 @@ def test_problems_are_reported_and_excluded(tmp_path: Path) -> None:
     stereo = s1 / "sentences/wav/Ses01F_impro01/Ses01F_impro01_F002.wav"
     sf.write(stereo, np.zeros((RATE // 4, 2)), RATE, subtype="PCM_16")
 
-    df = load_manifest(release)
-    report = df.attrs["report"]
+    df, report = read_iemocap(release)
     assert report.problems() == {
         "label_without_wav": ["Ses01M_impro05a_M000"],
         "wav_without_label": ["Ses01F_impro01_F007"],
@@ -262,22 +261,22 @@ def test_problems_are_reported_and_excluded(tmp_path: Path) -> None:
     assert "fru 1, xxx 1" in summary and "down-mixed to mono: 1: Ses01F_impro01_F002" in summary
 
     with pytest.raises(CorpusError) as error:
-        load_manifest(release, strict=True)
+        read_iemocap(release, strict=True)
     for items in report.problems().values():
         assert all(item in str(error.value) for item in items)
 
 
 @pytest.fixture(scope="module")
-def loso_manifest(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+def five_sessions(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     """5 sessions × 2 speakers × 6 utterances: 60 rows, 3 of each label per session."""
-    release = tmp_path_factory.mktemp("loso") / "IEMOCAP_full_release"
+    release = tmp_path_factory.mktemp("five") / "IEMOCAP_full_release"
     raw = ("neu", "hap", "ang", "sad")
     for s in range(1, 6):
         turns = [
             (f"{g}{i:03d}", raw[(i + 2 * (g == "M")) % 4], "Hi.") for g in "FM" for i in range(6)
         ]
         write_dialog(release, f"Ses0{s}{'FM'[s % 2]}_impro01", turns)
-    return load_manifest(release, strict=True)
+    return read_iemocap(release, strict=True)[0]
 
 
 def ids(df: pd.DataFrame) -> set[str]:
@@ -285,16 +284,16 @@ def ids(df: pd.DataFrame) -> set[str]:
 
 
 @pytest.mark.parametrize("val_split", ["random", "speaker"])
-def test_loso_folds_partition_each_session(loso_manifest: pd.DataFrame, val_split: str) -> None:
-    folds = loso_folds(loso_manifest, val_fraction=0.2, seed=0, val_split=val_split)
-    assert [f.test_session for f in folds] == [1, 2, 3, 4, 5]
+def test_outer_folds_partition_the_manifest(five_sessions: pd.DataFrame, val_split: str) -> None:
+    folds = outer_folds(five_sessions, val_fraction=0.2, seed=0, val_split=val_split)
+    assert [f.number for f in folds] == [1, 2, 3, 4, 5]
     for fold in folds:
-        assert set(fold.test.session) == {fold.test_session} and len(fold.test) == 12
-        assert fold.test_session not in set(fold.train.session) | set(fold.val.session)
+        assert set(fold.test.session) == {fold.number} and len(fold.test) == 12
+        assert fold.number not in set(fold.train.session) | set(fold.val.session)
         assert not ids(fold.train) & ids(fold.val) and not (ids(fold.train) | ids(fold.val)) & ids(
             fold.test
         )
-        assert ids(fold.train) | ids(fold.val) | ids(fold.test) == ids(loso_manifest)
+        assert ids(fold.train) | ids(fold.val) | ids(fold.test) == ids(five_sessions)
         assert all(isinstance(df.index, pd.RangeIndex) for df in (fold.train, fold.val, fold.test))
         if val_split == "random":  # stratified: round(0.2 × 12) of each label
             assert fold.val.label.value_counts().to_dict() == dict.fromkeys(
@@ -306,20 +305,26 @@ def test_loso_folds_partition_each_session(loso_manifest: pd.DataFrame, val_spli
             )
 
 
-def test_loso_folds_are_seeded(loso_manifest: pd.DataFrame) -> None:
+def test_outer_folds_are_seeded(five_sessions: pd.DataFrame) -> None:
     for val_split in ("random", "speaker"):
         first, again, other = (
-            loso_folds(loso_manifest, 0.2, seed, val_split) for seed in (0, 0, 1)
+            outer_folds(five_sessions, 0.2, seed, val_split) for seed in (0, 0, 1)
         )
         assert [ids(f.val) for f in first] == [ids(f.val) for f in again]
         assert [ids(f.val) for f in first] != [ids(f.val) for f in other]
 
 
-def test_loso_folds_need_two_sessions(loso_manifest: pd.DataFrame) -> None:
-    with pytest.raises(ValueError, match="two sessions"):
-        loso_folds(loso_manifest[loso_manifest.session == 1])
+def test_outer_folds_need_two(five_sessions: pd.DataFrame) -> None:
+    with pytest.raises(CorpusError, match=r"only one outer fold \(\[1\]\) in the corpus"):
+        outer_folds(five_sessions[five_sessions.session == 1])
 
 
-def test_scan_corpus_returns_the_report(tmp_path: Path) -> None:
-    df, report = scan_corpus(odd_tree(tmp_path), classes=ClassMap.parse("4class"))
-    assert len(df) == len(EXPECTED_4CLASS) and report.problems() == {} and "report" not in df.attrs
+def test_each_session_is_an_outer_fold(five_sessions: pd.DataFrame) -> None:
+    outer = session_folds(five_sessions[five_sessions.session != 3])
+    assert outer.kind == "loso" and outer.title == "leave-one-session-out"
+    assert outer.groups == {1: ["Session1"], 2: ["Session2"], 4: ["Session4"], 5: ["Session5"]}
+
+
+def test_the_manifest_carries_nothing_in_attrs(tmp_path: Path) -> None:
+    df, report = read_iemocap(odd_tree(tmp_path), classes=ClassMap.parse("4class"))
+    assert len(df) == len(EXPECTED_4CLASS) and report.problems() == {} and not df.attrs

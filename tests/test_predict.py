@@ -163,7 +163,8 @@ def test_a_named_config_trains_on_all_of_the_corpus_as_the_final_search_did_and_
     main_job, tmp_path
 ):
     # the config of the main job's final search's first trial, named: `turbo-ray train --final`
-    # trains it on all of the corpus with a one-worker TorchTrainer (new processes), which must
+    # (after its one fold's table) trains it on all of the corpus with a one-worker TorchTrainer
+    # (new processes), which must
     # give what that trial gave, epoch for epoch, in the process Tune reused from an earlier trial
     # (both runners share one loop; a reused process starts from the seeds a new one does)
     job, _, overrides = main_job
@@ -182,7 +183,17 @@ def test_a_named_config_trains_on_all_of_the_corpus_as_the_final_search_did_and_
     named = tmp_path / "chosen.yaml"
     named.write_text(yaml.safe_dump(chosen))
     out = tmp_path / "final"
-    run_main("train", "--final", "--config", str(named), "--output-dir", str(out), *overrides)
+    run_main(
+        "train",
+        "--final",
+        "--fold",
+        "1",
+        "--config",
+        str(named),
+        "--output-dir",
+        str(out),
+        *overrides,
+    )
     meta = json.loads((out / "model" / "turbo_ray.json").read_text())
     assert {s: {k: meta["config"][s][k] for k in keys} for s, keys in chosen.items()} == chosen
     given = yaml.safe_load((out / "config.yaml").read_text())
@@ -194,8 +205,10 @@ def test_a_named_config_trains_on_all_of_the_corpus_as_the_final_search_did_and_
         k: v for k, v in meta["source"]["metrics"].items() if k.startswith(("train_", "val_"))
     }
     assert trained and trained == {k: recorded[k] for k in trained}
-    # nothing left of the run's checkpoints but their records: the weights are in the folder
-    assert not list(out.glob("checkpoints/*/checkpoint_*/model.pt"))
+    # nothing left of the final run's checkpoints but their records: the weights are in the folder
+    assert list(out.glob("checkpoints/*-s0/checkpoint_*"))
+    assert not list(out.glob("checkpoints/*-s0/checkpoint_*/model.pt"))
+    assert len(pd.read_csv(out / "results.csv").query("test_session == '1'")) == 1  # its fold
 
 
 @pytest.mark.parametrize("modalities", ["audio", "text", "audio+text"])

@@ -10,7 +10,7 @@ from matplotlib.image import imread
 from mlflow.tracking import MlflowClient
 
 from turbo_ray.config import load_config
-from turbo_ray.data.classes import ClassMap
+from turbo_ray.config.classes import ClassMap
 from turbo_ray.model import build_model
 from turbo_ray.train import build_optimizer
 
@@ -49,7 +49,7 @@ def fixed_job(shared_ray, tiny, tmp_path_factory):
     """`turbo-ray train` of one config for the baseline and Turbo on fold 1, over every IEMOCAP
     label (data.classes=all), seed 1, one epoch: (its folder, what it printed)."""
     out = tmp_path_factory.mktemp("fixed") / "ablation"
-    job = ["train", "--mode", "baseline,turbo", "--fold", "1", "--output-dir", str(out), *tiny]
+    job = ["train", "--modes", "baseline,turbo", "--fold", "1", "--output-dir", str(out), *tiny]
     return out, run_main(*job, "data.classes=all", "train.seed=1", "train.epochs=1")
 
 

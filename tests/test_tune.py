@@ -133,7 +133,7 @@ def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_sur
         "1",
         "--folds",
         "1",
-        "--workers-per-trial",
+        "--num-workers",
         "1",
         "--max-concurrent-trials",
         "1",
@@ -472,7 +472,7 @@ def test_a_job_joins_a_ray_started_by_ray_start_keeps_its_runs_in_a_bucket_and_r
     space = tmp_path / "space.yaml"
     space.write_text("train.lr: {loguniform: [1.0e-9, 2.0e-9]}\n")
     out, runs = tmp_path / "job", "joined/runs"
-    command = ["tune", "--folds", "1", "--num-samples", "1", "--workers-per-trial", "2"]
+    command = ["tune", "--folds", "1", "--num-samples", "1", "--num-workers", "2"]
     command += ["--search-space", str(space), "--output-dir", str(out), *tiny]
     command += [f"data.shards_dir={s3.uri('joined/shards')}", f"train.storage_path={s3.uri(runs)}"]
     try:
@@ -517,7 +517,7 @@ def test_a_cluster_without_the_driver_resource_is_one_line_and_leaves_the_folder
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     out = tmp_path / "out"
     job = ["--folds", "1", "--output-dir", str(out), *tiny]
-    assert main(["tune", "--workers-per-trial", "2", *job]) == 2
+    assert main(["tune", "--num-workers", "2", *job]) == 2
     assert "has no 'train_driver' resource" in capsys.readouterr().err
     assert not (out / "config.yaml").exists()  # the same command may run again
     # Ray's loggers are as they were: nothing of this process logs to the job's ray.log

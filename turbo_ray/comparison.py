@@ -2,7 +2,7 @@
 and seeds (the rows of a job run with several `--modes` and `--seeds`).
 
     table = paired_comparison(rows)        # a row per (mode, score): difference, interval, p, …
-    print(format_comparison(table, "Turbo vs baseline, nested LOSO, seeds 0,1,2"))
+    print(format_comparison(table, "Turbo vs baseline, nested, seeds 0,1,2"))
 
 The fold is the unit of independence: the seeds of one fold share its test speakers, so they are
 not independent pairs. Per fold, the difference is averaged over its seeds; the mean difference is

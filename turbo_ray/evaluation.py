@@ -1,5 +1,5 @@
 """The test pass, the same for both protocols: a fold's selected checkpoint, tested once on its
-held-out session, in a Ray task placed as a training worker would be. No run sees its test split
+held-out outer fold, in a Ray task placed as a training worker would be. No run sees its test split
 while it trains.
 
     checkpoint, metrics = checkpoint_at(run, selected_epoch(run, cfg.tune.metric))
@@ -49,7 +49,7 @@ def tested_row(
     )
     metric = cfg.tune.metric
     return {
-        "test_session": fold.test_session,
+        "test_session": fold.number,
         **selection,
         "best_epoch": metrics["epoch"],
         metric: metrics[metric],

@@ -46,7 +46,7 @@ def run_nested(
     job = Job.open("tune", cfg, out, resume)
     cfg, paths = job.cfg, job.paths
     space = load_search_space(cfg.tune.search_space)
-    folds = {fold.test_session: fold for fold in job.corpus.folds(cfg.data)[: cfg.tune.folds]}
+    folds = {fold.number: fold for fold in job.corpus.folds(cfg.data)[: cfg.tune.folds]}
     keys = search_keys(cfg, list(folds))
     if cfg.tune.final:
         folds[FINAL] = job.corpus.final_fold(cfg.data)
@@ -144,7 +144,7 @@ def run_fixed(
     cfg, paths = job.cfg, job.paths
     folds = job.corpus.folds(cfg.data)[: cfg.tune.folds]
     if fold is not None:
-        folds = [f for f in job.corpus.folds(cfg.data) if f.test_session == fold]
+        folds = [f for f in job.corpus.folds(cfg.data) if f.number == fold]
     if not folds:
         raise ConfigError(f"--fold {fold}: no outer fold {fold} in {job.corpus.label}")
     modes, seeds = cfg.tune.modes or [cfg.loss.mode], cfg.tune.seeds or [cfg.train.seed]
@@ -172,7 +172,7 @@ def run_fixed(
 
 def fixed_fold(cfg: Config, corpus: Corpus, fold: Fold, paths: RunPaths) -> dict:
     """Train one fold as a Train run, then test its best validation epoch's checkpoint."""
-    name = paths.run_name(cfg.loss.mode, cfg.train.seed, fold.test_session)
+    name = paths.run_name(cfg.loss.mode, cfg.train.seed, fold.number)
     run = build_trainer(cfg, corpus.shards, fold_splits(fold), corpus.classes, name).fit()
     checkpoint, metrics = checkpoint_at(run, selected_epoch(run, cfg.tune.metric))
     row = tested_row(cfg, corpus, fold, checkpoint, metrics)

@@ -1,6 +1,6 @@
-"""A model folder's predictions on new recordings: a folder in the IEMOCAP layout, a CSV of
-`path,text[,label]` rows, or one pair; in this process, or through Ray Data over an actor pool
-(one model per actor) for large inputs.
+"""A model folder's predictions on new recordings: a corpus folder (an IEMOCAP release or a
+metadata.csv folder), a CSV of `path,text[,label]` rows, or one pair; in this process, or through
+Ray Data over an actor pool (one model per actor) for large inputs.
 
     inputs = read_inputs(classifier.classes, csv="new.csv")        # checked: every problem named
     table = predict(model_dir, inputs, actors=0)     # utterance_id, predicted, prob_<class>…, label
@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 
 from turbo_ray.classifier import BATCH, Classifier, load_classifier
-from turbo_ray.data.audiofolder import load_audiofolder, metadata_file
-from turbo_ray.data.classes import ClassMap
-from turbo_ray.data.iemocap import DEFAULT_CLASSES, load_manifest, wav_info
+from turbo_ray.config.classes import ClassMap
+from turbo_ray.data.audiofolder import metadata_file, read_audiofolder
+from turbo_ray.data.iemocap import DEFAULT_CLASSES, read_iemocap
+from turbo_ray.data.manifest import CorpusReport, wav_info
 from turbo_ray.data.shard_writer import audio_cell
 from turbo_ray.errors import InputError
 from turbo_ray.metrics import classification_report, confusion_matrix, positive_index
@@ -38,17 +39,21 @@ class Inputs:
         return bool(self.rows.label.notna().all()) and not self.rows.empty
 
 
-def _labelled(root: Path, classes: tuple[str, ...], class_spec: str | None) -> pd.DataFrame:
-    """A corpus folder's manifest, as `tune` and `train` read it (an IEMOCAP release or a folder
-    with a metadata.csv), its labels mapped to the model's classes (or by `class_spec`)."""
+def _labelled(
+    root: Path, classes: tuple[str, ...], class_spec: str | None
+) -> tuple[pd.DataFrame, CorpusReport]:
+    """A corpus folder's manifest and report, as `tune` and `train` read them (an IEMOCAP release
+    or a folder with a metadata.csv), its labels mapped to the model's classes (or by
+    `class_spec`)."""
     if metadata_file(root):
-        return load_audiofolder(root, class_spec or ",".join(classes), folds=None, seed=0)
+        parsed = read_audiofolder(root, class_spec or ",".join(classes), folds=None, seed=0)
+        return parsed.manifest, parsed.report
     default = (
         DEFAULT_CLASSES
         if classes == DEFAULT_CLASSES.names
         else ClassMap(tuple((name, (name,)) for name in classes))
     )
-    return load_manifest(root, ClassMap.parse(class_spec) if class_spec else default)
+    return read_iemocap(root, ClassMap.parse(class_spec) if class_spec else default)
 
 
 def read_inputs(
@@ -64,8 +69,8 @@ def read_inputs(
     an empty text or a label outside `classes` is an InputError naming it, or with `skip_bad` a
     reported skip."""
     if data_dir:
-        manifest = _labelled(Path(data_dir).expanduser().resolve(), classes, class_spec)
-        problems = manifest.attrs["report"].problems()
+        manifest, report = _labelled(Path(data_dir).expanduser().resolve(), classes, class_spec)
+        problems = report.problems()
         bad = [f"{kind}: {item}" for kind, items in problems.items() for item in items]
         rows = manifest[["utterance_id", "wav_path", "text", "label"]]
     elif csv:

@@ -2,7 +2,7 @@
 printed tables and results.csv / results.json / confusion.png; and a search's own files
 (trials.csv, each search's selected config, the search's plots).
 
-    print(format_table(rows, "Nested leave-one-session-out …"))
+    print(format_table(rows, "Nested leave-one-group-out …"))
     write_results(rows, paths, classes, cfg, {"protocol": "nested-loso"})
 """
 

@@ -41,7 +41,7 @@ class NestedSearch(Searcher):
     cluster; each tunes what its mode reads (`SearchSpace.for_mode`) with the same number of
     trials. A search keeps up to `trials_at_once` trials running (module docstring), the job up to
     `max_concurrent` (0: no limit). Each new trial goes to the ready search with the fewest trials
-    so far; its config carries its search (`SearchKey.config`: the test session it must never
+    so far; its config carries its search (`SearchKey.config`: the outer fold it must never
     see among them) and `fold_trial`, its launch order in the search."""
 
     def __init__(

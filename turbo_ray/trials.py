@@ -6,7 +6,7 @@ trial and epoch, the parameters' importances. It writes no file: `results.py` do
 
 A job runs one search per `SearchKey`: loss mode, training seed and outer fold. A trial's config
 holds its searched parameters, its search's mode and seed (as the config keys `MODE`, `SEED`), its
-outer fold (`FOLD`, the test session it must never see) and its launch order within its search
+outer fold (`FOLD`, whose test split it must never see) and its launch order within its search
 (`FOLD_TRIAL`: ties go to the earlier).
 """
 

@@ -1,5 +1,5 @@
-"""Ray Tune: one search per outer LOSO fold (and loss mode and training seed), Optuna (TPE)
-proposes, ASHA stops early, each trial trains on its fold's training sessions: inside its own
+"""Ray Tune: one search per outer fold (and loss mode and training seed), Optuna (TPE)
+proposes, ASHA stops early, each trial trains on its fold's training split: inside its own
 process with one worker (processes are reused from trial to trial), through a TorchTrainer with
 more (DDP).
 
@@ -121,7 +121,7 @@ def run_search(
     # Tune's own tables and hints off (`verbose=0` silences only its legacy reporter): the job
     # prints its progress through `callbacks`
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    splits = {fold.test_session: fold_splits(fold) for fold in folds}
+    splits = {fold.number: fold_splits(fold) for fold in folds}
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(
             _trial,

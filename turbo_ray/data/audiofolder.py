@@ -4,12 +4,10 @@
     file_name,text,label,speaker,group
     clips/a1.wav,hey computer turn the lights on,directed,spk01,kitchen
 
-    manifest = load_audiofolder("/data/dds", classes=None, folds=None, seed=0)
-    manifest.attrs["report"], manifest.attrs["classes"]     # its problems; its ClassMap
-    manifest.attrs["outer_folds"]                           # how it is cut into outer folds
+    manifest, report, classes, outer = read_audiofolder("/data/dds", None, folds=None, seed=0)
 
 Columns: `file_name` (the audio, relative to the folder), `text`, `label`; optional `speaker`,
-`group` (session, recording, site: the outer folds leave one group out, or `folds` of them) and
+`group` (recording, room, site: the outer folds leave one group out, or `folds` of them) and
 `split` (train / validation / test: one outer fold, as given). A row that does not fit is reported
 by its line and left out: a wrong label is never guessed.
 """
@@ -24,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from turbo_ray.data.classes import ClassMap
-from turbo_ray.data.folds import OuterFolds, group_sessions
-from turbo_ray.data.iemocap import COLUMNS, DTYPES, CorpusReport, wav_info
+from turbo_ray.config.classes import ClassMap
+from turbo_ray.data.folds import OuterFolds, group_folds
+from turbo_ray.data.manifest import COLUMNS, DTYPES, CorpusReport, Parsed, wav_info
 from turbo_ray.errors import CorpusError
 
 METADATA = ("metadata.csv", "metadata.parquet")
 REQUIRED = ("file_name", "text", "label")
 OPTIONAL = ("speaker", "group", "split")
 SPLITS = ("train", "validation", "test")
-MANIFEST_COLUMNS = (*COLUMNS, "group", "split")  # an IEMOCAP manifest's, and where a row belongs
+MANIFEST_COLUMNS = (*COLUMNS, "group", "split")  # every manifest's, and where a row belongs
 MAX_FOLDS = 127  # the shards keep a row's outer fold in an int8
 RARE = 0.05  # a class under this share of the largest one's utterances is reported
 
@@ -71,22 +69,16 @@ def _records(path: Path) -> tuple[list[str], Iterator[tuple[str, list | str]]]:
     return header, rows()
 
 
-def load_audiofolder(
+def read_audiofolder(
     root: Path, classes: str | None, folds: int | None, seed: int, strict: bool = False
-) -> pd.DataFrame:
-    """The manifest of the folder's usable rows (the columns of an IEMOCAP manifest plus `group`
-    and `split`; `session`: the outer fold that tests the row), with its report and outer folds
-    in `attrs`. `classes`: `data.classes` (None: every label, sorted); `strict`: any problem is a
+) -> Parsed:
+    """The manifest of the folder's usable rows (`COLUMNS` plus `group` and `split`; `session`:
+    the outer fold that tests the row), its report, its classes and its outer folds.
+    `classes`: `data.classes` (None: every label, sorted); `strict`: any problem is a
     CorpusError."""
     path = metadata_file(root)
     header, records = _records(path)
-    if missing := [c for c in REQUIRED if c not in header]:
-        raise CorpusError(f"{path}: no column {missing[0]!r} (the header must name {REQUIRED})")
-    if "split" not in header and "group" not in header:
-        raise CorpusError(
-            f"{path}: needs a `group` column (the outer folds leave one group out) or a `split` "
-            "column (train / validation / test)"
-        )
+    _check_header(path, header)
     report = CorpusReport()
     rows = _distinct_rows(header, records, report)
     labels = (row["label"] for _, row in rows)
@@ -103,13 +95,23 @@ def load_audiofolder(
         class_map = ClassMap.of_labels(present)
     manifest = pd.DataFrame([r for r in usable if r], columns=MANIFEST_COLUMNS).astype(DTYPES)
     manifest["label_id"] = manifest.label.map(class_map.names.index).astype(DTYPES["label_id"])
-    manifest.attrs["report"], manifest.attrs["classes"] = report, class_map
     where = f"{path} ({report.summary().splitlines()[0]} left out)"
-    outer = manifest.attrs["outer_folds"] = _cut(manifest, "split" in header, folds, seed, where)
+    outer = _cut(manifest, "split" in header, folds, seed, where)
     _doubtful_classes(manifest, outer, {row["file_name"]: w for w, row in rows}, report)
     if strict:
         report.refuse(path)
-    return manifest
+    return Parsed(manifest, report, class_map, outer)
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    """A CorpusError unless the header names the required columns and `group` or `split`."""
+    if missing := [c for c in REQUIRED if c not in header]:
+        raise CorpusError(f"{path}: no column {missing[0]!r} (the header must name {REQUIRED})")
+    if "split" not in header and "group" not in header:
+        raise CorpusError(
+            f"{path}: needs a `group` column (the outer folds leave one group out) or a `split` "
+            "column (train / validation / test)"
+        )
 
 
 def _doubtful_classes(
@@ -190,7 +192,7 @@ def _usable(
         "speaker": row.get("speaker", ""),
         "gender": "",
         "label": name,
-        "label_id": -1,  # its index in the class set, once that is known (`load_audiofolder`)
+        "label_id": -1,  # its index in the class set, once that is known (`read_audiofolder`)
         "label_raw": row["label"],
         "text": row["text"],
         "wav_path": str(audio),
@@ -217,13 +219,13 @@ def _cut(
     manifest: pd.DataFrame, has_split: bool, folds: int | None, seed: int, path: str
 ) -> OuterFolds:
     """The outer folds: the given split, or one per group (or `folds` of whole groups); sets
-    each row's `session` to the fold that tests it."""
+    each row's `session` to the outer fold that tests it."""
     if has_split:
         if not (manifest.split == "test").any() or not (manifest.split == "train").any():
             raise CorpusError(f"{path}: the split column needs train and test rows")
         return OuterFolds("split", {1: ["test"]})
     try:
-        sessions, groups = group_sessions(manifest["group"], folds, seed)
+        fold_of_row, groups = group_folds(manifest["group"], folds, seed)
     except ValueError as err:
         raise CorpusError(f"{path}: {err}") from None
     if not 2 <= len(groups) <= MAX_FOLDS:
@@ -231,5 +233,5 @@ def _cut(
             f"{path}: {len(groups)} usable group(s); leave-one-group-out needs 2 to "
             f"{MAX_FOLDS} (with more, set data.folds=K, e.g. 5)"
         )
-    manifest["session"] = sessions
+    manifest["session"] = fold_of_row
     return OuterFolds("logo" if folds is None else "group-kfold", groups)

@@ -2,7 +2,7 @@
 the generated demo corpus, parsed and sharded once.
 
 corpus = prepare_corpus(cfg.data)              # manifest + Parquet shards (cached, idempotent)
-fold = corpus.fold(cfg.data)                   # train / val / test of the configured LOSO fold
+fold = corpus.fold(cfg.data)                   # train / val / test of the configured outer fold
 print(corpus.summary())                        # its size and problem report
 """
 
@@ -15,11 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from turbo_ray.config import DataConfig
-from turbo_ray.data.audiofolder import load_audiofolder, metadata_file
-from turbo_ray.data.classes import ClassMap
+from turbo_ray.config.classes import ClassMap
+from turbo_ray.data.audiofolder import metadata_file, read_audiofolder
 from turbo_ray.data.demo import make_demo_corpus
-from turbo_ray.data.folds import Fold, OuterFolds, final_fold, loso_folds, split_fold
-from turbo_ray.data.iemocap import DEFAULT_CLASSES, SESSIONS, CorpusReport, load_manifest
+from turbo_ray.data.folds import Fold, OuterFolds, final_fold, outer_folds, split_fold
+from turbo_ray.data.iemocap import DEFAULT_CLASSES, read_iemocap, session_folds
+from turbo_ray.data.manifest import CorpusReport, Parsed
 from turbo_ray.data.shard_writer import write_shards
 from turbo_ray.errors import CorpusError
 from turbo_ray.paths import demo_corpus_dir, shards_location
@@ -64,7 +65,7 @@ class Corpus:
         if self.outer.kind == "split":
             folds = [split_fold(self.manifest, cfg.val_fraction, cfg.seed, val_split)]
         else:
-            folds = loso_folds(self.manifest, cfg.val_fraction, cfg.seed, val_split)
+            folds = outer_folds(self.manifest, cfg.val_fraction, cfg.seed, val_split)
         return self._checked(folds, cfg)
 
     def final_fold(self, cfg: DataConfig) -> Fold:
@@ -83,7 +84,7 @@ class Corpus:
             for name in splits:
                 if getattr(fold, name).empty:
                     raise CorpusError(
-                        f"the fold testing session {fold.test_session} has an empty {name} split "
+                        f"outer fold {fold.number} has an empty {name} split "
                         f"({len(self.manifest)} utterances in {self.root}): "
                         "raise data.val_fraction "
                         f"(now {cfg.val_fraction}) or use a bigger corpus"
@@ -91,11 +92,15 @@ class Corpus:
         return folds
 
     def fold(self, cfg: DataConfig) -> Fold:
-        """The fold whose test set is session `cfg.test_session`."""
-        for fold in self.folds(cfg):
-            if fold.test_session == cfg.test_session:
+        """The outer fold `cfg.test_fold`."""
+        folds = self.folds(cfg)
+        for fold in folds:
+            if fold.number == cfg.test_fold:
                 return fold
-        raise CorpusError(f"data.test_session={cfg.test_session} is not a session of {self.root}")
+        keys = [fold.number for fold in folds]
+        raise CorpusError(
+            f"data.test_fold={cfg.test_fold} is no outer fold of {self.root}; its folds: {keys}"
+        )
 
 
 def corpus_root(cfg: DataConfig) -> tuple[Path, bool]:
@@ -108,37 +113,59 @@ def corpus_root(cfg: DataConfig) -> tuple[Path, bool]:
     return demo, True
 
 
+def read_corpus(root: Path, cfg: DataConfig, strict: bool = False) -> Parsed:
+    """The folder's corpus as read: a metadata.csv corpus, else an IEMOCAP release (its classes:
+    `data.classes`, else 4class); `strict`: any problem is a CorpusError."""
+    if metadata_file(root):
+        return read_audiofolder(root, cfg.classes, cfg.folds, cfg.seed, strict)
+    class_map = ClassMap.parse(cfg.classes) if cfg.classes else DEFAULT_CLASSES
+    manifest, report = read_iemocap(root, class_map, strict=strict)
+    return Parsed(manifest, report, class_map, session_folds(manifest))
+
+
 def prepare_corpus(cfg: DataConfig, strict: bool = False) -> Corpus:
     """Parse the corpus and write (or reuse) its Parquet shards."""
     root, is_demo = corpus_root(cfg)
-    if metadata_file(root):
-        manifest = load_audiofolder(root, cfg.classes, cfg.folds, cfg.seed, strict)
-        class_map, outer = manifest.attrs["classes"], manifest.attrs["outer_folds"]
-    else:
-        class_map = ClassMap.parse(cfg.classes) if cfg.classes else DEFAULT_CLASSES
-        manifest = load_manifest(root, class_map, strict=strict)
-        sessions = sorted(int(k) for k in manifest.session.unique())
-        outer = OuterFolds("loso", {k: [SESSIONS[k - 1]] for k in sessions})
+    manifest, report, class_map, outer = read_corpus(root, cfg, strict)
+    _check_classes(root, manifest, report, class_map, cfg.positive_class)
+    # pcm16 is stored at the encoder's rate: resampled once here, not in every epoch's feed
+    rate = cfg.sample_rate if cfg.audio_format == "pcm16" else None
+    shards = shards_location(cfg, _shards_key(root, class_map, cfg, rate, outer))
+    classes = class_map.names
+    write_shards(manifest, shards, audio_format=cfg.audio_format, classes=classes, sample_rate=rate)
+    return Corpus(root, manifest, report, shards, classes, is_demo, outer)
+
+
+def _check_classes(
+    root: Path,
+    manifest: pd.DataFrame,
+    report: CorpusReport,
+    class_map: ClassMap,
+    positive_class: str | None,
+) -> None:
+    """A CorpusError unless the corpus has usable utterances in two classes or more, and
+    `data.positive_class` (if set) is one class of two."""
     classes = class_map.names
     if manifest.empty or len(classes) < 2:
-        problems = manifest.attrs["report"].summary().splitlines()[0]
+        problems = report.summary().splitlines()[0]
         found = f"classes {list(classes)}" if len(classes) < 2 else "no usable utterance"
         raise CorpusError(
             f"{root}: {found} in the classes {class_map.spec()} ({problems}; "
             f"`turbo-ray prepare --data-dir {root}` lists them)"
         )
-    if cfg.positive_class is not None and (len(classes) != 2 or cfg.positive_class not in classes):
+    if positive_class is not None and (len(classes) != 2 or positive_class not in classes):
         raise CorpusError(
-            f"data.positive_class {cfg.positive_class!r} must be one of a two-class corpus's "
+            f"data.positive_class {positive_class!r} must be one of a two-class corpus's "
             f"classes; {root} has {list(classes)}"
         )
-    # pcm16 is stored at the encoder's rate: resampled once here, not in every epoch's feed
-    rate = cfg.sample_rate if cfg.audio_format == "pcm16" else None
+
+
+def _shards_key(
+    root: Path, class_map: ClassMap, cfg: DataConfig, rate: int | None, outer: OuterFolds
+) -> str:
+    """The shards' folder name: a hash of what they hold (corpus, classes, audio options)."""
     options = f"{cfg.audio_format}@{rate}" if rate else cfg.audio_format
     # the shards hold each row's outer fold: dealt groups are keyed by how they were dealt
     cut = f"|{cfg.folds}-fold|{cfg.seed}" if outer.kind == "group-kfold" else ""
     key = f"{root}|{class_map.spec()}|{options}{cut}"
-    key = hashlib.sha256(key.encode()).hexdigest()[:12]
-    shards = shards_location(cfg, key)
-    write_shards(manifest, shards, audio_format=cfg.audio_format, classes=classes, sample_rate=rate)
-    return Corpus(root, manifest, manifest.attrs["report"], shards, classes, is_demo, outer)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]

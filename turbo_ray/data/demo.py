@@ -208,27 +208,7 @@ def make_demo_corpus(root: str | Path, seed: int = 0, utterances_per_speaker: in
     root.mkdir(parents=True, exist_ok=True)
     building = root / f".{RELEASE_NAME}.building-{uuid.uuid4().hex[:8]}"
     try:
-        rng = np.random.default_rng(seed)
-        sessions = tqdm(
-            range(1, 6),
-            desc="generating the demo corpus",
-            unit="session",
-            disable=None,
-            leave=False,
-        )
-        labels = {
-            str(s): _write_session(building, s, utterances_per_speaker, rng) for s in sessions
-        }
-        summary = {
-            **params,
-            "sample_rate": SAMPLE_RATE,
-            "utterances": 10 * utterances_per_speaker,
-            "labels_per_session": labels,
-            "note": "generated fixture and demo, not real speech",
-        }
-        (building / MARKER).write_text(
-            json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
+        _build(building, params)
         if release.exists():
             shutil.rmtree(release)
         os.replace(building, release)
@@ -236,3 +216,27 @@ def make_demo_corpus(root: str | Path, seed: int = 0, utterances_per_speaker: in
         shutil.rmtree(building, ignore_errors=True)
         raise
     return release
+
+
+def _build(release: Path, params: dict) -> None:
+    """The five sessions under `release`, then its marker (the parameters and label counts)."""
+    rng = np.random.default_rng(params["seed"])
+    per_speaker = params["utterances_per_speaker"]
+    sessions = tqdm(
+        range(1, 6),
+        desc="generating the demo corpus",
+        unit="session",
+        disable=None,
+        leave=False,
+    )
+    labels = {str(s): _write_session(release, s, per_speaker, rng) for s in sessions}
+    summary = {
+        **params,
+        "sample_rate": SAMPLE_RATE,
+        "utterances": 10 * per_speaker,
+        "labels_per_session": labels,
+        "note": "generated fixture and demo, not real speech",
+    }
+    (release / MARKER).write_text(
+        json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )

@@ -1,11 +1,11 @@
 """The outer folds of a manifest (any corpus with `session`, `speaker` and `label` columns): one
-per value of `session`, which is an IEMOCAP session, a group of a metadata.csv corpus, or a fold of
-whole groups (`group_sessions`); or the one fold of a given train/validation/test split.
+per value of `session`, the row's outer fold (an IEMOCAP session, a group of a metadata.csv corpus,
+or a fold of whole groups: `group_folds`); or the one fold of a given train/validation/test split.
 
-    folds = loso_folds(manifest, val_fraction=0.1, seed=0, val_split="speaker")
+    folds = outer_folds(manifest, val_fraction=0.1, seed=0, val_split="speaker")
     fold_splits(folds[0])      # {"train": ids, "val": ids}: all that training sees of fold 1
 
-Each fold tests one session; its validation set is carved, seeded, from the other sessions only.
+Each fold tests its own rows; its validation set is carved, seeded, from the other folds' rows only.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from turbo_ray.errors import CorpusError
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,10 @@ KINDS = {  # outer folds → how tables name them
 
 @dataclass(frozen=True, eq=False)  # eq=False: DataFrames have no truth value to compare
 class Fold:
-    """One leave-one-session-out fold: test = session `test_session`; train and val from the
-    other sessions."""
+    """One outer fold: test = the rows whose `session` (the manifest's outer-fold column) is
+    `number`; train and val from the other rows."""
 
-    test_session: int
+    number: int  # 1, 2, …; `FINAL` for the final model's fold
     train: pd.DataFrame
     val: pd.DataFrame
     test: pd.DataFrame
@@ -54,7 +56,7 @@ class Fold:
 
 def fold_splits(fold: Fold) -> dict[str, list[str]]:
     """The utterance ids a run of this fold trains ("train") and selects ("val") on: never its
-    test session's."""
+    test rows'."""
     return {"train": fold.train.utterance_id.tolist(), "val": fold.val.utterance_id.tolist()}
 
 
@@ -76,23 +78,26 @@ def _speaker_val(rest: pd.DataFrame, fraction: float, rng: np.random.Generator) 
     return rest["speaker"].isin(rng.choice(speakers, count, replace=False)).to_numpy()
 
 
-def loso_folds(
+def outer_folds(
     manifest: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0, val_split: str = "random"
 ) -> list[Fold]:
-    """One fold per session present (sorted): test = that session; val carved from the other
-    sessions, seeded (`val_split`: one of `config.VAL_SPLITS`)."""
+    """One fold per value of `session` (sorted): test = its rows; val carved from the other rows,
+    seeded (`val_split`: one of `config.VAL_SPLITS`)."""
     carve = _speaker_val if val_split == "speaker" else _random_val
-    sessions = sorted(int(s) for s in manifest["session"].unique())
-    if len(sessions) < 2:
-        raise ValueError(f"leave-one-session-out needs at least two sessions, got {sessions}")
+    keys = sorted(int(k) for k in manifest["session"].unique())
+    if len(keys) < 2:
+        raise CorpusError(
+            f"only one outer fold ({keys}) in the corpus: outer folds need two IEMOCAP sessions "
+            "or two metadata.csv groups"
+        )
     folds = []
-    for session in sessions:
-        is_test = (manifest["session"] == session).to_numpy()
+    for key in keys:
+        is_test = (manifest["session"] == key).to_numpy()
         rest = manifest[~is_test]
-        is_val = carve(rest, val_fraction, np.random.default_rng([seed, session]))
+        is_val = carve(rest, val_fraction, np.random.default_rng([seed, key]))
         folds.append(
             Fold(
-                session,
+                key,
                 rest[~is_val].reset_index(drop=True),
                 rest[is_val].reset_index(drop=True),
                 manifest[is_test].reset_index(drop=True),
@@ -101,7 +106,7 @@ def loso_folds(
     return folds
 
 
-def group_sessions(groups: pd.Series, folds: int | None, seed: int) -> tuple[np.ndarray, dict]:
+def group_folds(groups: pd.Series, folds: int | None, seed: int) -> tuple[np.ndarray, dict]:
     """Each row's outer fold (1..) from its group: one fold per group (sorted), or `folds` folds of
     whole groups, dealt in a seeded order, each next group to the fold with the fewest rows.
     Returns the folds and each fold's groups."""
@@ -126,7 +131,7 @@ FINAL = 0  # the final model's fold: every utterance trains or validates, none i
 
 
 def final_fold(manifest: pd.DataFrame, val_fraction: float, seed: int, val_split: str) -> Fold:
-    """The final model's fold: validation carved from the whole corpus as in `loso_folds`, the
+    """The final model's fold: validation carved from the whole corpus as in `outer_folds`, the
     rest trains, no test (the outer folds' scores are this model's estimate)."""
     carve = _speaker_val if val_split == "speaker" else _random_val
     is_val = carve(manifest, val_fraction, np.random.default_rng([seed, FINAL]))
@@ -136,7 +141,7 @@ def final_fold(manifest: pd.DataFrame, val_fraction: float, seed: int, val_split
 
 def split_fold(manifest: pd.DataFrame, val_fraction: float, seed: int, val_split: str) -> Fold:
     """The one fold of a given split (`manifest.split`: train / validation / test); without
-    validation rows, validation is carved from train as in `loso_folds`."""
+    validation rows, validation is carved from train as in `outer_folds`."""
     split = manifest["split"]
     train, test = manifest[split == "train"], manifest[split == "test"]
     val = manifest[split == "validation"]

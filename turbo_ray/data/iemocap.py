@@ -1,7 +1,7 @@
-"""Parse an IEMOCAP_full_release folder into a manifest (one row per utterance).
+"""Parse an IEMOCAP_full_release folder into a manifest (one row per utterance, `manifest.py`).
 
-    # problems in df.attrs["report"]
-    df = load_manifest("/data/IEMOCAP_full_release", ClassMap.parse("all"))  # default: 4class
+    manifest, report = read_iemocap("/data/IEMOCAP_full_release", ClassMap.parse("all"))
+    outer = session_folds(manifest)                      # one outer fold per session
 
 The layout and the parsing rules are those of the release (README: Data). Anything that does not
 fit them is reported (`CorpusReport`) and the utterance left out: a wrong or missing label is never
@@ -13,13 +13,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import soundfile as sf
 
-from turbo_ray.data.classes import ClassMap
+from turbo_ray.config.classes import ClassMap
+from turbo_ray.data.folds import OuterFolds
+from turbo_ray.data.manifest import COLUMNS, DTYPES, CorpusReport, wav_info
 from turbo_ray.errors import CorpusError
 
 RELEASE_NAME = "IEMOCAP_full_release"
@@ -27,112 +28,12 @@ SESSIONS = tuple(f"Session{n}" for n in range(1, 6))
 RAW_LABELS = ("neu", "hap", "exc", "ang", "sad", "fru", "fea", "sur", "dis", "oth", "xxx")
 LONG_NAMES = dict(zip(RAW_LABELS, ClassMap.parse("all").names))  # raw label -> its long name
 DEFAULT_CLASSES = ClassMap.parse("4class")  # data.classes unset
-COLUMNS = (
-    "utterance_id",
-    "session",
-    "dialog",
-    "speaker",
-    "gender",
-    "label",
-    "label_id",
-    "label_raw",
-    "text",
-    "wav_path",
-    "start",
-    "end",
-    "valence",
-    "activation",
-    "dominance",
-    "duration",
-    "sample_rate",
-)
-DTYPES = {
-    "session": "int64",
-    "label_id": "int64",
-    "sample_rate": "int64",
-    **dict.fromkeys(("start", "end", "valence", "activation", "dominance", "duration"), "float64"),
-}
 
 SUMMARY_LINE = re.compile(
     r"^\[(\d+\.\d{4}) - (\d+\.\d{4})\]\t(\S+)\t([a-z]{3})\t"
     r"\[(\d\.\d{4}), (\d\.\d{4}), (\d\.\d{4})\]$"
 )
-INFO_FIELDS = (
-    "excluded",
-    "downmixed",
-    "untested",
-)  # CorpusReport fields that are information, not problems
 UTTERANCE_ID = re.compile(r"^Ses0[1-5][FM]_(impro0[1-8][ab]?|script0[1-3]_[1-3]b?)_[FM]\d{3}$")
-
-
-@dataclass
-class CorpusReport:
-    """What the scan found wrong (utterance ids, or "path:line: text"), and what the class set
-    left out."""
-
-    label_without_wav: list[str] = field(default_factory=list)
-    missing_audio: list[str] = field(default_factory=list)  # "path:line: file" (metadata.csv)
-    wav_without_label: list[str] = field(default_factory=list)
-    unreadable_wav: list[str] = field(default_factory=list)
-    missing_transcription: list[str] = field(default_factory=list)
-    unknown_label: list[str] = field(default_factory=list)
-    malformed_lines: list[str] = field(default_factory=list)
-    # "path:line": not UTF-8 (kept, bytes replaced)
-    undecodable_text: list[str] = field(default_factory=list)
-    duplicate_ids: list[str] = field(default_factory=list)
-    # "id: path, path": left out, never guessed
-    duplicate_wavs: list[str] = field(default_factory=list)
-    # "path: class 'x': …": a class whose every row is unusable (metadata.csv)
-    empty_class: list[str] = field(default_factory=list)
-    # "class 'x': n utterance(s) …": far fewer than the largest class (a typo?), with its lines
-    rare_class: list[str] = field(default_factory=list)
-    # "fold k (tests g): no 'x' …": a class that an outer fold cannot train on
-    class_not_trained: list[str] = field(default_factory=list)
-    # raw label -> utterances outside the class set (info)
-    excluded: dict[str, int] = field(default_factory=dict)
-    # multi-channel wavs, down-mixed to mono in the shards (info)
-    downmixed: list[str] = field(default_factory=list)
-    # "fold k (tests g): no 'x'": a class an outer fold's test data lacks (info: its UA averages
-    # the other classes' recalls)
-    untested: list[str] = field(default_factory=list)
-
-    def problems(self) -> dict[str, list[str]]:
-        """The non-empty problem lists, by name."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name not in INFO_FIELDS and getattr(self, f.name)
-        }
-
-    def refuse(self, source: Path) -> None:
-        """--strict: any problem is a CorpusError naming them."""
-        if problems := self.problems():
-            listed = "; ".join(f"{kind}: {', '.join(items)}" for kind, items in problems.items())
-            count = sum(map(len, problems.values()))
-            raise CorpusError(f"{source}: {count} problem(s) (--strict): {listed}")
-
-    def summary(self, limit: int = 10) -> str:
-        """Counts, and the first `limit` entries of each problem."""
-        problems = self.problems()
-        lines = [f"{sum(map(len, problems.values()))} problem(s)" if problems else "no problems"]
-        for name, items in problems.items():
-            lines.append(f"  {name}: {len(items)}")
-            lines += [f"    {item}" for item in items[:limit]]
-            if len(items) > limit:
-                lines.append(f"    … and {len(items) - limit} more")
-        if self.excluded:
-            counts = ", ".join(f"{raw} {n}" for raw, n in sorted(self.excluded.items()))
-            lines.append(f"  outside the class set (left out, not a problem): {counts}")
-        if self.downmixed:
-            lines.append(
-                f"  multi-channel wavs down-mixed to mono: {len(self.downmixed)}: "
-                f"{', '.join(self.downmixed[:limit])}{' …' if len(self.downmixed) > limit else ''}"
-            )
-        if self.untested:
-            lines.append(
-                f"  classes a fold cannot test (not a problem): {'; '.join(self.untested)}"
-            )
-        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -222,49 +123,62 @@ def _parse_transcriptions(
     return texts, conflicting
 
 
-def wav_info(path: Path) -> tuple[int, int, int] | None:
-    """(frames, sample rate, channels) of a readable, non-empty wav, or None."""
-    try:
-        info = sf.info(str(path))
-    except sf.SoundFileError:
-        return None
-    return (info.frames, info.samplerate, info.channels) if info.frames > 0 else None
+def _dialog_files(sessions: list[Path], kind: str) -> list[Path]:
+    """The sessions' `dialog/<kind>/*.txt` files (EmoEvaluation, transcriptions)."""
+    return [f for s in sessions for f in _visible(s / "dialog" / kind, ".txt")]
 
 
-def scan_corpus(
-    root: str | Path, classes: ClassMap = DEFAULT_CLASSES
+def _wav_paths(sessions: list[Path]) -> dict[str, list[Path]]:
+    """Every `sentences/wav/<dialog>/*.wav` by utterance id (more than one: a duplicate)."""
+    wav_paths: dict[str, list[Path]] = {}
+    for dialog in (d for s in sessions for d in _visible(s / "sentences" / "wav")):
+        for wav in _visible(dialog, ".wav"):
+            wav_paths.setdefault(wav.stem, []).append(wav)
+    return wav_paths
+
+
+def read_iemocap(
+    root: str | Path, classes: ClassMap = DEFAULT_CLASSES, strict: bool = False
 ) -> tuple[pd.DataFrame, CorpusReport]:
-    """The manifest of the usable utterances whose label is in `classes`, and the report of
-    everything else."""
+    """The manifest of the release's usable utterances whose label is in `classes`, and the report
+    of everything else; `strict`: any problem is a CorpusError."""
     release = release_dir(root)
     sessions = [release / s for s in SESSIONS if (release / s).is_dir()]
     report = CorpusReport()
-    labels, duplicate_labels = _parse_labels(
-        [f for s in sessions for f in _visible(s / "dialog" / "EmoEvaluation", ".txt")], report
-    )
-    texts, duplicate_texts = _parse_transcriptions(
-        [f for s in sessions for f in _visible(s / "dialog" / "transcriptions", ".txt")], report
-    )
-    wav_paths: dict[str, list[Path]] = {}
-    for w in (
-        w for s in sessions for d in _visible(s / "sentences" / "wav") for w in _visible(d, ".wav")
-    ):
-        wav_paths.setdefault(w.stem, []).append(w)
+    labels, relabelled = _parse_labels(_dialog_files(sessions, "EmoEvaluation"), report)
+    texts, retold = _parse_transcriptions(_dialog_files(sessions, "transcriptions"), report)
+    wav_paths = _wav_paths(sessions)
     wavs = {utt: paths[0] for utt, paths in wav_paths.items() if len(paths) == 1}
     report.duplicate_wavs = [
         f"{utt}: {', '.join(map(str, paths))}"
         for utt, paths in sorted(wav_paths.items())
         if len(paths) > 1
     ]
-    duplicates = duplicate_labels | duplicate_texts | (set(wav_paths) - set(wavs))
-    report.duplicate_ids = sorted(duplicate_labels | duplicate_texts)
+    duplicates = relabelled | retold | (set(wav_paths) - set(wavs))
+    report.duplicate_ids = sorted(relabelled | retold)
     report.unknown_label = sorted(
         u for u, lab in labels.items() if lab.raw not in RAW_LABELS and u not in duplicates
     )
     report.wav_without_label = sorted(set(wav_paths) - set(labels))
+    ids = sorted(set(labels) - duplicates - set(report.unknown_label))
+    manifest = _manifest(ids, labels, texts, wavs, classes, report)
+    if strict:
+        report.refuse(release)
+    return manifest, report
 
+
+def _manifest(
+    ids: list[str],
+    labels: dict[str, _Label],
+    texts: dict[str, str],
+    wavs: dict[str, Path],
+    classes: ClassMap,
+    report: CorpusReport,
+) -> pd.DataFrame:
+    """The rows of the `ids` with a readable wav, a text and a label in `classes`; the others
+    reported (outside the class set: counted by raw label)."""
     rows, excluded = [], Counter()
-    for utt in sorted(set(labels) - duplicates - set(report.unknown_label)):
+    for utt in ids:
         label, wav = labels[utt], wavs.get(utt)
         info = None if wav is None else wav_info(wav)
         if wav is None:
@@ -279,42 +193,46 @@ def scan_corpus(
         if name is None:
             excluded[label.raw] += 1
             continue
-        (frames, sample_rate, channels), (dialog, turn) = info, utt.rsplit("_", 1)
-        if channels > 1:
+        if info[2] > 1:  # channels
             report.downmixed.append(utt)
-        rows.append(
-            (
-                utt,
-                int(utt[3:5]),
-                dialog,
-                utt[:5] + turn[0],
-                turn[0],
-                name,
-                classes.names.index(name),
-                label.raw,
-                texts[utt],
-                str(wav),
-                label.start,
-                label.end,
-                label.valence,
-                label.activation,
-                label.dominance,
-                frames / sample_rate,
-                sample_rate,
-            )
-        )
+        rows.append(_row(utt, label, texts[utt], wav, info, name, classes.names.index(name)))
     report.excluded = dict(sorted(excluded.items()))
-    manifest = pd.DataFrame(rows, columns=list(COLUMNS)).astype(DTYPES)
-    return manifest, report
+    return pd.DataFrame(rows, columns=list(COLUMNS)).astype(DTYPES)
 
 
-def load_manifest(
-    root: str | Path, classes: ClassMap = DEFAULT_CLASSES, strict: bool = False
-) -> pd.DataFrame:
-    """`scan_corpus`'s manifest with its report in `df.attrs["report"]`; `strict`: any problem
-    is a CorpusError."""
-    manifest, report = scan_corpus(root, classes)
-    if strict:
-        report.refuse(release_dir(root))
-    manifest.attrs["report"] = report
-    return manifest
+def _row(
+    utt: str,
+    label: _Label,
+    text: str,
+    wav: Path,
+    info: tuple[int, int, int],
+    name: str,
+    label_id: int,
+) -> tuple:
+    """An utterance in `COLUMNS`' order; its session, dialog, speaker and gender are in its id."""
+    (frames, sample_rate, _), (dialog, turn) = info, utt.rsplit("_", 1)
+    return (
+        utt,
+        int(utt[3:5]),
+        dialog,
+        utt[:5] + turn[0],
+        turn[0],
+        name,
+        label_id,
+        label.raw,
+        text,
+        str(wav),
+        label.start,
+        label.end,
+        label.valence,
+        label.activation,
+        label.dominance,
+        frames / sample_rate,
+        sample_rate,
+    )
+
+
+def session_folds(manifest: pd.DataFrame) -> OuterFolds:
+    """IEMOCAP's outer folds: one per session present, testing that session."""
+    sessions = sorted(int(k) for k in manifest.session.unique())
+    return OuterFolds("loso", {k: [SESSIONS[k - 1]] for k in sessions})

@@ -113,7 +113,7 @@ class TrainFeed:
     """One rank's training rows, epoch by epoch, all fixed by (train.seed, epoch): a restarted run
     reads epoch e exactly as an uninterrupted one, on either runner. Each epoch the split's ids
     are permuted and dealt out in equal parts (rank r of `world` takes the r-th), and the rank's
-    blocks (one per shard, each a hash-ordered mix of sessions and speakers) come in a new order;
+    blocks (one per shard, each a hash-ordered mix of outer folds and speakers) come in a new order;
     the worker then shuffles its rows through a buffer (`LOCAL_SHUFFLE_ROWS`, seeded by seed,
     rank and epoch). No all-to-all shuffle: an epoch's first batch waits for the read, not for the
     whole split to move."""

@@ -62,8 +62,8 @@ def write_shards(
     training feed has nothing to resample; "wav" keeps the files' bytes and rates.
 
     Rows go in a fixed pseudo-random order (by a hash of the utterance id), so every shard mixes
-    sessions, dialogs and speakers: utterance-id order would put one dialog in each run of rows.
-    Multi-channel wavs are down-mixed to mono here (`scan_corpus` reports which).
+    outer folds, dialogs and speakers: utterance-id order would put one dialog in each run of rows.
+    Multi-channel wavs are down-mixed to mono here (the corpus report lists them).
 
     All inputs are validated before anything is written. If `out` already holds a complete output
     of the same input (same fingerprint) it is returned untouched; otherwise it is replaced, stale
@@ -75,61 +75,104 @@ def write_shards(
         raise ValueError(f"sample_rate resamples pcm16 shards only, not {audio_format!r}")
     rows = _validate(manifest, classes)
     wav_infos = _stat_wavs(rows.wav_path.tolist())
-    fingerprint = _fingerprint(
-        rows, wav_infos, [audio_format, rows_per_shard, sample_rate], classes
-    )
+    options = [audio_format, rows_per_shard, sample_rate]
+    fingerprint = _fingerprint(rows, wav_infos, options, classes)
     existing = _complete_manifest(out)
     fs, root = filesystem(out)
     if existing is not None and existing["fingerprint"] == fingerprint:
         return existing
-
     fs.create_dir(root, recursive=True)
-    # the pid alone can repeat across cluster nodes
-    token = f"tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    temps: list[str] = []
-    placed: list[str] = []
-    shards: list[dict] = []
+    files = _RunFiles(fs, root)
     try:
-        starts = range(0, len(rows), rows_per_shard)
-        for start in tqdm(starts, desc="writing shards", unit="shard", disable=None, leave=False):
-            name = f"part-{len(shards):05d}.parquet"
-            temps.append(f"{root}/.{name}.{token}")
-            shards.append(
-                _write_shard(
-                    fs,
-                    temps[-1],
-                    name,
-                    rows.iloc[start : start + rows_per_shard],
-                    audio_format,
-                    sample_rate,
-                )
-            )
+        shards = _write_temp_shards(files, rows, rows_per_shard, audio_format, sample_rate)
         # from here until the new manifest lands, `out` reads as incomplete
         _delete(fs, [f"{root}/{MANIFEST}"])
-        for temp, shard in zip(temps, shards):
-            fs.move(temp, f"{root}/{shard['file']}")
-            placed.append(f"{root}/{shard['file']}")
+        for shard in shards:
+            files.place(shard["file"])
         _delete(fs, _stale_shards(fs, root, keep=len(shards)))
-        doc = {
-            "format_version": FORMAT_VERSION,
-            "fingerprint": fingerprint,
-            "audio_format": audio_format,
-            "sample_rate": sample_rate,
-            "rows_per_shard": rows_per_shard,
-            "classes": list(classes) if classes is not None else None,
-            "num_rows": len(rows),
-            "counts": _counts(rows),
-            "total_duration": float(rows.duration.sum()),
-            "shards": shards,
-            "schema": SHARD_SCHEMA.to_string(),
-        }
-        temps.append(f"{root}/.{MANIFEST}.{token}")
-        _write_bytes(fs, temps[-1], json.dumps(doc, indent=1).encode())
-        fs.move(temps[-1], f"{root}/{MANIFEST}")
+        doc = _shards_doc(fingerprint, rows, shards, options, classes)
+        files.write(MANIFEST, json.dumps(doc, indent=1).encode())
+        files.place(MANIFEST)
     except BaseException:
-        _delete(fs, temps + placed)
+        files.discard()
         raise
     return doc
+
+
+class _RunFiles:
+    """This run's files under `root`: each written under a hidden temporary name, then moved into
+    place; `discard` deletes every one of them (after an error)."""
+
+    def __init__(self, fs: pafs.FileSystem, root: str):
+        self.fs, self.root = fs, root
+        # the pid alone can repeat across cluster nodes
+        self.token = f"tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.temps: list[str] = []
+        self.placed: list[str] = []
+
+    def _temp(self, name: str) -> str:
+        return f"{self.root}/.{name}.{self.token}"
+
+    def write(self, name: str, data: bytes | pa.Buffer) -> None:
+        self.temps.append(self._temp(name))
+        _write_bytes(self.fs, self.temps[-1], data)
+
+    def place(self, name: str) -> None:
+        self.fs.move(self._temp(name), f"{self.root}/{name}")
+        self.placed.append(f"{self.root}/{name}")
+
+    def discard(self) -> None:
+        _delete(self.fs, self.temps + self.placed)
+
+
+def _write_temp_shards(
+    files: _RunFiles,
+    rows: pd.DataFrame,
+    rows_per_shard: int,
+    audio_format: str,
+    sample_rate: int | None,
+) -> list[dict]:
+    """Every shard, written under its temporary name; their manifest entries."""
+    shards: list[dict] = []
+    starts = range(0, len(rows), rows_per_shard)
+    for start in tqdm(starts, desc="writing shards", unit="shard", disable=None, leave=False):
+        name = f"part-{len(shards):05d}.parquet"
+        part = rows.iloc[start : start + rows_per_shard]
+        data = _shard_bytes(part, audio_format, sample_rate)
+        files.write(name, data)
+        shards.append(
+            {
+                "file": name,
+                "rows": len(part),
+                "bytes": data.size,
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    return shards
+
+
+def _shards_doc(
+    fingerprint: str,
+    rows: pd.DataFrame,
+    shards: list[dict],
+    options: list,
+    classes: Sequence[str] | None,
+) -> dict:
+    """The JSON manifest of the shards (`options`: audio format, rows per shard, sample rate)."""
+    audio_format, rows_per_shard, sample_rate = options
+    return {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "audio_format": audio_format,
+        "sample_rate": sample_rate,
+        "rows_per_shard": rows_per_shard,
+        "classes": list(classes) if classes is not None else None,
+        "num_rows": len(rows),
+        "counts": _counts(rows),
+        "total_duration": float(rows.duration.sum()),
+        "shards": shards,
+        "schema": SHARD_SCHEMA.to_string(),
+    }
 
 
 def _some(names: Sequence[str], limit: int = 5) -> str:
@@ -233,15 +276,8 @@ def audio_cell(row: tuple, audio_format: str, sample_rate: int | None) -> bytes:
     return out.getvalue()
 
 
-def _write_shard(
-    fs: pafs.FileSystem,
-    path: str,
-    name: str,
-    rows: pd.DataFrame,
-    audio_format: str,
-    sample_rate: int | None,
-) -> dict:
-    """Write one shard to `path`; its manifest entry."""
+def _shard_bytes(rows: pd.DataFrame, audio_format: str, sample_rate: int | None) -> pa.Buffer:
+    """One shard's Parquet file."""
     columns = {c: rows[c].tolist() for c in SHARD_SCHEMA.names if c in rows.columns}
     columns["audio"] = [
         audio_cell(row, audio_format, sample_rate) for row in rows.itertuples(index=False)
@@ -251,14 +287,7 @@ def _write_shard(
         columns["sample_rate"] = [sample_rate] * len(rows)
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table(columns, schema=SHARD_SCHEMA), sink)
-    data = sink.getvalue()
-    _write_bytes(fs, path, data)
-    return {
-        "file": name,
-        "rows": len(rows),
-        "bytes": data.size,
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
+    return sink.getvalue()
 
 
 def _write_bytes(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
