@@ -171,7 +171,7 @@ def consumption(cfg, batches: list[dict]) -> float:
     return cfg.data.batch_size / statistics.median(times[1:])
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -179,11 +179,12 @@ def main() -> None:
     parser.add_argument(
         "--per-speaker", type=int, default=20, help="×1 corpus size (utterances per speaker)"
     )
-    args = parser.parse_args()
-    small = 4 if args.quick else args.per_speaker
-    cache = tempfile.mkdtemp(prefix="bench_pipeline_")
-    init_ray()
+    return parser
 
+
+def feed_and_memory(cache: str, small: int):
+    """Feed rate and peak memory of the demo corpus at ×1 and ×10, against one worker's
+    consumption, printed; returns the ×10 corpus's config."""
     results = {}
     for scale, per_speaker in (("x1", small), ("x10", 10 * small)):
         cfg = load_config(
@@ -201,7 +202,11 @@ def main() -> None:
     print(f"consumption (tiny Turbo step, 1 thread): {used:.1f} samples/s")
     print(f"feed/consumption: {results['x10'][0] / used:.2f}")
     print(f"memory x10/x1: {results['x10'][2] / results['x1'][2]:.2f}")
-    count = 40 if args.quick else 2000
+    return cfg
+
+
+def per_core(cfg, cache: str, count: int) -> None:
+    """Prints the feed per core of IEMOCAP-like shards, per recording rate and stored format."""
     target = cfg.data.sample_rate
     for audio_format, rate in (
         ("wav", 16_000),
@@ -212,12 +217,22 @@ def main() -> None:
         folder = f"{cache}/like-{audio_format}-{rate}"
         shards = iemocap_like(folder, count, rate, audio_format, target)
         ids = [f"Ses0{i % 5 + 1}F_impro01_F{i:03d}" for i in range(count)]
-        per_core = feed_per_core(cfg, shards, ids)
+        utterances_per_s = feed_per_core(cfg, shards, ids)
         stored = target if audio_format == "pcm16" else rate
         print(
             f"feed per core, IEMOCAP-like lengths recorded at {rate // 1000} kHz, "
-            f"stored as {audio_format} at {stored // 1000} kHz: {per_core:.0f} utterances/s/core"
+            f"stored as {audio_format} at {stored // 1000} kHz: "
+            f"{utterances_per_s:.0f} utterances/s/core"
         )
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    small = 4 if args.quick else args.per_speaker
+    cache = tempfile.mkdtemp(prefix="bench_pipeline_")
+    init_ray()
+    cfg = feed_and_memory(cache, small)
+    per_core(cfg, cache, 40 if args.quick else 2000)
     shutil.rmtree(cache)  # kept only when the run fails
 
 

@@ -36,7 +36,7 @@ def timed(model_dir: str, inputs, actors: int, warm_up: bool) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -44,7 +44,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=8, help="copies of the corpus predicted")
     parser.add_argument("--quick", action="store_true", help="one pass each, no warm-up (tests)")
     parser.add_argument("overrides", nargs="*", help="config overrides")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     cfg = load_config(None, args.overrides)
     corpus = prepare_corpus(cfg.data)
     tmp = Path(tempfile.mkdtemp(prefix="bench_predict_"))

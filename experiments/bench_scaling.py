@@ -104,7 +104,7 @@ def side_by_side(cfg: Config, procs: int, steps: int) -> tuple[float, float, int
     return max(r[0] for r in results), max(r[1] for r in results), results[0][2]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -114,7 +114,56 @@ def main() -> None:
     parser.add_argument(
         "overrides", nargs="*", help="config overrides, e.g. data.demo_utterances_per_speaker=80"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def alternate(cfg: Config, corpus, fold, repeats: int) -> tuple[dict, dict]:
+    """1 and 2 workers, alternated `repeats` times, each run printed: (samples/s, seconds per step
+    without data waits) per worker count, one value per repeat."""
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    step_s: dict[int, list[float]] = {1: [], 2: []}  # per step, data waits excluded
+    for r in range(repeats):
+        for workers in (1, 2):
+            run = override(cfg, {"train.num_workers": workers})
+            rate, seconds, waited = last_epoch(run, corpus, fold, f"w{workers}-r{r}")
+            rates[workers].append(rate)
+            step_s[workers].append(
+                (seconds - waited) / -(-len(fold.train) // (workers * cfg.data.batch_size))
+            )
+            print(
+                f"  repeat {r}: {workers} worker(s): {rate:6.1f} samples/s "
+                f"({seconds:.1f} s for {len(fold.train)} samples, "
+                f"{waited:.1f} s of it waiting for data, "
+                f"{step_s[workers][-1]:.2f} s per step otherwise)"
+            )
+    return rates, step_s
+
+
+def report(cfg: Config, rates: dict, step_s: dict, repeats: int, steps: int) -> None:
+    """Measures the machine's ceiling (plain processes side by side), then prints the summary."""
+    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    alone, _, _ = side_by_side(cfg, 1, steps)
+    paired, reduce_s, params = side_by_side(cfg, 2, steps)
+    print(f"1 worker: {one:.1f} samples/s; 2 workers: {two:.1f} samples/s (median of {repeats})")
+    print(
+        f"per step without data waits: 1 worker {statistics.median(step_s[1]):.2f} s, "
+        f"2 workers {statistics.median(step_s[2]):.2f} s"
+    )
+    print(
+        f"all-reduce per step with 2 workers: {params * 4 / 2**20:.1f} MiB of fp32 gradients, "
+        f"{reduce_s:.2f} s timed alone (gloo, 1 thread)"
+    )
+    print(
+        f"machine ceiling: a training step (synthetic batch, no Ray/DDP/data) "
+        f"takes {alone:.2f} s alone and "
+        f"{paired:.2f} s with two processes side by side: at most {2 * alone / paired:.2f}x"
+    )
+    print(f"speed-up 2 vs 1 workers: {two / one:.2f}")
+    print(f"scaling/ceiling (this project): {(two / one) / (2 * alone / paired):.2f}")
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     quick_corpus = ["data.demo_utterances_per_speaker=4", "data.val_fraction=0.3"]
     repeats, epochs, corpus_size = (
         (1, 1, quick_corpus)
@@ -135,43 +184,8 @@ def main() -> None:
     )
     corpus = prepare_corpus(cfg.data)
     fold = corpus.fold(cfg.data)
-
-    rates: dict[int, list[float]] = {1: [], 2: []}
-    step_s: dict[int, list[float]] = {1: [], 2: []}  # per step, data waits excluded
-    for r in range(repeats):
-        for workers in (1, 2):
-            run = override(cfg, {"train.num_workers": workers})
-            rate, seconds, waited = last_epoch(run, corpus, fold, f"w{workers}-r{r}")
-            rates[workers].append(rate)
-            step_s[workers].append(
-                (seconds - waited) / -(-len(fold.train) // (workers * cfg.data.batch_size))
-            )
-            print(
-                f"  repeat {r}: {workers} worker(s): {rate:6.1f} samples/s "
-                f"({seconds:.1f} s for {len(fold.train)} samples, "
-                f"{waited:.1f} s of it waiting for data, "
-                f"{step_s[workers][-1]:.2f} s per step otherwise)"
-            )
-    one, two = statistics.median(rates[1]), statistics.median(rates[2])
-    steps = 2 if args.quick else 10
-    alone, _, _ = side_by_side(cfg, 1, steps)
-    paired, reduce_s, params = side_by_side(cfg, 2, steps)
-    print(f"1 worker: {one:.1f} samples/s; 2 workers: {two:.1f} samples/s (median of {repeats})")
-    print(
-        f"per step without data waits: 1 worker {statistics.median(step_s[1]):.2f} s, "
-        f"2 workers {statistics.median(step_s[2]):.2f} s"
-    )
-    print(
-        f"all-reduce per step with 2 workers: {params * 4 / 2**20:.1f} MiB of fp32 gradients, "
-        f"{reduce_s:.2f} s timed alone (gloo, 1 thread)"
-    )
-    print(
-        f"machine ceiling: a training step (synthetic batch, no Ray/DDP/data) "
-        f"takes {alone:.2f} s alone and "
-        f"{paired:.2f} s with two processes side by side: at most {2 * alone / paired:.2f}x"
-    )
-    print(f"speed-up 2 vs 1 workers: {two / one:.2f}")
-    print(f"scaling/ceiling (this project): {(two / one) / (2 * alone / paired):.2f}")
+    rates, step_s = alternate(cfg, corpus, fold, repeats)
+    report(cfg, rates, step_s, repeats, steps=2 if args.quick else 10)
     shutil.rmtree(storage)  # kept only when the run fails, for its logs
 
 

@@ -26,7 +26,7 @@ import ray
 
 from turbo_ray.config import load_config, override
 from turbo_ray.data.corpus import prepare_corpus
-from turbo_ray.experiment import tested
+from turbo_ray.evaluation import recorded_test_row
 from turbo_ray.paths import RunPaths
 from turbo_ray.progress import ray_logs_in
 from turbo_ray.runtime import init_ray
@@ -43,7 +43,7 @@ def search(cfg, corpus, fold, space: SearchSpace, out: Path) -> dict:
     wall = time.perf_counter() - started
     trials = trial_table(grid, space, cfg)
     ((key, selected),) = best_trials(grid, cfg).items()  # one search
-    row = tested(cfg, corpus, fold, key, selected, paths)
+    row = recorded_test_row(cfg, corpus, fold, key, selected, paths)
     return {
         "trial-epochs": int(trials.epochs.sum()),
         "wall s": wall,
@@ -54,7 +54,7 @@ def search(cfg, corpus, fold, space: SearchSpace, out: Path) -> dict:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -62,7 +62,11 @@ def main() -> None:
     parser.add_argument("--configs", type=int, default=8, help="configs proposed (N)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.max_seconds=1")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     configs, epochs = (1, 1) if args.quick else (args.configs, args.epochs)
     cfg = load_config(
         None, [f"tune.num_samples={configs}", f"train.epochs={epochs}", *args.overrides]
@@ -84,7 +88,7 @@ def main() -> None:
         ray.shutdown()  # before the summary: nothing of Ray's is printed after it
 
     print(
-        f"fold {fold.test_session}: {configs} configs proposed by TPE, {epochs} epochs each, "
+        f"fold {fold.number}: {configs} configs proposed by TPE, {epochs} epochs each, "
         f"ASHA grace {cfg.tune.grace_period} reduction {cfg.tune.reduction_factor}"
     )
     print(f"  {'':16}{'trial-epochs':>13}{'wall s':>9}{'selected':>10}{'val UA':>8}{'test UA':>9}")

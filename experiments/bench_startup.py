@@ -96,7 +96,7 @@ def describe(stamps: dict[str, float]) -> str:
     return ", ".join(f"{k[3:]} {v:.1f} s" for k, v in stamps.items())
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -104,7 +104,51 @@ def main() -> None:
     parser.add_argument("--searches", type=int, default=3)
     parser.add_argument("--trials", type=int, default=3, help="trials per search (one lane)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data.max_seconds=1")
-    args = parser.parse_args()
+    return parser
+
+
+def lanes(cfg, corpus, space, searches: int, floors_each: int, tmp: Path) -> dict[str, list]:
+    """`searches` searches of one lane, each after `floors_each` import floors and one build
+    floor, each trial printed: the floors, builds, first trials' and reused trials' first steps."""
+    floors, builds, firsts, reused = [], [], [], []
+    for search in range(searches):
+        floors += [floor(IMPORT) for _ in range(floors_each)]
+        builds.append(floor(BUILD))
+        lane = one_search(cfg, corpus, space, tmp / f"search{search}")
+        pool, opening = "cold" if search == 0 else "warm", describe(lane[0])
+        print(f"  search {search} ({pool} pool), trial 0 (new process): from fit to {opening}")
+        for k, stamps in enumerate(lane[1:], 1):
+            print(
+                f"  search {search}, trial {k} (reused process): from the end of trial {k - 1} "
+                f"to {describe(stamps)}"
+            )
+        firsts.append(lane[0]["at_first_step"])
+        reused += [s["at_first_step"] for s in lane[1:]]
+    return {"floors": floors, "builds": builds, "firsts": firsts, "reused": reused}
+
+
+def summary(times: dict[str, list], ddp: dict[str, float]) -> None:
+    """Prints the floors and each kind of trial's first step, and the ratios."""
+    floors, builds, firsts, reused = (times[k] for k in ("floors", "builds", "firsts", "reused"))
+    imported, built = statistics.median(floors), statistics.median(builds)
+    warm = firsts[1:] or firsts
+    first, again = statistics.median(warm), statistics.median(reused)
+    print(f"import floor (fresh `{IMPORT}`, median of {len(floors)}): {imported:.1f} s")
+    print(f"the same and the default model built (median of {len(builds)}): {built:.1f} s")
+    print(
+        f"first step of a lane's first trial, median of {len(warm)} "
+        f"{'warm' if firsts[1:] else 'cold'} search(es): {first:.1f} s (cold: {firsts[0]:.1f} s); "
+        f"of a reused trial, median of {len(reused)}: {again:.1f} s; "
+        f"of a two-worker trial: {ddp['at_first_step']:.1f} s"
+    )
+    print(f"startup/(import and model built): {first / built:.2f}")
+    print(f"two-worker trial/import: {ddp['at_first_step'] / imported:.2f}")
+    print(f"reused trial/import: {again / imported:.2f}")
+    print(f"startup/import (this project): {first / imported:.2f}")
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     # quick: one search of two trials (a new process, then a reused one), one import of each floor
     searches, trials, floors_each = (1, 2, 1) if args.quick else (args.searches, args.trials, 2)
     tmp = Path(tempfile.mkdtemp(prefix="bench_startup_"))
@@ -123,40 +167,13 @@ def main() -> None:
         space = load_search_space(cfg.tune.search_space)
         init_ray()
 
-        floors, builds, firsts, reused = [], [], [], []
-        for search in range(searches):
-            floors += [floor(IMPORT) for _ in range(floors_each)]
-            builds.append(floor(BUILD))
-            lane = one_search(cfg, corpus, space, tmp / f"search{search}")
-            pool, opening = "cold" if search == 0 else "warm", describe(lane[0])
-            print(f"  search {search} ({pool} pool), trial 0 (new process): from fit to {opening}")
-            for k, stamps in enumerate(lane[1:], 1):
-                print(
-                    f"  search {search}, trial {k} (reused process): from the end of trial {k - 1} "
-                    f"to {describe(stamps)}"
-                )
-            firsts.append(lane[0]["at_first_step"])
-            reused += [s["at_first_step"] for s in lane[1:]]
+        times = lanes(cfg, corpus, space, searches, floors_each, tmp)
         two = override(cfg, {"train.num_workers": 2, "tune.num_samples": 1})
         ddp = one_search(two, corpus, space, tmp / "two-workers")[0]
         print(f"  two workers (TorchTrainer), warm pool: from fit to {describe(ddp)}")
         ray.shutdown()  # before the summary: nothing of Ray's is printed after it
 
-    imported, built = statistics.median(floors), statistics.median(builds)
-    warm = firsts[1:] or firsts
-    first, again = statistics.median(warm), statistics.median(reused)
-    print(f"import floor (fresh `{IMPORT}`, median of {len(floors)}): {imported:.1f} s")
-    print(f"the same and the default model built (median of {len(builds)}): {built:.1f} s")
-    print(
-        f"first step of a lane's first trial, median of {len(warm)} "
-        f"{'warm' if firsts[1:] else 'cold'} search(es): {first:.1f} s (cold: {firsts[0]:.1f} s); "
-        f"of a reused trial, median of {len(reused)}: {again:.1f} s; "
-        f"of a two-worker trial: {ddp['at_first_step']:.1f} s"
-    )
-    print(f"startup/(import and model built): {first / built:.2f}")
-    print(f"two-worker trial/import: {ddp['at_first_step'] / imported:.2f}")
-    print(f"reused trial/import: {again / imported:.2f}")
-    print(f"startup/import (this project): {first / imported:.2f}")
+    summary(times, ddp)
     shutil.rmtree(tmp)  # kept only when the run fails, for its logs
 
 

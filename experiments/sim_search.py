@@ -199,7 +199,7 @@ def plot(table: dict, gpu_counts: list, widths: list, base: float, path: str) ->
     print(f"wrote {path}")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -207,31 +207,28 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="seeds per cluster and W")
     parser.add_argument("--plot", help="also draw makespan against GPUs, a line per W, here")
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    quick = ["tune.num_samples=4", "train.epochs=6", "tune.grace_period=1"] if args.quick else []
-    cfg = load_config(args.config, quick)
-    space = load_search_space(cfg.tune.search_space)
-    gpu_counts, widths = ([5, 20], [1, 2]) if args.quick else ([5, 10, 20, 40, 80], [1, 2, 4, 8])
-    seeds = range(1 if args.quick else args.seeds)
-    t = cfg.tune
-    folds = t.folds or len(SESSIONS)  # every outer fold of IEMOCAP
-    print(
-        f"{args.config}: {folds} searches of {t.num_samples} trials, {cfg.train.epochs} epochs, "
-        f"ASHA grace {t.grace_period}, reduction {t.reduction_factor}; {len(seeds)} seeds\n"
-    )
+    return parser
+
+
+def simulate(config: str, cfg, space, quick: list[str], folds: int, grid: tuple) -> dict:
+    """One simulated search per seed, GPU count and W: its summary by (gpus, w, seed)."""
+    gpu_counts, widths, seeds = grid
     runs = {}
     for seed in seeds:
         keys = search_keys(
-            load_config(args.config, [*quick, f"train.seed={seed}"]), list(range(1, folds + 1))
+            load_config(config, [*quick, f"train.seed={seed}"]), list(range(1, folds + 1))
         )
         for gpus in gpu_counts:
             for w in widths:
                 cluster = Cluster(cfg, keys, space, gpus, w, seed)
                 cluster.run()
                 runs[gpus, w, seed] = cluster.summary()
-    base = np.mean([runs[gpu_counts[0], 1, s]["makespan"] for s in seeds])
-    spread = float(np.std([runs[gpu_counts[0], 1, s]["selected q"] for s in seeds]))
+    return runs
+
+
+def tabulate(runs: dict, grid: tuple, base: float) -> dict:
+    """Prints a row per GPU count and W (means over the seeds); returns them by (gpus, w)."""
+    gpu_counts, widths, seeds = grid
     header = (
         f"{'GPUs':>4} {'W':>2} {'makespan':>9} {'vs W=1 G=5':>10} {'train':>6} {'start':>6} "
         f"{'idle':>6} {'paused':>7} {'trial-epochs':>12} {'regret':>7}"
@@ -253,6 +250,28 @@ def main() -> None:
                 f"{mean['train']:>6.0%} {mean['start']:>6.1%} {mean['idle']:>6.0%} "
                 f"{mean['paused']:>7.1f} {mean['trial-epochs']:>12.0f} {regret:>7.2f}"
             )
+    return table
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quick = ["tune.num_samples=4", "train.epochs=6", "tune.grace_period=1"] if args.quick else []
+    cfg = load_config(args.config, quick)
+    space = load_search_space(cfg.tune.search_space)
+    gpu_counts, widths = ([5, 20], [1, 2]) if args.quick else ([5, 10, 20, 40, 80], [1, 2, 4, 8])
+    seeds = range(1 if args.quick else args.seeds)
+    t = cfg.tune
+    folds = t.folds or len(SESSIONS)  # every outer fold of IEMOCAP
+    print(
+        f"{args.config}: {folds} searches of {t.num_samples} trials, {cfg.train.epochs} epochs, "
+        f"ASHA grace {t.grace_period}, reduction {t.reduction_factor}; {len(seeds)} seeds\n"
+    )
+    grid = (gpu_counts, widths, seeds)
+    runs = simulate(args.config, cfg, space, quick, folds, grid)
+    base = np.mean([runs[gpu_counts[0], 1, s]["makespan"] for s in seeds])
+    spread = float(np.std([runs[gpu_counts[0], 1, s]["selected q"] for s in seeds]))
+    table = tabulate(runs, grid, base)
     print(
         "\nmakespan in epochs of one trial on one GPU; train/start/idle: shares of the GPUs' time; "
         "paused: trial-time spent paused at a rung (no GPU held); regret: UA points lost against "

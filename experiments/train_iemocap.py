@@ -1,7 +1,7 @@
 """One config over the leave-one-session-out folds of IEMOCAP (or the demo corpus).
 
     # ablation
-    python experiments/train_iemocap.py --mode baseline,in,cross,turbo --folds 1 --seeds 0,1,2
+    python experiments/train_iemocap.py --modes baseline,in,cross,turbo --folds 1 --seeds 0,1,2
     python experiments/train_iemocap.py --data-dir /data/IEMOCAP_full_release --preset base \
         --use-gpu --num-workers 4
 

@@ -5,7 +5,7 @@ tested on the held-out session.
     # embedded demo: demo corpus, tiny preset, minutes on a laptop
     python experiments/tune_iemocap.py
     python experiments/tune_iemocap.py --config experiments/configs/iemocap.yaml \
-        --data-dir /data/IEMOCAP_full_release --use-gpu --workers-per-trial 2 --address auto
+        --data-dir /data/IEMOCAP_full_release --use-gpu --num-workers 2 --address auto
     python experiments/tune_iemocap.py --resume --output-dir runs/tune-…   # after an interruption
 
 Same as `turbo-ray tune`; `--help` lists every flag."""

@@ -438,7 +438,7 @@ def test_a_search_of_two_trials_at_once_gives_the_same_trials_one_at_a_time_slow
 def test_a_job_joins_a_ray_started_by_ray_start_keeps_its_runs_in_a_bucket_and_resumes_from_it(
     shared_ray, s3, tiny, run_command, mlflow_store_matches, ray_tmp, tmp_path, monkeypatch
 ):
-    # The README's way to keep a dashboard: `ray start --head` first (its processes given the
+    # The way docs/watching.md keeps a dashboard: `ray start --head` first (its processes given the
     # bucket's credentials, as a cluster's nodes are); then a job without --address joins it,
     # while this test process holds a Ray of its own beside it. Its trial drives a two-worker
     # TorchTrainer (Train's placement-group cleaner looks for "the" local Ray), whose run lives

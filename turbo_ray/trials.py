@@ -123,7 +123,8 @@ def not_comparable(failed: list[dict]) -> str | None:
     names = "; ".join(f"{f['search']} trial {f[FOLD_TRIAL]} ({f['error']})" for f in failed)
     return (
         f"Not comparable with another run of this config: {names} failed for good; the later "
-        "trials of its search were proposed and judged without it (README: Reproducibility)."
+        "trials of its search were proposed and judged without it "
+        "(docs/protocol.md: Reproducibility)."
     )
 
 

@@ -128,6 +128,6 @@ def watch_commands(result: JobResult) -> str:
         lines.append(
             "  The Ray dashboard lived as long as this job's local Ray; to keep one, start Ray "
             "first (`ray start --head --resources '{\"train_driver\": 64}'`): jobs join it "
-            "(README: Watching a run)."
+            "(docs/watching.md)."
         )
     return "\n".join(lines)

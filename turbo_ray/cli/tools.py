@@ -61,7 +61,7 @@ def export_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from turbo_ray.checkpoints import export_checkpoint
+    from turbo_ray.classifier import export_checkpoint
 
     print(f"model folder {export_checkpoint(args.checkpoint, args.out)}")
     return 0

@@ -17,7 +17,7 @@ from turbo_ray.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    # IEMOCAP_full_release, or a folder of audio files with a metadata.csv (README: Your own data);
+    # IEMOCAP_full_release, or a folder of audio files with a metadata.csv (docs/own-data.md);
     # None = the generated demo corpus
     data_dir: str | None = None
     cache_dir: str = "~/.cache/turbo_ray"  # demo corpus and prepared shards
@@ -48,7 +48,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"  # tiny | base | large (README: presets)
+    preset: str = "tiny"  # tiny | base | large (docs/method.md: presets)
     modalities: str = "audio+text"  # or "audio" / "text" alone: a unimodal baseline
     audio_encoder: str | None = None  # name or local dir; overrides the preset
     text_encoder: str | None = None

@@ -3,9 +3,9 @@
     manifest, report = read_iemocap("/data/IEMOCAP_full_release", ClassMap.parse("all"))
     outer = session_folds(manifest)                      # one outer fold per session
 
-The layout and the parsing rules are those of the release (README: Data). Anything that does not
-fit them is reported (`CorpusReport`) and the utterance left out: a wrong or missing label is never
-guessed.
+The layout and the parsing rules are those of the release (docs/own-data.md: IEMOCAP). Anything
+that does not fit them is reported (`CorpusReport`) and the utterance left out: a wrong or missing
+label is never guessed.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def release_dir(root: str | Path) -> Path:
             return candidate
     raise CorpusError(
         f"{root} is not an {RELEASE_NAME} folder: expected Session1..Session5 folders in it "
-        "(or, for another corpus, a metadata.csv: README, Your own data)"
+        "(or, for another corpus, a metadata.csv: docs/own-data.md)"
     )
 
 
