@@ -235,6 +235,8 @@ def test_a_nested_comparison_keeps_test_sessions_out_gives_equal_budgets_and_sur
     (selected,) = [f for f in results["folds"] if (f["mode"], f["seed"]) == ("baseline", 1)]
     config = yaml.safe_load((out / "best_config_baseline-seed1-s1.yaml").read_text())
     assert (config["loss"]["mode"], config["train"]["seed"]) == ("baseline", 1)
+    # re-run as its header says (`train --config FILE --fold K`), it trains that one run
+    assert [config["tune"][k] for k in ("modes", "seeds", "folds", "final")] == [None] * 3 + [False]
     assert config["train"]["lr"] == pytest.approx(selected["params"]["train.lr"])
 
     # what every trial trained and validated on: never its fold's test session, no validation

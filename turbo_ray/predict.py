@@ -198,6 +198,14 @@ def predict(
     return table
 
 
+def write_predictions(table: pd.DataFrame, out: Path) -> Path:
+    """`table` as the CSV `out`, whole or not at all (written beside it, then renamed)."""
+    partial = out.with_name(f".{out.name}.partial")
+    table.to_csv(partial, index=False)
+    partial.rename(out)
+    return out
+
+
 def _default_actors(classifier: Classifier) -> int:
     import torch
 

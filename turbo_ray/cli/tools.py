@@ -96,7 +96,7 @@ def predict_flags(parser: argparse.ArgumentParser) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from turbo_ray.classifier import load_classifier
-    from turbo_ray.predict import format_scores, predict, read_inputs
+    from turbo_ray.predict import format_scores, predict, read_inputs, write_predictions
 
     if bool(args.wav) != bool(args.text is not None):
         raise UsageError("--wav and --text go together: one recording and its transcript")
@@ -113,11 +113,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for skipped in inputs.skipped:
         print(f"skipped  {skipped}")
     table = predict(args.model_dir, inputs, args.actors, args.address)
-    out = Path(args.out)
-    partial = out.with_name(f".{out.name}.partial")
-    table.to_csv(partial, index=False)
-    partial.rename(out)  # whole or not at all
-    print(f"{len(table)} predictions: {out}")
+    print(f"{len(table)} predictions: {write_predictions(table, Path(args.out))}")
     if len(table) == 1:
         print(table.drop(columns="utterance_id").to_string(index=False))
     if inputs.labelled:
