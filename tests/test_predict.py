@@ -4,6 +4,7 @@ inputs."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import torch
 import yaml
 from conftest import MAIN_JOB_START, run_main
 
+from turbo_ray.classifier import load_classifier
 from turbo_ray.cli import main
 
 REPO = Path(__file__).parents[1]
@@ -52,7 +55,7 @@ def test_an_exported_model_predicts_offline_without_ray_as_the_jobs_test_pass(
     assert meta["source"]["epoch"] == row["best_epoch"]
     assert sorted(p.name for p in model.iterdir()) == [
         "audio_encoder",
-        "model.pt",
+        "model.safetensors",
         "text_encoder",
         "turbo_ray.json",
     ]
@@ -124,8 +127,17 @@ def test_bad_inputs_are_one_line_or_reported_skips_and_nothing_half_written(
     one = tmp_path / "one.csv"
     assert main(["predict", str(model), "--wav", wavs[0], "--text", "hi", "--out", str(one)]) == 0
     assert pd.read_csv(one).utterance_id.tolist() == [Path(wavs[0]).name]
-    # a folder of another format
+    # a folder of the previous format (its weights in model.pt) still loads, to the same answers
     meta = json.loads((model / "turbo_ray.json").read_text())
+    first = tmp_path / "format-1"
+    shutil.copytree(model, first)
+    (first / "model.safetensors").unlink()
+    torch.save(load_classifier(model).model.state_dict(), first / "model.pt")
+    (first / "turbo_ray.json").write_text(json.dumps(meta | {"format": 1}))
+    again = tmp_path / "again.csv"
+    assert main(["predict", str(first), "--wav", wavs[0], "--text", "hi", "--out", str(again)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(again), pd.read_csv(one), rtol=0, atol=1e-6)
+    # a folder of another format
     old = tmp_path / "old-model"
     old.mkdir()
     (old / "turbo_ray.json").write_text(json.dumps(meta | {"format": 99}))

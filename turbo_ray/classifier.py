@@ -1,12 +1,13 @@
 """A trained classifier in a self-contained folder, and loading it back: no Ray, no run folder, no
-hub; CPU or GPU; weights loaded as plain tensors (`weights_only`).
+hub; CPU or GPU; weights in safetensors (no code runs on load; memory-mapped).
 
     write_model_folder(model, cfg, classes, "models/ser", source={...})   # `turbo-ray export`
     classifier = load_classifier("models/ser")
     probs = classifier.predict_rows(rows)       # rows: utterance_id, audio bytes, sample_rate, text
 
 The folder:
-    model.pt          the weights (a state dict)
+    model.safetensors the weights (format 1, before: model.pt, a state dict torch loads with
+                      `weights_only`; still read)
     turbo_ray.json    its format, config, classes, how audio and text are prepared, the precision
                       it is evaluated in, the versions that made it, the checkpoint it came from
     audio_encoder/    the audio encoder's config      (Hugging Face `save_pretrained`; none in a
@@ -24,6 +25,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import safetensors.torch
 import torch
 
 from turbo_ray.checkpoints import load_model
@@ -34,9 +36,9 @@ from turbo_ray.inference import forward_pass
 from turbo_ray.model import TurboModel, build_model
 from turbo_ray.paths import MODEL_FILE
 
-FORMAT = 1  # of the folder; a folder of another format is refused
+FORMAT = 2  # of the folder written; 2: model.safetensors (1: model.pt)
+WEIGHTS = {1: "model.pt", 2: "model.safetensors"}  # the formats read: each one's weights file
 META = "turbo_ray.json"
-WEIGHTS = "model.pt"
 ENCODERS = {"audio": "audio_encoder", "text": "text_encoder"}  # modality → its subfolder
 BATCH = 16  # utterances per forward in prediction
 
@@ -75,7 +77,7 @@ def write_model_folder(
     building = out.with_name(f".{out.name}.partial")
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
-    torch.save(model.state_dict(), building / WEIGHTS)
+    safetensors.torch.save_model(model, str(building / WEIGHTS[FORMAT]))
     for modality, folder in ENCODERS.items():
         encoder = getattr(model, f"{modality}_encoder")
         if encoder is not None:
@@ -110,17 +112,21 @@ def load_classifier(directory: str | Path, device: str | torch.device | None = N
     if not meta_file.is_file():
         raise ModelFolderError(f"{directory} is not a model folder: no {META} in it")
     meta = json.loads(meta_file.read_text())
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in WEIGHTS:
         raise ModelFolderError(
             f"{directory} has model folder format {meta.get('format')!r} (made by turbo-ray "
-            f"{meta.get('versions', {}).get('turbo-ray', '?')}); this turbo-ray reads format "
-            f"{FORMAT}: export it again with this version"
+            f"{meta.get('versions', {}).get('turbo-ray', '?')}); this turbo-ray reads formats "
+            f"{', '.join(map(str, WEIGHTS))}: export it again with this version"
         )
     local = {f"model.{m}_encoder": str(directory / f) for m, f in ENCODERS.items()}
     cfg = override(Config.from_dict(meta["config"]), local)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = build_model(cfg, len(meta["classes"]), pretrained=False)
-    model.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
+    weights = directory / WEIGHTS[meta["format"]]
+    if meta["format"] == 1:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    else:
+        safetensors.torch.load_model(model, str(weights))
     return Classifier(model.to(device).eval(), cfg, tuple(meta["classes"]), device)
 
 
