@@ -28,7 +28,6 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from turbo_ray.checkpoints import load_model
 from turbo_ray.config import Config, override
 from turbo_ray.data.preprocess import Padding, padding_args, preprocess_for, tokenizer_name
 from turbo_ray.errors import ModelFolderError, UsageError
@@ -136,6 +135,8 @@ def export_checkpoint(checkpoint_dir: str | Path, out: str | Path) -> Path:
         raise UsageError(f"{checkpoint_dir} is not a checkpoint folder: no {MODEL_FILE} in it")
     if Path(out).exists():
         raise UsageError(f"{out} already exists: export into a new folder")
+    from turbo_ray.checkpoints import load_model  # here: loading a model folder needs no Ray
+
     model, meta = load_model(checkpoint_dir)
     scores = {k: v for k, v in meta["metrics"].items() if isinstance(v, float)}
     source = {"checkpoint": str(checkpoint_dir), "epoch": meta["epoch"], "metrics": scores}

@@ -31,7 +31,7 @@ from turbo_ray.progress import SearchProgress
 from turbo_ray.results import write_search_outputs
 from turbo_ray.runners import build_trainer
 from turbo_ray.search_space import load_search_space
-from turbo_ray.trials import SearchKey, best_trials, failed_trials
+from turbo_ray.trials import ONE_RUN, SearchKey, best_trials, failed_trials
 from turbo_ray.tune import run_search, search_keys, search_record, trains_in_trial
 
 
@@ -152,13 +152,9 @@ def run_fixed(
         rows = []
         for mode in modes:
             for seed in seeds:
+                setting = {"loss.mode": mode, "train.seed": seed}
                 run_cfg = override(
-                    cfg,
-                    {
-                        "loss.mode": mode,
-                        "train.seed": seed,
-                        "train.storage_path": paths.checkpoints,
-                    },
+                    cfg, ONE_RUN | setting | {"train.storage_path": paths.checkpoints}
                 )
                 rows += [
                     fixed_fold(run_cfg, job.corpus, f, paths) | {"mode": mode, "seed": seed}

@@ -17,7 +17,7 @@ import ray.tune
 import yaml
 
 from turbo_ray.checkpoints import selected_epoch
-from turbo_ray.config import Config, override
+from turbo_ray.config import Config
 from turbo_ray.data.folds import FINAL
 from turbo_ray.formatting import short
 from turbo_ray.metrics import AUC, scores_of
@@ -40,9 +40,6 @@ from turbo_ray.trials import (
     trial_id,
     trial_table,
 )
-
-# a selected config runs its own mode and seed once, not the job's modes, seeds, folds or final
-ONE_RUN = {"tune.modes": None, "tune.seeds": None, "tune.folds": None, "tune.final": False}
 
 
 def selection_table(results: pd.DataFrame, cfg: Config, by: list[str] | None = None) -> str:
@@ -175,7 +172,7 @@ def write_search_outputs(
                 f"{key.fold}\n# re-run this fold: "
                 f"turbo-ray train --config {path} --fold {key.fold}\n"
             )
-        config = override(trial_config(cfg, result.config), ONE_RUN)  # what re-runs it
+        config = trial_config(cfg, result.config)
         path.write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
         written.append(path)
     importances = {

@@ -59,9 +59,14 @@ def trial_name(config: dict) -> str:
     return f"{SearchKey.of(config)} trial {config[FOLD_TRIAL]}"
 
 
+# what makes a job's config one run's: its own mode and seed once, not the job's modes, seeds,
+# folds or final model (so its config, run again with `turbo-ray train`, is that run)
+ONE_RUN = {"tune.modes": None, "tune.seeds": None, "tune.folds": None, "tune.final": False}
+
+
 def trial_config(cfg: Config, config: dict) -> Config:
     """The config a trial ran: the job's, with its search's mode and seed and its parameters."""
-    return override(cfg, searched(config) | {MODE: config[MODE], SEED: config[SEED]})
+    return override(cfg, ONE_RUN | searched(config) | {MODE: config[MODE], SEED: config[SEED]})
 
 
 def trial_id(result: ray.tune.Result) -> str:
