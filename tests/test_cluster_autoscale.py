@@ -29,6 +29,18 @@ def run(*command, env=None, check=True):
     return done
 
 
+def submit_when_ready(submit: list[str], env: dict) -> subprocess.CompletedProcess:
+    """`ray job submit`, again while the head's job agent is still starting (Ray answers "No
+    available agent to submit job, please try again later": a loaded machine starts it later
+    than the dashboard); any other failure fails at once."""
+    deadline = time.time() + 60
+    while "No available agent" in (done := run(*submit, env=env, check=False)).stderr + done.stdout:
+        assert time.time() < deadline, done.stderr[-3000:]
+        time.sleep(2)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 def free_ports(count: int) -> list[int]:
     """Ports nothing listens on now (held open together, so all different)."""
     sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
@@ -116,7 +128,7 @@ def test_local_cluster_scales_a_gpu_worker_for_a_submitted_job_and_removes_it(
         submit = [RAY, "job", "submit", "--address", dashboard, "--no-wait", "--", *entrypoint]
         refused = run(*submit, env=env, check=False)
         assert refused.returncode != 0 and "Authentication" in refused.stdout + refused.stderr
-        submitted = run(*submit, env=env | TOKEN)
+        submitted = submit_when_ready(submit, env | TOKEN)
         job_id = re.search(r"Job '(\S+)' submitted", submitted.stdout + submitted.stderr)[1]
 
         seen, deadline = [], time.time() + 300
