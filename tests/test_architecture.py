@@ -4,6 +4,8 @@ nothing of result files, training nothing of the exported model folder, and modu
 stay small. docs/architecture.md describes the same layers."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ LAYERS = [
     ["paths", "presets", "formatting", "metrics"],
     ["data", "model", "losses", "search_space", "plots"],
     ["inference", "checkpoints", "runtime", "cluster"],
-    ["train", "runners", "classifier", "predict"],
+    ["train", "runners", "classifier", "predict", "serve"],
     ["trials", "searchers", "tune", "evaluation"],
     ["results", "comparison", "progress", "tracking"],
     ["job"],
@@ -28,7 +30,7 @@ LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 SEARCH = {"search_space", "trials", "searchers", "tune"}
 RESULT_FILES = {"results", "plots", "tracking", "job", "experiment"}
 TRAINING = {"model", "losses", "inference", "checkpoints", "train", "runners"}
-MODEL_FOLDER = {"classifier", "predict"}
+MODEL_FOLDER = {"classifier", "predict", "serve"}
 MAX_MODULE_LINES = 350
 MAX_FUNCTION_LINES = 50
 
@@ -129,3 +131,11 @@ def test_modules_and_functions_stay_small():
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{path.relative_to(PACKAGE)}:{node.name}: {length} lines")
     assert not too_long, too_long
+
+
+def test_a_model_folder_loads_without_ray():
+    # `load_classifier` runs in any process (a notebook, a web server): importing it starts no
+    # Ray import (an import of `checkpoints` at the top of `classifier` once did)
+    code = "import sys, turbo_ray.classifier; print(sorted(m for m in sys.modules if m == 'ray'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -239,12 +240,20 @@ def start_local_cluster(
         f"--port={port}",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
+        # the job agent on a free port: Ray's fixed default (52365) may be another Ray's here
+        f"--dashboard-agent-listen-port={free_port()}",
         f"--object-store-memory={NODE_OBJECT_STORE}",
     ]
     started = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if started.returncode:
         raise RuntimeError(f"`ray start` failed:\n{started.stdout[-2000:]}{started.stderr[-2000:]}")
     return fake
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on now."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        return server.getsockname()[1]
 
 
 def stop_local_cluster(config: Path) -> str:
