@@ -122,3 +122,17 @@ def test_sim_search(run_command):
     last = out.strip().splitlines()[-1]  # printed last
     assert re.fullmatch(r"makespan W=[12] G=20 / W=1 G=5: [0-9.]+", last), out
     assert 0 < float(last.split(": ")[1]) <= 1
+
+
+def test_bench_serve(run_command, tiny, joined):
+    out = run_quick(run_command, "bench_serve.py", *tiny, env=joined)
+    assert re.search(r"^  in process \(batches of 16\) +[0-9.]+ utterances/s$", out, re.M)
+    for clients in ("1 client ", "8 clients"):
+        assert re.search(
+            rf"^  served, {clients}, 16 requests +[0-9.]+ requests/s +p50 +[0-9.]+ ms +"
+            r"p99 +[0-9.]+ ms$",
+            out,
+            re.M,
+        ), out
+    ratios(out, ["served/in-process at 8 clients"])
+    assert out.strip().splitlines()[-1].startswith("served/in-process at 8 clients: ")

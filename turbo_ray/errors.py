@@ -40,3 +40,12 @@ class ShardError(UserError, RuntimeError):
 
 class ClusterError(UserError):
     """A Ray cluster this job cannot run on; the message says what to change."""
+
+
+class RequestError(InputError):
+    """A request the served model cannot answer (`turbo-ray serve`): an HTTP 4xx, `status`, whose
+    message names the problem."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status

@@ -4,6 +4,9 @@ Ray Data over an actor pool (one model per actor) for large inputs.
 
     inputs = read_inputs(classifier.classes, csv="new.csv")        # checked: every problem named
     table = predict(model_dir, inputs, actors=0)     # utterance_id, predicted, prob_<class>…, label
+
+Every input reaches the model through `recording_rows` (an audio file's bytes and its transcript
+as shards hold them), here and in the served model (`turbo_ray.serve`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from turbo_ray.config.classes import ClassMap
 from turbo_ray.data.audiofolder import metadata_file, read_audiofolder
 from turbo_ray.data.iemocap import DEFAULT_CLASSES, read_iemocap
 from turbo_ray.data.manifest import CorpusReport, wav_info
-from turbo_ray.data.shard_writer import audio_cell
+from turbo_ray.data.shard_writer import encoded_cell
 from turbo_ray.errors import InputError
 from turbo_ray.metrics import classification_report, confusion_matrix, positive_index
 
@@ -119,16 +122,53 @@ def _with_rates(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return kept, bad
 
 
-def audio_rows(rows: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Rows as shards hold them: the audio file's bytes (down-mixed to mono where it is not),
-    its rate, the text."""
+@dataclass(frozen=True)
+class Recording:
+    """One utterance to predict: an audio file's bytes (any format soundfile reads), the rate
+    it was recorded at, its transcript."""
+
+    utterance_id: str
+    audio: bytes
+    sample_rate: int
+    text: str
+
+
+def recording_rows(recordings: list[Recording]) -> dict[str, np.ndarray]:
+    """Recordings as shards hold them, what `Classifier.predict_rows` takes: the audio file's
+    bytes (down-mixed to mono where it is not, as the shards' `audio_cell`), its rate, the
+    text."""
+
+    def column(values: list) -> np.ndarray:
+        out = np.empty(len(values), dtype=object)
+        out[:] = values
+        return out
+
     return {
-        "utterance_id": rows.utterance_id.to_numpy(dtype=object),
-        "audio": np.array([audio_cell(r, "wav", None) for r in rows.itertuples()], dtype=object),
-        "audio_format": np.full(len(rows), "wav", dtype=object),
-        "sample_rate": rows.sample_rate.to_numpy(dtype=np.int64),
-        "text": rows.text.to_numpy(dtype=object),
+        "utterance_id": column([r.utterance_id for r in recordings]),
+        "audio": column(
+            [encoded_cell(r.audio, r.sample_rate, "wav", None, r.utterance_id) for r in recordings]
+        ),
+        "audio_format": np.full(len(recordings), "wav", dtype=object),
+        "sample_rate": np.array([r.sample_rate for r in recordings], dtype=np.int64),
+        "text": column([r.text for r in recordings]),
     }
+
+
+def audio_rows(rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Rows of `read_inputs` as shards hold them: `recording_rows` of each audio file's bytes."""
+    return recording_rows(
+        [
+            Recording(r.utterance_id, _file_bytes(r.wav_path), int(r.sample_rate), r.text)
+            for r in rows.itertuples()
+        ]
+    )
+
+
+def _file_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err})") from None
 
 
 class _Predictor:

@@ -9,6 +9,7 @@ import sys
 from turbo_ray.cli.args import Command
 from turbo_ray.cli.clusters import CHECK_CLUSTER, LOCAL_CLUSTER
 from turbo_ray.cli.jobs import TRAIN, TUNE
+from turbo_ray.cli.serving import SERVE
 from turbo_ray.cli.tools import CONFIG, EXPORT, PREDICT, PREPARE
 from turbo_ray.errors import UserError
 
@@ -19,6 +20,7 @@ COMMANDS: list[Command] = [
     TRAIN,
     EXPORT,
     PREDICT,
+    SERVE,
     CHECK_CLUSTER,
     LOCAL_CLUSTER,
 ]

@@ -261,18 +261,26 @@ def audio_cell(row: tuple, audio_format: str, sample_rate: int | None) -> bytes:
             data = f.read()
     except OSError as e:
         raise ShardError(f"{where}: cannot read ({e})") from e
+    return encoded_cell(data, int(row.sample_rate), audio_format, sample_rate, where)
+
+
+def encoded_cell(
+    data: bytes, rate: int, audio_format: str, sample_rate: int | None, where: str
+) -> bytes:
+    """`audio_cell` of an audio file's bytes `data` recorded at `rate` (`where`: what the errors
+    name)."""
     if audio_format == "pcm16":
-        frames = read_audio(data, int(row.sample_rate), "int16", where, pcm16_only=True)
+        frames = read_audio(data, rate, "int16", where, pcm16_only=True)
         mono = frames[:, 0] if frames.shape[1] == 1 else np.round(frames.mean(axis=1))
-        if sample_rate and sample_rate != row.sample_rate:
-            wave = resample(mono.astype(np.float32) / 32768, int(row.sample_rate), sample_rate)
+        if sample_rate and sample_rate != rate:
+            wave = resample(mono.astype(np.float32) / 32768, rate, sample_rate)
             mono = np.clip(np.round(wave * 32768), -32768, 32767)
         return mono.astype("<i2").tobytes()
-    frames = read_audio(data, int(row.sample_rate), "float32", where)
+    frames = read_audio(data, rate, "float32", where)
     if frames.shape[1] == 1:
         return data
     out = io.BytesIO()
-    sf.write(out, frames.mean(axis=1), int(row.sample_rate), format="WAV", subtype="FLOAT")
+    sf.write(out, frames.mean(axis=1), rate, format="WAV", subtype="FLOAT")
     return out.getvalue()
 
 
