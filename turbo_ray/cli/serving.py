@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import signal
 
 from turbo_ray.cli.args import Command
-from turbo_ray.serve.options import ServeOptions
+from turbo_ray.serve.options import KINDS, ServeOptions
 
 DEFAULTS = ServeOptions("")
+STOPPING = (signal.SIGINT, signal.SIGTERM)  # what stops `serve`
 
 
 def serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -75,19 +75,20 @@ def batch_flags(parser: argparse.ArgumentParser) -> None:
         default=DEFAULTS.max_body_mb,
         help="larger requests are refused (%(default)s MiB)",
     )
+    parser.add_argument(
+        "--max-utterances",
+        type=int,
+        default=DEFAULTS.max_utterances,
+        help="utterances a request may send at most (%(default)s)",
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from turbo_ray.serve import start, stop
 
-    names = ("replicas", "min_replicas", "max_replicas", "cpus_per_replica", "gpus_per_replica")
-    names += ("max_batch_size", "batch_wait_ms", "max_audio_seconds", "max_body_mb")
-    options = ServeOptions(args.model_dir, **{name: getattr(args, name) for name in names})
-    # SIGTERM stops it as Ctrl-C does, from the moment Ray is up (Ray sets its own handler as it
-    # starts): Serve, and the Ray it started, go with it
-    on_ray = functools.partial(signal.signal, signal.SIGTERM, _interrupt)
-    try:
-        server = start(options.checked(), args.address, args.host, args.port, on_ray)
+    options = ServeOptions(**{name: getattr(args, name) for name in KINDS})  # a flag each
+    try:  # the signals' handlers set once Ray is up (Ray sets its own as it starts)
+        server = start(options.checked(), args.address, args.host, args.port, _stop_on_signals)
     except KeyboardInterrupt:  # while starting: what had started is stopped
         print("stopped before serving", flush=True)
         return 130
@@ -105,7 +106,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_signals() -> None:
+    for signum in STOPPING:
+        signal.signal(signum, _interrupt)
+
+
 def _interrupt(signum, frame):
+    """The first Ctrl-C or SIGTERM stops serving: Serve, and the Ray it started, go with it;
+    those that follow are ignored while they stop (never a traceback, never half stopped)."""
+    for each in STOPPING:
+        signal.signal(each, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

@@ -84,19 +84,19 @@ def start(
 
 
 def stop(server: Server) -> None:
-    """Stop serving: this application, Serve if it started it, and the Ray if it started
-    that."""
+    """Stop serving: the Ray if it started it (Serve goes with it), else Serve if it started
+    that, else this application."""
     import ray
     from ray import serve
 
     if not ray.is_initialized():
         return
-    if server.own_serve:
+    if server.own_ray:
+        ray.shutdown()
+    elif server.own_serve:
         serve.shutdown()
     else:
         serve.delete(APP)
-    if server.own_ray:
-        ray.shutdown()
 
 
 def _running_serve():
