@@ -27,6 +27,19 @@ from turbo_ray.progress import ray_logs_in
 from turbo_ray.runtime import init_ray
 
 
+def untrained_model(overrides: list[str], prefix: str):
+    """A model folder of the config of `overrides`, its weights untrained (speed does not
+    depend on them), in a new temporary folder: the folder, the model folder, the demo corpus's
+    inputs and the config."""
+    cfg = load_config(None, overrides)
+    corpus = prepare_corpus(cfg.data)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    model = build_model(cfg, len(corpus.classes)).eval()
+    model_dir = str(write_model_folder(model, cfg, list(corpus.classes), tmp / "model", {}))
+    inputs = read_inputs(corpus.classes, cfg.data.classes, data_dir=str(corpus.root))
+    return tmp, model_dir, inputs, cfg
+
+
 def timed(model_dir: str, inputs, actors: int, warm_up: bool) -> float:
     """Seconds of a pass over `inputs` (the second of two with `warm_up`)."""
     if warm_up:
@@ -49,12 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = build_parser().parse_args()
-    cfg = load_config(None, args.overrides)
-    corpus = prepare_corpus(cfg.data)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_predict_"))
-    model = build_model(cfg, len(corpus.classes)).eval()
-    model_dir = str(write_model_folder(model, cfg, list(corpus.classes), tmp / "model", {}))
-    inputs = read_inputs(corpus.classes, cfg.data.classes, data_dir=str(corpus.root))
+    tmp, model_dir, inputs, cfg = untrained_model(args.overrides, "bench_predict_")
     copies = 1 if args.quick else args.repeat
     inputs.rows = pd.concat([inputs.rows] * copies, ignore_index=True)
     n = len(inputs.rows)

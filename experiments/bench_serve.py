@@ -24,7 +24,6 @@ import http.client
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -34,12 +33,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np
+from bench_predict import untrained_model
 
-from turbo_ray.classifier import load_classifier, write_model_folder
-from turbo_ray.config import load_config
-from turbo_ray.data.corpus import prepare_corpus
-from turbo_ray.model import build_model
-from turbo_ray.predict import audio_rows, read_inputs
+from turbo_ray.classifier import load_classifier
+from turbo_ray.predict import audio_rows
 from turbo_ray.progress import ray_logs_in
 from turbo_ray.runtime import free_port
 from turbo_ray.serve import ServeOptions, start, stop
@@ -131,12 +128,7 @@ def load(url: str, bodies: list[tuple[bytes, str]], clients: int, total: int) ->
 
 def main() -> None:
     args = build_parser().parse_args()
-    cfg = load_config(None, args.overrides)
-    corpus = prepare_corpus(cfg.data)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
-    model = build_model(cfg, len(corpus.classes)).eval()
-    model_dir = str(write_model_folder(model, cfg, list(corpus.classes), tmp / "model", {}))
-    inputs = read_inputs(corpus.classes, cfg.data.classes, data_dir=str(corpus.root))
+    tmp, model_dir, inputs, cfg = untrained_model(args.overrides, "bench_serve_")
     pairs = [(Path(p).read_bytes(), t) for p, t in zip(inputs.rows.wav_path, inputs.rows.text)]
     bodies = [multipart(audio, text) for audio, text in pairs]
     groups = [several(pairs[i : i + PER_REQUEST]) for i in range(0, len(pairs), PER_REQUEST)]

@@ -23,70 +23,29 @@ def serve_flags(parser: argparse.ArgumentParser) -> None:
         "--host", default="127.0.0.1", help="HTTP host (0.0.0.0: every interface; %(default)s)"
     )
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (%(default)s)")
-    replica_flags(parser)
-    batch_flags(parser)
+    for name, text in FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=KINDS[name], default=getattr(DEFAULTS, name), help=text)
 
 
-def replica_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--replicas", type=int, help="a fixed number of replicas (default 1; or autoscale:)"
-    )
-    parser.add_argument(
-        "--min-replicas", type=int, help="autoscale from this many replicas (default 1) …"
-    )
-    parser.add_argument("--max-replicas", type=int, help="… to this many, by the load")
-    parser.add_argument(
-        "--cpus-per-replica",
-        type=float,
-        default=DEFAULTS.cpus_per_replica,
-        help="CPUs a replica reserves, and its torch threads (%(default)s)",
-    )
-    parser.add_argument(
-        "--gpus-per-replica",
-        type=float,
-        default=DEFAULTS.gpus_per_replica,
-        help="GPUs a replica reserves (%(default)s: it predicts on CPU)",
-    )
-
-
-def batch_flags(parser: argparse.ArgumentParser) -> None:
-    """Dynamic batching, and the limits on a request."""
-    parser.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=DEFAULTS.max_batch_size,
-        help="utterances per forward, batched across requests (%(default)s)",
-    )
-    parser.add_argument(
-        "--batch-wait-ms",
-        type=float,
-        default=DEFAULTS.batch_wait_ms,
-        help="how long a batch waits to fill (%(default)s ms)",
-    )
-    parser.add_argument(
-        "--max-audio-seconds",
-        type=float,
-        default=DEFAULTS.max_audio_seconds,
-        help="longer audio is refused (%(default)s s)",
-    )
-    parser.add_argument(
-        "--max-body-mb",
-        type=float,
-        default=DEFAULTS.max_body_mb,
-        help="larger requests are refused (%(default)s MiB)",
-    )
-    parser.add_argument(
-        "--max-utterances",
-        type=int,
-        default=DEFAULTS.max_utterances,
-        help="utterances a request may send at most (%(default)s)",
-    )
+FLAGS = {  # ServeOptions' fields: their types (KINDS) and defaults are the options'
+    "replicas": "a fixed number of replicas (default 1; or autoscale:)",
+    "min_replicas": "autoscale from this many replicas (default 1) …",
+    "max_replicas": "… to this many, by the load",
+    "cpus_per_replica": "CPUs a replica reserves, and its torch threads (%(default)s)",
+    "gpus_per_replica": "GPUs a replica reserves (%(default)s: it predicts on CPU)",
+    "max_batch_size": "utterances per forward, batched across requests (%(default)s)",
+    "batch_wait_ms": "how long a batch waits to fill (%(default)s ms)",
+    "max_audio_seconds": "longer audio is refused (%(default)s s)",
+    "max_body_mb": "larger requests are refused (%(default)s MiB)",
+    "max_utterances": "utterances a request may send at most (%(default)s)",
+}
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from turbo_ray.serve import start, stop
 
-    options = ServeOptions(**{name: getattr(args, name) for name in KINDS})  # a flag each
+    options = ServeOptions(args.model_dir, **{name: getattr(args, name) for name in FLAGS})
     try:  # the signals' handlers set once Ray is up (Ray sets its own as it starts)
         server = start(options.checked(), args.address, args.host, args.port, _stop_on_signals)
     except KeyboardInterrupt:  # while starting: what had started is stopped
