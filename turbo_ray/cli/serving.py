@@ -72,7 +72,9 @@ def _stop_on_signals() -> None:
 
 def _interrupt(signum, frame):
     """The first Ctrl-C or SIGTERM stops serving: Serve, and the Ray it started, go with it;
-    those that follow are ignored while they stop (never a traceback, never half stopped)."""
+    a Ctrl-C that follows is ignored while they stop (no traceback, nothing half stopped). Ray's
+    own teardown resets SIGTERM's handler, so a SIGTERM late in it ends the process at once, and
+    Ray's processes with it (they share its fate)."""
     for each in STOPPING:
         signal.signal(each, signal.SIG_IGN)
     raise KeyboardInterrupt
